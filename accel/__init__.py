@@ -1,0 +1,1 @@
+"""Accelerators: the AccelOps interface and its kvm and interp implementations."""
