@@ -1,0 +1,1 @@
+"""Hardware models (QEMU's hw/): the device core, the PC board, its CPUs and devices."""

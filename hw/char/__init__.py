@@ -1,0 +1,1 @@
+"""Character devices (QEMU's hw/char): the 16550A UART."""

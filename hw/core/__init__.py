@@ -1,0 +1,1 @@
+"""The device core (hw/core): DeviceState, CPUState, MachineState."""

@@ -1,0 +1,1 @@
+"""Miscellaneous devices (QEMU's hw/misc): isa-debug-exit."""

@@ -1,0 +1,1 @@
+"""System emulation core (QEMU's system/): memory, vCPU bookkeeping, run state."""
