@@ -114,6 +114,15 @@ class AccelState:
     def setup_machine(self, machine: Any) -> None:
         """Called once the board has created its memory map, before the vCPUs exist."""
 
+    def get_supported_cpuid(self, function: int, index: int, reg: str) -> int | None:
+        """The CPUID bits this accelerator can give a guest (``kvm_arch_get_supported_cpuid``).
+
+        ``reg`` is ``"eax"``, ``"ebx"``, ``"ecx"`` or ``"edx"``.  ``x86_cpu_filter_features``
+        drops every model feature outside this mask, with a warning naming it.  None
+        means no limit.  Main thread, during realize.
+        """
+        return None
+
     def close(self) -> None:
         self.ops.close()
 
