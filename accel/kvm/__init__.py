@@ -6,3 +6,6 @@
 ``errors``   KvmError and friends
 ``kvm_all``  the accelerator: kvm_init, the vCPU thread and kvm_cpu_exec
 """
+
+# Importing the package registers the "kvm" accelerator (accel.ops._load_builtin_accels).
+from accel.kvm import kvm_all as _kvm_all  # noqa: E402,F401

@@ -292,8 +292,15 @@ class VmFd(_FdObject):
 
     def create_vcpu(self, vcpu_id: int) -> VcpuFd:
         """KVM_CREATE_VCPU (api.rst 4.7) and the mmap of its ``kvm_run`` -> a new VcpuFd."""
-        fd = _ioctl(self._fd, abi.KVM_CREATE_VCPU, vcpu_id)
-        return VcpuFd(fd, self.vcpu_mmap_size)
+        return VcpuFd(self.create_vcpu_fd(vcpu_id), self.vcpu_mmap_size)
+
+    def create_vcpu_fd(self, vcpu_id: int) -> int:
+        """KVM_CREATE_VCPU (api.rst 4.7) alone -> the raw vCPU fd.
+
+        For callers that trace the mmap as a step of its own: wrap the fd with
+        ``VcpuFd(fd, mmap_size)``, which takes ownership of it.
+        """
+        return _ioctl(self._fd, abi.KVM_CREATE_VCPU, vcpu_id)
 
 
 # --- exits -------------------------------------------------------------------------

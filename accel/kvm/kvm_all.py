@@ -1,0 +1,929 @@
+"""The KVM accelerator: ``kvm_init``, the vCPU thread and ``kvm_cpu_exec``.
+
+QEMU counterparts: ``accel/kvm/kvm-all.c`` (kvm_init, kvm_init_vcpu,
+kvm_cpu_exec, kvm_destroy_vcpu, memory slots), ``accel/kvm/kvm-accel-ops.c``
+(kvm_vcpu_thread_fn, kvm_start_vcpu_thread) and ``target/i386/kvm/kvm.c``
+(kvm_arch_init_vcpu, kvm_arch_get/put_registers, kvm_arch_handle_exit).  The
+binding below this module (:mod:`accel.kvm.binding`) has no policy; every
+decision (retry, stop, report) is made here.
+
+Threads and locks:
+
+* ``kvm_init`` and the ``KVMState``/``KvmAccelOps`` methods run on the main
+  thread unless their docstring says otherwise.
+* Each vCPU has one thread, ``CPU n/KVM``, running :func:`kvm_vcpu_thread_fn`.
+  It holds the big lock (``qemu_global_mutex``) except around ``KVM_RUN`` and
+  while it waits in ``qemu_wait_io_event``.  Device dispatch
+  (``address_space_rw``) takes the big lock itself.
+* A kick (:meth:`KvmAccelOps.kick_vcpu_thread`) sets ``cpu.exit_request``,
+  then ``kvm_run.immediate_exit``, then sends ``SIG_IPI`` to the vCPU thread
+  with ``signal.pthread_kill``.  The order matters: a kick that lands before
+  ``KVM_RUN`` is entered is caught by ``immediate_exit``; one that lands while
+  the guest runs is caught by the signal (``KVM_RUN`` returns -EINTR).
+
+About signals: Python runs signal *handlers* only on the main thread and lets
+only the main thread install them, so ``kvm_init`` (main thread) installs a
+no-op Python handler for ``SIG_IPI``.  The C-level handler behind it runs in
+whichever thread the signal is sent to, which is all ``KVM_RUN`` needs to
+return -EINTR.  ``kvm_init_cpu_signals`` (vCPU thread) then only makes sure the
+signal is not blocked in that thread.  If ``kvm_init`` is not called on the
+main thread, the handler cannot be installed; kicks then rely on
+``immediate_exit`` alone, which stops a vCPU only at its next exit.
+
+Register state follows QEMU's lazy protocol: ``cpu.env`` is the register file;
+``kvm_arch_get_registers`` fills it from the kernel, and ``cpu.vcpu_dirty``
+says ``env`` is newer than the kernel, so ``kvm_cpu_exec`` pushes it
+(``kvm_arch_put_registers``) before the next ``KVM_RUN``.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from accel.kvm import kvm_abi as abi
+from accel.kvm.binding import (
+    CpuidEntry,
+    Debug,
+    FailEntry,
+    Hlt,
+    InternalError,
+    Intr,
+    IoIn,
+    IoOut,
+    IrqWindowOpen,
+    Kvm,
+    MmioRead,
+    MmioWrite,
+    Shutdown,
+    SystemEvent,
+    Unsupported,
+    VcpuExit,
+    VcpuFd,
+    VmFd,
+)
+from accel.kvm.errors import KvmError, KvmUnavailableError
+from accel.ops import GDB_BREAKPOINT_SW, AccelError, AccelOps, AccelState, register_accel
+from system import cpus as cpus_mod
+from system.cpus import qemu_global_mutex
+from system.memory import address_space_rw
+from util import trace
+
+if TYPE_CHECKING:
+    from hw.core.cpu import CPUState
+    from system.memory import AddressSpace
+
+__all__ = [
+    "SIG_IPI",
+    "KvmExitError",
+    "KVMState",
+    "KvmAccelOps",
+    "KvmCpuState",
+    "kvm_init",
+    "kvm_available",
+    "kvm_start_vcpu_thread",
+    "kvm_vcpu_thread_fn",
+    "kvm_init_vcpu",
+    "kvm_arch_init_vcpu",
+    "kvm_init_cpu_signals",
+    "kvm_cpu_exec",
+    "kvm_destroy_vcpu",
+    "kvm_arch_get_registers",
+    "kvm_arch_put_registers",
+    "kvm_cpu_kick",
+    "kvm_handle_exit",
+]
+
+# Values of include/exec/cpu-all.h, as hw/core/cpu.py defines them (imported
+# lazily there to keep ``accel`` from importing ``hw`` at import time).
+EXCP_INTERRUPT = 0x10000
+EXCP_HLT = 0x10001
+EXCP_DEBUG = 0x10002
+
+#: The kick signal (QEMU's SIG_IPI is SIGUSR1 on Linux).
+SIG_IPI = signal.SIGUSR1
+
+# Where kvm_arch_init puts the VMX real-mode helpers (QEMU's values, below the BIOS).
+KVM_IDENTITY_BASE = 0xFEFFC000
+KVM_TSS_BASE = KVM_IDENTITY_BASE + 0x1000
+
+#: KVM_CHECK_EXTENSION results kvm_init insists on (kvm_required_capabilites + x86's).
+REQUIRED_CAPS = (
+    "KVM_CAP_USER_MEMORY",
+    "KVM_CAP_DESTROY_MEMORY_REGION_WORKS",
+    "KVM_CAP_JOIN_MEMORY_REGIONS_WORKS",
+    "KVM_CAP_INTERNAL_ERROR_DATA",
+    "KVM_CAP_IMMEDIATE_EXIT",
+    "KVM_CAP_EXT_CPUID",
+    "KVM_CAP_SET_TSS_ADDR",
+)
+
+# MSRs carried between cpu.env and KVM (kvm_put_msrs / kvm_get_msrs), by env attribute.
+_MSR_FIELDS = {
+    0x174: "sysenter_cs",
+    0x175: "sysenter_esp",
+    0x176: "sysenter_eip",
+    0x277: "pat",
+    0xC0000081: "star",
+    0xC0000082: "lstar",
+    0xC0000083: "cstar",
+    0xC0000084: "fmask",
+    0xC0000102: "kernelgsbase",
+    0xC0000103: "tsc_aux",
+    0x1A0: "misc_enable",
+}
+
+
+class KvmExitError(AccelError):
+    """The guest stopped on an exit the vCPU loop cannot continue from.
+
+    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_FAIL_ENTRY, an unsupported exit, or a
+    failed KVM_RUN.  QEMU prints the registers and stops the VM with
+    RUN_STATE_INTERNAL_ERROR; pyqemu raises this from the vCPU thread, which
+    stops the VM and re-raises it to the caller of ``Machine.run``.
+    ``exit`` is the decoded exit (or None), ``rip`` the guest's RIP.
+    """
+
+    def __init__(self, message: str, exit_: VcpuExit | None = None, rip: int | None = None):
+        super().__init__(message)
+        self.exit = exit_
+        self.rip = rip
+
+
+# --- per-VM and per-vCPU state ----------------------------------------------------------
+
+
+@dataclass
+class KvmCpuState:
+    """The accelerator's per-vCPU state (QEMU's ``AccelCPUState`` + ``kvm_fd``/``kvm_run``)."""
+
+    vcpu: VcpuFd
+    vcpu_id: int
+    tsc_khz: int = 0
+    cpuid: list[CpuidEntry] = field(default_factory=list)
+    guest_debug: int = 0
+
+
+@dataclass
+class _Slot:
+    slot: int
+    gpa: int
+    size: int
+    hva: int
+    flags: int
+
+
+def _sig_ipi_noop(signum: int, frame: Any) -> None:
+    """The SIG_IPI handler: nothing to do; its delivery already made KVM_RUN return."""
+
+
+def kvm_available() -> str | None:
+    """None if /dev/kvm can be used, else the reason (for ``-accel help``)."""
+    try:
+        with Kvm() as kvm:
+            version = kvm.api_version()
+    except KvmError as e:
+        return f"Could not access KVM kernel module: {e.strerror}"
+    if version != abi.KVM_API_VERSION:
+        return f"kvm version {version} not supported (need {abi.KVM_API_VERSION})"
+    return None
+
+
+class KVMState(AccelState):
+    """One KVM VM for one machine (``KVMState``): the fds, the slots, the ops."""
+
+    name = "kvm"
+
+    def __init__(self, kvm: Kvm, vm: VmFd) -> None:
+        self.kvm = kvm
+        self.vm = vm
+        self.ops: KvmAccelOps = KvmAccelOps(self)
+        self.caps = {
+            name: kvm.check_extension(getattr(abi, name))
+            for name in dir(abi)
+            if name.startswith("KVM_CAP_")
+        }
+        self.supported_cpuid = kvm.get_supported_cpuid()
+        self.msr_index_list = frozenset(kvm.get_msr_index_list())
+        self.signals_installed = False
+        self.breakpoints: dict[int, bytes] = {}  # guest address -> original byte (sw bps)
+        self._slots: dict[tuple[int, int, int, int], _Slot] = {}
+        self._free_slots = list(range(min(self.caps["KVM_CAP_NR_MEMSLOTS"] or 32, 512)))
+        self._memory: AddressSpace | None = None
+        self._closed = False
+
+    # -- memory (kvm_region_add/del through a listener on the memory address space) --
+
+    def setup_machine(self, machine: Any) -> None:
+        """Register guest RAM as KVM memory slots and follow later topology changes."""
+        asp = machine.address_space_memory
+        if self._memory is asp:
+            return  # already following it (kvm_init saw the memory map first)
+        with trace.span("kvm_memory_listener_register", as_="memory"):
+            self._memory = asp
+            asp.listeners.append(self._memory_commit)
+            self._memory_commit(asp)
+
+    def _memory_commit(self, asp: AddressSpace) -> None:
+        """``kvm_region_commit``: make the slots match the RAM flat ranges of ``asp``."""
+        want: dict[tuple[int, int, int, int], None] = {}
+        readonly_ok = bool(self.caps.get("KVM_CAP_READONLY_MEM"))
+        for r in asp.ram_ranges():
+            # KVM maps whole pages: keep the page-aligned inside of each range.
+            start = (r.start + 0xFFF) & ~0xFFF
+            end = r.end & ~0xFFF
+            if end <= start:
+                continue
+            hva = r.mr.host_address() + r.offset + (start - r.start)
+            flags = abi.KVM_MEM_READONLY if (r.mr.readonly and readonly_ok) else 0
+            want[(start, end - start, hva, flags)] = None
+        for key in [k for k in self._slots if k not in want]:
+            s = self._slots.pop(key)
+            with trace.span("kvm_set_user_memory_region", slot=s.slot, gpa=s.gpa, size=0):
+                self.vm.set_user_memory_region(s.slot, 0, s.gpa, 0, s.hva)
+            self._free_slots.append(s.slot)
+        for key in want:
+            if key in self._slots:
+                continue
+            gpa, size, hva, flags = key
+            if not self._free_slots:
+                raise AccelError("kvm: out of memory slots")
+            slot = self._free_slots.pop(0)
+            with trace.span("kvm_set_user_memory_region", slot=slot, gpa=gpa, size=size):
+                self.vm.set_user_memory_region(slot, flags, gpa, size, hva)
+            self._slots[key] = _Slot(slot, gpa, size, hva, flags)
+
+    @property
+    def slots(self) -> list[tuple[int, int, int, int]]:
+        """(slot, guest_phys_addr, size, flags) of every memory slot, by address."""
+        return sorted(((s.slot, s.gpa, s.size, s.flags) for s in self._slots.values()),
+                      key=lambda t: t[1])
+
+    # -- CPUID limits ---------------------------------------------------------------
+
+    def get_supported_cpuid(self, function: int, index: int, reg: str) -> int | None:
+        """``kvm_arch_get_supported_cpuid``: what KVM_GET_SUPPORTED_CPUID allows."""
+        value = 0
+        for e in self.supported_cpuid:
+            if e.function != function:
+                continue
+            if e.flags & abi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX and e.index != index:
+                continue
+            value = getattr(e, reg)
+            break
+        if function == 1 and reg == "ecx":
+            value |= 1 << 31  # CPUID_EXT_HYPERVISOR: KVM always lets us set it
+        return value
+
+    def close(self) -> None:
+        """Drop the slots and close the VM and /dev/kvm.  Main thread, all vCPUs gone."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._memory is not None and self._memory_commit in self._memory.listeners:
+            self._memory.listeners.remove(self._memory_commit)
+        self.vm.close()  # closing the VM fd drops its slots with it
+        self._slots.clear()
+        self.kvm.close()
+
+
+def _install_sig_ipi(state: KVMState) -> None:
+    """Install the SIG_IPI handler (main thread only; see the module docstring)."""
+    if threading.current_thread() is not threading.main_thread():
+        trace.event("kvm_init: not the main thread; SIG_IPI handler not installed, "
+                    "kicks use immediate_exit only")
+        return
+    current = signal.getsignal(SIG_IPI)
+    if current in (signal.SIG_DFL, signal.SIG_IGN, None):
+        signal.signal(SIG_IPI, _sig_ipi_noop)
+    # A handler someone else installed also makes KVM_RUN return -EINTR; keep it.
+    signal.siginterrupt(SIG_IPI, True)
+    state.signals_installed = True
+
+
+def kvm_init(machine: Any = None, path: str = "/dev/kvm") -> KVMState:
+    """``kvm_init``: open /dev/kvm, check the API and capabilities, create the VM.
+
+    Main thread.  Raises :class:`AccelError` with QEMU-like messages when KVM
+    is missing, denied, too old or lacks a required capability; nothing is left
+    open on failure.
+    """
+    with trace.span("kvm_init"):
+        try:
+            kvm = Kvm(path)
+        except KvmUnavailableError as e:
+            hint = ""
+            if e.errno in (errno.EACCES, errno.EPERM):
+                hint = f" (no permission to open {path}: is this user in the kvm group?)"
+            elif e.errno == errno.ENOENT:
+                hint = f" ({path} does not exist: is the kvm module loaded?)"
+            raise AccelError(
+                f"Could not access KVM kernel module: {e.strerror}{hint}") from e
+        try:
+            version = kvm.api_version()
+            trace.event("KVM_GET_API_VERSION", version=version)
+            if version != abi.KVM_API_VERSION:
+                raise AccelError(
+                    f"kvm version {version} too old or new: need {abi.KVM_API_VERSION}")
+            for cap in REQUIRED_CAPS:
+                if not kvm.check_extension(getattr(abi, cap)):
+                    raise AccelError(f"kvm does not support {cap}: the host kernel is too old")
+            with trace.span("KVM_CREATE_VM"):
+                vm = kvm.create_vm()
+        except BaseException:
+            kvm.close()
+            raise
+        try:
+            state = KVMState(kvm, vm)
+            with trace.span("kvm_arch_init"):
+                if state.caps.get("KVM_CAP_SET_IDENTITY_MAP_ADDR"):
+                    vm.set_identity_map_addr(KVM_IDENTITY_BASE)
+                vm.set_tss_addr(KVM_TSS_BASE)
+            _install_sig_ipi(state)
+        except BaseException:
+            vm.close()
+            kvm.close()
+            raise
+        if machine is not None:
+            machine_address_space = getattr(machine, "address_space_memory", None)
+            if machine_address_space is not None:
+                state.setup_machine(machine)
+        return state
+
+
+# --- the vCPU thread -----------------------------------------------------------------------
+
+
+def kvm_start_vcpu_thread(cpu: CPUState) -> None:
+    """``kvm_start_vcpu_thread``: thread "CPU n/KVM" running :func:`kvm_vcpu_thread_fn`.
+
+    Main thread, big lock held (from ``qemu_init_vcpu``, which then waits for
+    ``cpu.created``).
+    """
+    name = f"CPU {cpu.cpu_index}/KVM"
+    t = threading.Thread(
+        target=cpus_mod.vcpu_thread_main,
+        args=(cpu, lambda: kvm_vcpu_thread_fn(cpu), trace.depth()),
+        name=name,
+        daemon=True,
+    )
+    cpu.thread = t
+    t.start()
+
+
+def kvm_vcpu_thread_fn(cpu: CPUState) -> None:
+    """``kvm_vcpu_thread_fn``: init the vCPU, signal created, run until unplugged."""
+    with qemu_global_mutex:
+        cpu.thread_id = threading.get_native_id()
+        cpu.running = False
+        try:
+            kvm_init_vcpu(cpu)
+            kvm_init_cpu_signals(cpu)
+            cpus_mod.cpu_thread_signal_created(cpu)
+            while True:
+                if cpus_mod.cpu_can_run(cpu):
+                    r = kvm_cpu_exec(cpu)
+                    if r == EXCP_DEBUG:
+                        cpu_handle_guest_debug(cpu)
+                cpus_mod.qemu_wait_io_event(cpu)
+                if cpu.unplug and not cpus_mod.cpu_can_run(cpu):
+                    break
+        finally:
+            if isinstance(getattr(cpu, "accel", None), KvmCpuState):
+                kvm_destroy_vcpu(cpu)
+        cpus_mod.cpu_thread_signal_destroyed(cpu)
+
+
+def cpu_handle_guest_debug(cpu: CPUState) -> None:
+    """``cpu_handle_guest_debug``: stop this vCPU and tell the main loop (gdbstub's job)."""
+    cpu.machine.runctl.request_debug()
+    cpu.stopped = True
+
+
+def _vcpu_id(cpu: CPUState) -> int:
+    """``kvm_arch_vcpu_id``: the APIC id on x86."""
+    apic_id = getattr(cpu, "apic_id", None)
+    return int(apic_id) if apic_id is not None else int(cpu.cpu_index)
+
+
+def _kvm_state(cpu: CPUState) -> KVMState:
+    accel = cpu.machine.accel
+    assert isinstance(accel, KVMState), "kvm vCPU on a machine without KVMState"
+    return accel
+
+
+def kvm_init_vcpu(cpu: CPUState) -> None:
+    """``kvm_init_vcpu``: KVM_CREATE_VCPU, KVM_GET_VCPU_MMAP_SIZE, mmap kvm_run, arch init.
+
+    vCPU thread, big lock held.  ``cpu.vcpu_dirty`` starts True: ``cpu.env``
+    (set by ``cpu_reset``) is pushed to the kernel before the first KVM_RUN.
+    """
+    s = _kvm_state(cpu)
+    vcpu_id = _vcpu_id(cpu)
+    with trace.span("kvm_init_vcpu", cpu=cpu.cpu_index, vcpu_id=vcpu_id):
+        with trace.span("KVM_CREATE_VCPU", vcpu_id=vcpu_id):
+            try:
+                fd = s.vm.create_vcpu_fd(vcpu_id)
+            except KvmError as e:
+                raise AccelError(f"kvm_init_vcpu: {e}") from e
+        with trace.span("KVM_GET_VCPU_MMAP_SIZE"):
+            mmap_size = s.kvm.get_vcpu_mmap_size()
+            trace.event(f"mmap_size = {mmap_size:#x}")
+        with trace.span("mmap kvm_run", size=mmap_size):
+            vcpu = VcpuFd(fd, mmap_size)
+        cpu.accel = KvmCpuState(vcpu, vcpu_id)
+        cpu.vcpu_dirty = True
+        kvm_arch_init_vcpu(cpu)
+
+
+def kvm_arch_init_vcpu(cpu: CPUState) -> None:
+    """``kvm_arch_init_vcpu`` (x86): TSC frequency, KVM_SET_CPUID2 from the CPU model, MSRs."""
+    s = _kvm_state(cpu)
+    st: KvmCpuState = cpu.accel
+    with trace.span("kvm_arch_init_vcpu", cpu=cpu.cpu_index):
+        with trace.span("TSC"):
+            if s.caps.get("KVM_CAP_GET_TSC_KHZ"):
+                st.tsc_khz = st.vcpu.get_tsc_khz()
+                trace.event("KVM_GET_TSC_KHZ", khz=st.tsc_khz)
+        entries = kvm_cpuid_entries(cpu)
+        with trace.span("KVM_SET_CPUID2", entries=len(entries)):
+            st.vcpu.set_cpuid2(entries)
+            st.cpuid = entries
+        with trace.span("MSRs"):
+            supported = [i for i in _MSR_FIELDS if i in s.msr_index_list]
+            trace.event("kvm_init_msrs", count=len(supported))
+
+
+def _cpuid_source(cpu: CPUState) -> Any:
+    """The CPU model's CPUID function, or None when hw/i386/cpuid.py is not there."""
+    try:
+        from hw.i386.cpuid import cpu_x86_cpuid  # lazily: accel must not import hw early
+    except ImportError:
+        return None
+    return cpu_x86_cpuid
+
+
+def kvm_cpuid_entries(cpu: CPUState) -> list[CpuidEntry]:
+    """The KVM_SET_CPUID2 table, built from ``cpu_x86_cpuid`` like ``kvm_arch_init_vcpu``.
+
+    Leaves with sub-leaves (4, 7, 0xb, 0xd, 0x14, 0x1f) are enumerated with
+    KVM_CPUID_FLAG_SIGNIFICANT_INDEX.  Without a CPU model (no
+    ``hw/i386/cpuid.py`` yet) the host's KVM_GET_SUPPORTED_CPUID is used as is.
+    """
+    cpuid = _cpuid_source(cpu)
+    if cpuid is None:
+        trace.event("no CPU model CPUID: using KVM_GET_SUPPORTED_CPUID")
+        return list(_kvm_state(cpu).supported_cpuid)
+
+    def leaf(fn: int, idx: int = 0, flags: int = 0) -> CpuidEntry:
+        a, b, c, d = cpuid(cpu, fn, idx)
+        return CpuidEntry(fn, idx, flags, a, b, c, d)
+
+    sig = abi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+    out: list[CpuidEntry] = []
+    for base in (0, 0x80000000):
+        limit = cpuid(cpu, base, 0)[0]
+        if base and limit < base:
+            continue
+        for fn in range(base, min(limit, base + 0xFF) + 1):
+            if fn in (4, 0xB, 0x1F):
+                for j in range(64):
+                    e = leaf(fn, j, sig)
+                    out.append(e)
+                    if (fn == 4 and e.eax & 0x1F == 0) or (fn != 4 and e.ecx & 0xFF00 == 0):
+                        break
+            elif fn in (7, 0x14, 0x12):
+                first = leaf(fn, 0, sig)
+                out.append(first)
+                out.extend(leaf(fn, j, sig) for j in range(1, min(first.eax, 63) + 1))
+            elif fn == 0xD:
+                for j in range(64):
+                    e = leaf(fn, j, sig)
+                    if j < 2 or e.eax:
+                        out.append(e)
+            else:
+                out.append(leaf(fn))
+    return out
+
+
+def kvm_init_cpu_signals(cpu: CPUState) -> None:
+    """``kvm_init_cpu_signals``: let SIG_IPI reach this vCPU thread.
+
+    vCPU thread.  The handler itself was installed by ``kvm_init`` on the main
+    thread (Python allows no other); here the signal is unblocked for this
+    thread, so a ``pthread_kill`` makes a blocking KVM_RUN return -EINTR.
+    """
+    with trace.span("kvm_init_cpu_signals", signal=signal.Signals(SIG_IPI).name):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {SIG_IPI})
+        if not _kvm_state(cpu).signals_installed:
+            trace.event("SIG_IPI handler missing: kicks use immediate_exit only")
+
+
+def kvm_destroy_vcpu(cpu: CPUState) -> None:
+    """``kvm_destroy_vcpu``: unmap kvm_run and close the vCPU fd.
+
+    vCPU thread.  QEMU parks the fd for a later hot-plug of the same id;
+    pyqemu closes it (a re-plug creates a fresh vCPU).
+    """
+    st = cpu.accel
+    with trace.span("kvm_destroy_vcpu", cpu=cpu.cpu_index):
+        if isinstance(st, KvmCpuState):
+            st.vcpu.close()
+
+
+# --- registers: kvm_regs / kvm_sregs / MSRs / FPU <-> CPUX86State -------------------------
+
+_KVM_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+_KVM_SEGS = ("es", "cs", "ss", "ds", "fs", "gs")  # in CPUX86State.segs order
+
+_DESC_TYPE_SHIFT, _DESC_S, _DESC_DPL_SHIFT, _DESC_P = 8, 1 << 12, 13, 1 << 15
+_DESC_AVL, _DESC_L_SHIFT, _DESC_B_SHIFT, _DESC_G = 1 << 20, 21, 22, 1 << 23
+_VM_MASK = 1 << 17
+
+
+def _get_seg(lhs: Any, rhs: Any) -> None:
+    """kvm_segment -> SegmentCache (QEMU's get_seg)."""
+    lhs.selector = rhs.selector
+    lhs.base = rhs.base
+    lhs.limit = rhs.limit
+    lhs.flags = (
+        (rhs.type << _DESC_TYPE_SHIFT)
+        | (_DESC_P if rhs.present and not rhs.unusable else 0)
+        | (rhs.dpl << _DESC_DPL_SHIFT)
+        | (rhs.db << _DESC_B_SHIFT)
+        | (_DESC_S if rhs.s else 0)
+        | (rhs.l << _DESC_L_SHIFT)
+        | (_DESC_G if rhs.g else 0)
+        | (_DESC_AVL if rhs.avl else 0)
+    )
+
+
+def _set_seg(lhs: Any, rhs: Any) -> None:
+    """SegmentCache -> kvm_segment (QEMU's set_seg)."""
+    flags = rhs.flags
+    lhs.selector = rhs.selector
+    lhs.base = rhs.base
+    lhs.limit = rhs.limit
+    lhs.type = (flags >> _DESC_TYPE_SHIFT) & 15
+    lhs.present = 1 if flags & _DESC_P else 0
+    lhs.dpl = (flags >> _DESC_DPL_SHIFT) & 3
+    lhs.db = (flags >> _DESC_B_SHIFT) & 1
+    lhs.s = 1 if flags & _DESC_S else 0
+    lhs.l = (flags >> _DESC_L_SHIFT) & 1
+    lhs.g = 1 if flags & _DESC_G else 0
+    lhs.avl = 1 if flags & _DESC_AVL else 0
+    lhs.unusable = 0 if lhs.present else 1
+    lhs.padding = 0
+
+
+def _set_v8086_seg(lhs: Any, rhs: Any) -> None:
+    """A segment in virtual-8086 mode (QEMU's set_v8086_seg): fixed attributes."""
+    lhs.selector = rhs.selector
+    lhs.base = rhs.base
+    lhs.limit = rhs.limit
+    lhs.type, lhs.present, lhs.dpl, lhs.db, lhs.s = 3, 1, 3, 0, 1
+    lhs.l = lhs.g = lhs.avl = lhs.unusable = lhs.padding = 0
+
+
+def kvm_arch_get_registers(cpu: CPUState) -> None:
+    """``kvm_arch_get_registers``: KVM_GET_REGS/SREGS/MSRS/FPU into ``cpu.env``.
+
+    The vCPU's own thread (or any thread while it is stopped and its fd open).
+    """
+    st: KvmCpuState = cpu.accel
+    env = cpu.env
+    v = st.vcpu
+    regs = v.get_regs()
+    for i, name in enumerate(_KVM_GPRS):
+        env.regs[i] = getattr(regs, name)
+    env.rip = regs.rip
+    env.eflags = regs.rflags
+    sregs = v.get_sregs()
+    for i, name in enumerate(_KVM_SEGS):
+        _get_seg(env.segs[i], getattr(sregs, name))
+    _get_seg(env.ldt, sregs.ldt)
+    _get_seg(env.tr, sregs.tr)
+    env.gdt.base, env.gdt.limit = sregs.gdt.base, sregs.gdt.limit
+    env.idt.base, env.idt.limit = sregs.idt.base, sregs.idt.limit
+    env.cr[0], env.cr[2], env.cr[3] = sregs.cr0, sregs.cr2, sregs.cr3
+    env.cr[4], env.cr[8] = sregs.cr4, sregs.cr8
+    env.efer = sregs.efer
+    env.apic_base = sregs.apic_base
+    msrs = _kvm_state(cpu).msr_index_list
+    wanted = [i for i in _MSR_FIELDS if i in msrs]
+    for index, value in v.get_msrs(wanted).items():
+        setattr(env, _MSR_FIELDS[index], value)
+    fpu = v.get_fpu()
+    env.fpu_fcw, env.fpu_fsw, env.fpu_ftw = fpu.fcw, fpu.fsw, fpu.ftwx
+    for i in range(8):
+        env.fpregs[i] = int.from_bytes(bytes(fpu.fpr[i])[:10], "little")
+    for i in range(16):
+        env.xmm[i] = int.from_bytes(bytes(fpu.xmm[i]), "little")
+    env.mxcsr = fpu.mxcsr
+
+
+def kvm_arch_put_registers(cpu: CPUState, level: int = 0) -> None:
+    """``kvm_arch_put_registers``: ``cpu.env`` into KVM_SET_REGS/SREGS/MSRS/FPU.
+
+    vCPU thread, before KVM_RUN when ``cpu.vcpu_dirty``.  ``level`` is QEMU's
+    KVM_PUT_* level; every level puts the same state here.  ``env.fpu_ftw`` is
+    taken as the abridged (FXSAVE) tag byte.
+    """
+    st: KvmCpuState = cpu.accel
+    env = cpu.env
+    v = st.vcpu
+    # SREGS first: KVM_SET_SREGS may change how KVM interprets RIP/RFLAGS (mode).
+    sregs = abi.ffi.new("struct kvm_sregs *")
+    setter = _set_v8086_seg if env.eflags & _VM_MASK else _set_seg
+    for i, name in enumerate(_KVM_SEGS):
+        setter(getattr(sregs, name), env.segs[i])
+    _set_seg(sregs.ldt, env.ldt)
+    _set_seg(sregs.tr, env.tr)
+    sregs.gdt.base, sregs.gdt.limit = env.gdt.base, env.gdt.limit & 0xFFFF
+    sregs.idt.base, sregs.idt.limit = env.idt.base, env.idt.limit & 0xFFFF
+    sregs.cr0, sregs.cr2, sregs.cr3 = env.cr[0], env.cr[2], env.cr[3]
+    sregs.cr4, sregs.cr8 = env.cr[4], env.cr[8]
+    sregs.efer = env.efer
+    sregs.apic_base = env.apic_base
+    v.set_sregs(sregs)
+    regs = abi.ffi.new("struct kvm_regs *")
+    for i, name in enumerate(_KVM_GPRS):
+        setattr(regs, name, env.regs[i] & 0xFFFFFFFFFFFFFFFF)
+    regs.rip = env.rip & 0xFFFFFFFFFFFFFFFF
+    regs.rflags = env.eflags
+    v.set_regs(regs)
+    msrs = _kvm_state(cpu).msr_index_list
+    values = {i: getattr(env, f) & 0xFFFFFFFFFFFFFFFF for i, f in _MSR_FIELDS.items()
+              if i in msrs}
+    n = v.set_msrs(values)
+    if n != len(values):
+        failed = list(values)[n]
+        raise AccelError(f"kvm_put_msrs: KVM refused MSR {failed:#x} = {values[failed]:#x}")
+    fpu = abi.ffi.new("struct kvm_fpu *")
+    fpu.fcw, fpu.fsw, fpu.ftwx = env.fpu_fcw, env.fpu_fsw, env.fpu_ftw & 0xFF
+    for i in range(8):
+        abi.ffi.memmove(fpu.fpr[i], (env.fpregs[i] & ((1 << 80) - 1)).to_bytes(10, "little"), 10)
+    for i in range(16):
+        abi.ffi.memmove(fpu.xmm[i], (env.xmm[i] & ((1 << 128) - 1)).to_bytes(16, "little"), 16)
+    fpu.mxcsr = env.mxcsr
+    v.set_fpu(fpu)
+
+
+# --- the exec loop ----------------------------------------------------------------------------
+
+
+def kvm_cpu_kick(cpu: CPUState) -> None:
+    """``kvm_cpu_kick``: make the next (or current) KVM_RUN return at once.  Any thread."""
+    st = cpu.accel
+    if isinstance(st, KvmCpuState) and not st.vcpu.closed:
+        try:
+            st.vcpu.immediate_exit = 1
+        except KvmError:
+            pass  # closed under our feet: the thread is on its way out anyway
+
+
+def kvm_cpu_exec(cpu: CPUState) -> int:
+    """``kvm_cpu_exec``: run the vCPU until an exit the loop must see; return EXCP_*.
+
+    vCPU thread, big lock held on entry and on return; dropped around KVM_RUN
+    and exit handling, exactly as QEMU does.  Port I/O and MMIO exits are
+    served through ``address_space_rw`` (which takes the big lock itself) and
+    the guest re-entered; HLT returns EXCP_HLT with ``cpu.halted`` set; a kick
+    returns EXCP_INTERRUPT; a triple fault requests a reset.  Internal errors,
+    failed entries and unsupported exits raise :class:`KvmExitError`.
+    """
+    st: KvmCpuState = cpu.accel
+    vcpu = st.vcpu
+    with trace.span("kvm_cpu_exec", cpu=cpu.cpu_index):
+        # kvm_arch_process_async_events: a halted vCPU stays out of KVM_RUN until it has work.
+        if cpu.halted:
+            from hw.core.cpu import cpu_has_work
+
+            if not cpu_has_work(cpu):
+                cpu.exit_request = False
+                trace.event("halted, no work: EXCP_HLT")
+                return EXCP_HLT
+            cpu.halted = False
+        cpu.running = True
+        qemu_global_mutex.release()
+        ret = 0
+        try:
+            while ret == 0:
+                if cpu.vcpu_dirty:
+                    with qemu_global_mutex:  # env is shared with the main thread
+                        kvm_arch_put_registers(cpu)
+                        cpu.vcpu_dirty = False
+                if cpu.exit_request:
+                    vcpu.immediate_exit = 1  # kvm_cpu_kick_self
+                exit_ = vcpu.run()
+                ret = kvm_handle_exit(cpu, exit_)
+        finally:
+            qemu_global_mutex.acquire()
+            cpu.running = False
+            cpu.exit_request = False
+        return ret
+
+
+def kvm_handle_exit(cpu: CPUState, exit_: VcpuExit) -> int:
+    """Act on one decoded exit: 0 to re-enter the guest, else the EXCP_* to return.
+
+    vCPU thread, big lock *not* held (device dispatch takes it).  This is the
+    switch of QEMU's kvm_cpu_exec plus x86's kvm_arch_handle_exit.
+    """
+    st: KvmCpuState = cpu.accel
+    vcpu = st.vcpu
+    if trace.enabled("exec"):
+        trace.event(f"KVM_RUN -> {exit_!r}", "exec")
+    match exit_:
+        case IoOut(port=port, size=size, count=count, data=data):
+            io_as = cpu.io_as
+            for k in range(count):  # string I/O: ``count`` items, same port (kvm_handle_io)
+                address_space_rw(io_as, port, bytearray(data[k * size:(k + 1) * size]), True)
+            return 0
+        case IoIn(port=port, size=size, count=count):
+            io_as = cpu.io_as
+            buf = bytearray()
+            for _ in range(count):
+                item = bytearray(size)
+                address_space_rw(io_as, port, item, False)
+                buf += item
+            vcpu.set_io_in_data(bytes(buf))
+            return 0
+        case MmioWrite(addr=addr, data=data):
+            address_space_rw(cpu.as_, addr, bytearray(data), True)
+            return 0
+        case MmioRead(addr=addr, size=size):
+            item = bytearray(size)
+            address_space_rw(cpu.as_, addr, item, False)
+            vcpu.set_mmio_read_data(bytes(item))
+            return 0
+        case Intr():
+            # kvm_eat_signals: with immediate_exit there is nothing else to eat.
+            vcpu.immediate_exit = 0
+            trace.event("KVM_EXIT_INTR: EXCP_INTERRUPT")
+            return EXCP_INTERRUPT
+        case IrqWindowOpen():
+            return EXCP_INTERRUPT
+        case Hlt():
+            # kvm_handle_halt (no in-kernel irqchip): halt until there is work.
+            with qemu_global_mutex:
+                cpu.halted = True
+            trace.event("KVM_EXIT_HLT: EXCP_HLT")
+            return EXCP_HLT
+        case Shutdown():
+            trace.event("KVM_EXIT_SHUTDOWN: qemu_system_reset_request")
+            cpu.machine.runctl.request_reset()
+            return EXCP_INTERRUPT
+        case SystemEvent(type=kind):
+            trace.event("KVM_EXIT_SYSTEM_EVENT", type=kind)
+            from system.runstate import ShutdownCause
+
+            runctl = cpu.machine.runctl
+            if kind == abi.KVM_SYSTEM_EVENT_RESET:
+                runctl.request_reset()
+            elif kind == abi.KVM_SYSTEM_EVENT_CRASH:
+                runctl.request_shutdown(ShutdownCause.GUEST_PANIC)
+            else:
+                runctl.request_shutdown(ShutdownCause.GUEST_SHUTDOWN)
+            return EXCP_INTERRUPT
+        case Debug(pc=pc, exception=exc):
+            trace.event("KVM_EXIT_DEBUG", pc=pc, exception=exc)
+            return EXCP_DEBUG
+        case InternalError(suberror=sub, data=data):
+            rip = _safe_rip(vcpu)
+            what = {1: "emulation failure", 2: "simultaneous exceptions",
+                    3: "event delivery", 4: "unexpected exit reason"}.get(sub, "unknown")
+            raise KvmExitError(
+                f"KVM internal error. Suberror: {sub} ({what}), rip={rip:#x}, "
+                f"extra data: {[hex(d) for d in data]}", exit_, rip)
+        case FailEntry(reason=reason, cpu=hcpu):
+            rip = _safe_rip(vcpu)
+            raise KvmExitError(
+                f"KVM: entry failed, hardware error {reason:#x} (host cpu {hcpu}), rip={rip:#x}",
+                exit_, rip)
+        case Unsupported(reason_number=n, reason_text=text):
+            rip = _safe_rip(vcpu)
+            raise KvmExitError(f"KVM: unhandled exit {text} ({n}), rip={rip:#x}", exit_, rip)
+    raise AssertionError(f"unreachable: {exit_!r}")
+
+
+def _safe_rip(vcpu: VcpuFd) -> int:
+    try:
+        return int(vcpu.get_regs().rip)
+    except KvmError:
+        return -1
+
+
+# --- AccelOps -------------------------------------------------------------------------------
+
+
+class KvmAccelOps(AccelOps):
+    """``kvm_accel_ops_class_init``: the kvm accelerator's per-vCPU operations."""
+
+    name = "kvm"
+
+    def __init__(self, state: KVMState) -> None:
+        self.state = state
+
+    def create_vcpu_thread(self, cpu: CPUState) -> None:
+        """``kvm_start_vcpu_thread``.  Main thread, big lock held."""
+        kvm_start_vcpu_thread(cpu)
+
+    def cpu_exec(self, cpu: CPUState) -> int:
+        """``kvm_cpu_exec``.  vCPU thread, big lock held (dropped around KVM_RUN)."""
+        return kvm_cpu_exec(cpu)
+
+    def synchronize_state(self, cpu: CPUState) -> None:
+        """``kvm_cpu_synchronize_state``: pull registers into ``cpu.env`` unless dirty.
+
+        Any thread, big lock held, vCPU not in KVM_RUN.  The ioctls run on the
+        vCPU thread through ``run_on_cpu`` when that thread is alive.
+        """
+        if cpu.vcpu_dirty:
+            return
+
+        def do_sync(c: CPUState) -> None:
+            st = c.accel
+            if isinstance(st, KvmCpuState) and not st.vcpu.closed and not c.vcpu_dirty:
+                kvm_arch_get_registers(c)
+                c.vcpu_dirty = True
+
+        cpus_mod.run_on_cpu(cpu, do_sync)
+
+    def synchronize_post_reset(self, cpu: CPUState) -> None:
+        """``kvm_cpu_synchronize_post_reset``: ``cpu.env`` wins; pushed before the next run."""
+        cpu.vcpu_dirty = True
+
+    def synchronize_post_init(self, cpu: CPUState) -> None:
+        """``kvm_cpu_synchronize_post_init``: as post-reset."""
+        cpu.vcpu_dirty = True
+
+    def synchronize_pre_loadvm(self, cpu: CPUState) -> None:
+        cpu.vcpu_dirty = True
+
+    def kick_vcpu_thread(self, cpu: CPUState) -> None:
+        """``qemu_cpu_kick`` under kvm: exit_request, immediate_exit, then SIG_IPI.  Any thread."""
+        cpu.exit_request = True
+        kvm_cpu_kick(cpu)
+        t = cpu.thread
+        if t is not None and t.ident is not None and t.is_alive() and self.state.signals_installed:
+            try:
+                signal.pthread_kill(t.ident, SIG_IPI)
+            except ProcessLookupError:
+                pass  # the thread has just exited
+
+    def cpu_thread_is_idle(self, cpu: CPUState) -> bool:
+        """Without an in-kernel irqchip a halted vCPU's thread sleeps (QEMU: !kvm_halt_in_kernel)."""
+        return True
+
+    def supports_guest_debug(self) -> bool:
+        return bool(self.state.caps.get("KVM_CAP_SET_GUEST_DEBUG"))
+
+    def insert_breakpoint(self, cpu: CPUState, kind: int, addr: int, length: int) -> None:
+        """``kvm_arch_insert_sw_breakpoint``: save the byte at ``addr``, write INT3."""
+        if kind != GDB_BREAKPOINT_SW:
+            raise AccelError("kvm: only software breakpoints are supported")
+        if addr in self.state.breakpoints:
+            return
+        asp = cpu.as_
+        self.state.breakpoints[addr] = asp.read_bytes(addr, 1)
+        asp.write_bytes(addr, b"\xcc", force=True)
+        self.update_guest_debug(cpu)
+
+    def remove_breakpoint(self, cpu: CPUState, kind: int, addr: int, length: int) -> None:
+        """``kvm_arch_remove_sw_breakpoint``: put the saved byte back."""
+        orig = self.state.breakpoints.pop(addr, None)
+        if orig is None:
+            raise AccelError(f"kvm: no breakpoint at {addr:#x}")
+        cpu.as_.write_bytes(addr, orig, force=True)
+        self.update_guest_debug(cpu)
+
+    def remove_all_breakpoints(self, cpu: CPUState) -> None:
+        for addr in list(self.state.breakpoints):
+            self.remove_breakpoint(cpu, GDB_BREAKPOINT_SW, addr, 1)
+
+    def update_guest_debug(self, cpu: CPUState) -> None:
+        """``kvm_update_guest_debug``: KVM_SET_GUEST_DEBUG from singlestep and breakpoints."""
+        control = 0
+        if cpu.singlestep_enabled:
+            control |= abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_SINGLESTEP
+        if self.state.breakpoints:
+            control |= abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_USE_SW_BP
+
+        def do_update(c: CPUState) -> None:
+            st = c.accel
+            if isinstance(st, KvmCpuState) and not st.vcpu.closed:
+                st.vcpu.set_guest_debug(control)
+                st.guest_debug = control
+
+        cpus_mod.run_on_cpu(cpu, do_update)
+
+    def close(self) -> None:
+        self.state.close()
+
+
+register_accel("kvm", "KVM (Linux /dev/kvm, hardware virtualisation)", kvm_init, kvm_available)
