@@ -400,3 +400,36 @@ def test_cpuid_table_enumerates_subleaves(monkeypatch):
     flags = {e.function: e.flags for e in entries}
     assert flags[4] == abi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX and flags[1] == 0
     assert all(isinstance(e, CpuidEntry) for e in entries)
+
+
+def test_real_mode_from_the_reset_state(machine):
+    code = asm("mov dx, 0x3f8; mov al, 0x41; out dx, al; hlt", 16, 0x1000)
+    machine.ram.ram()[0x1000:0x1000 + len(code)] = code
+    cpu = make_cpu(machine)  # env is x86_reset_state's: CS=f000 base ffff0000
+    cpu.env.segs[cs.R_CS] = cs.SegmentCache(0, 0, 0xFFFF, cpu.env.segs[cs.R_CS].flags)
+    cpu.env.rip = 0x1000
+    start(machine, cpu)
+    wait_for(lambda: cpu.halted, "HLT")
+    env = registers(machine, cpu)
+    assert machine.ports.output(0x3F8) == b"A"
+    assert env.mode_name == "real" and env.rip == 0x1000 + len(code)
+    assert env.segs[cs.R_DS].limit == 0xFFFF
+
+
+def test_single_step_stops_the_vcpu_with_a_debug_request(machine):
+    code = asm("nop; nop; hlt", 16, 0x1000)
+    machine.ram.ram()[0x1000:0x1000 + len(code)] = code
+    cpu = make_cpu(machine)
+    cpu.env.segs[cs.R_CS] = cs.SegmentCache(0, 0, 0xFFFF, cpu.env.segs[cs.R_CS].flags)
+    cpu.env.rip = 0x1000
+    cpus.qemu_init_vcpu(cpu)
+    ops = machine.accel.ops
+    assert ops.supports_guest_debug()
+    with cpus.bql():
+        cpu.singlestep_enabled = True
+        ops.update_guest_debug(cpu)
+    machine.runctl.state = RunState.RUNNING
+    cpus.resume_all_vcpus([cpu])
+    wait_for(lambda: machine.runctl.debug_requested, "the debug request")
+    env = registers(machine, cpu)
+    assert env.rip == 0x1001  # one instruction executed
