@@ -68,8 +68,10 @@ def _wait(cond: threading.Condition, predicate: Callable[[], bool], what: str,
 
 
 def cpu_is_stopped(cpu: "CPUState") -> bool:
-    """``cpu_is_stopped``: stopped, or the VM is not running."""
-    return cpu.stopped or not cpu.machine.runctl.is_running()
+    """``cpu_is_stopped``: stopped, or the VM is not running (or is about to stop:
+    a pending shutdown, reset or error keeps vCPUs from re-entering guest code)."""
+    rc = cpu.machine.runctl
+    return cpu.stopped or not rc.is_running() or rc.pending
 
 
 def cpu_can_run(cpu: "CPUState") -> bool:

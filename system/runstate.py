@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from typing import Callable
 
 from system.cpus import qemu_global_mutex
 
@@ -52,6 +53,14 @@ class RunControl:
         self.error: BaseException | None = None
         self.no_reboot = False
         self.no_shutdown = False
+        #: set by the machine: kicks every vCPU out of guest code.  A request stops the
+        #: vCPUs at the instruction that made it (the I/O write to isa-debug-exit, say),
+        #: so the state a run ends in is the same on every accelerator.
+        self.kick_all: "Callable[[], None] | None" = None
+
+    def _kick(self) -> None:
+        if self.kick_all is not None:
+            self.kick_all()
 
     def is_running(self) -> bool:
         return self.state is RunState.RUNNING
@@ -67,6 +76,7 @@ class RunControl:
             if self.shutdown_cause is ShutdownCause.NONE:
                 self.shutdown_cause = cause
                 self.exit_code = exit_code
+            self._kick()
             self.cond.notify_all()
 
     def request_reset(self) -> None:
@@ -76,6 +86,7 @@ class RunControl:
         else:
             with self.cond:
                 self.reset_requested = True
+                self._kick()
                 self.cond.notify_all()
 
     def report_error(self, error: BaseException) -> None:
@@ -83,11 +94,13 @@ class RunControl:
         with self.cond:
             if self.error is None:
                 self.error = error
+            self._kick()
             self.cond.notify_all()
 
     def request_debug(self) -> None:
         with self.cond:
             self.debug_requested = True
+            self._kick()
             self.cond.notify_all()
 
     @property

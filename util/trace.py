@@ -117,19 +117,19 @@ def enabled(group: str = "lifecycle") -> bool:
     return group in tracer._enabled
 
 
-def event(name: str, group: str = "lifecycle", **kw: object) -> None:
-    """One line at the current depth."""
+def event(step: str, group: str = "lifecycle", /, **kw: object) -> None:
+    """One line at the current depth (positional-only names leave every keyword free)."""
     if group in tracer._enabled:
-        tracer.emit(group, _fmt(name, kw))
+        tracer.emit(group, _fmt(step, kw))
 
 
 @contextmanager
-def span(name: str, group: str = "lifecycle", **kw: object) -> Iterator[None]:
+def span(step: str, group: str = "lifecycle", /, **kw: object) -> Iterator[None]:
     """A step of the call tree: its line, then its children one level deeper."""
     if group not in tracer._enabled:
         yield
         return
-    tracer.emit(group, _fmt(name, kw))
+    tracer.emit(group, _fmt(step, kw))
     depth = tracer.depth()
     tracer.set_depth(depth + 1)
     try:
