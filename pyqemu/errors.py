@@ -1,0 +1,15 @@
+"""Exceptions of the public facade; everything pyqemu raises derives from :class:`PyQemuError`."""
+
+from util.error import PyQemuError
+
+__all__ = ["PyQemuError", "MachineStateError", "GuestError"]
+
+
+class MachineStateError(PyQemuError, RuntimeError):
+    """An operation that the machine's current state does not allow (e.g. reading
+    registers while the vCPUs run, or using a closed machine)."""
+
+
+class GuestError(PyQemuError, RuntimeError):
+    """The guest did something the machine cannot continue from (e.g. KVM reported an
+    internal error or a failed entry); the message says what and where."""

@@ -1,0 +1,119 @@
+"""Guest images built from assembly source: BIOS ROMs and multiboot kernels.
+
+Guest programs in pyqemu are assembly source assembled by keystone at load time,
+never binary blobs.  A source file may carry metadata in ``#!`` comment lines::
+
+    #! mode: bios            (bios | real | prot32 | long64 | multiboot)
+    #! load: 0x7c00          (real/prot32/long64: where to load and enter)
+    #! exit: 0x21            (the value the guest writes to isa-debug-exit)
+    #! serial: Hello         (text the guest prints on the UART)
+
+``bios`` sources are 16-bit code placed at the start of a 64 KiB ROM whose
+reset vector (offset 0xFFF0, executed at 0xFFFFFFF0 after reset: Intel SDM
+vol. 3A, 9.1.4) far-jumps to F000:0000, i.e. the ROM's alias below 1 MiB.
+``multiboot`` sources are 32-bit code assembled at 1 MiB; they begin with a
+Multiboot header using the a.out kludge (Multiboot Specification 0.6.96, 3.1.1),
+which :func:`multiboot_header` writes for them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keystone
+
+from hw.core.errors import LoaderError
+
+BIOS_SIZE = 64 * 1024
+MULTIBOOT_BASE = 0x100000
+MULTIBOOT_MAGIC = 0x1BADB002
+MULTIBOOT_AOUT_KLUDGE = 1 << 16
+
+_MODES = {"bios": keystone.KS_MODE_16, "real": keystone.KS_MODE_16,
+          "prot32": keystone.KS_MODE_32, "multiboot": keystone.KS_MODE_32,
+          "long64": keystone.KS_MODE_64}
+
+
+def assemble(source: str, mode: str, addr: int) -> bytes:
+    """Assemble ``source`` (Intel syntax) for ``mode`` as if loaded at ``addr``."""
+    if mode not in _MODES:
+        raise LoaderError(f"unknown guest mode '{mode}' (bios, real, prot32, long64, multiboot)")
+    ks = keystone.Ks(keystone.KS_ARCH_X86, _MODES[mode])
+    try:
+        encoding, _ = ks.asm(source, addr)
+    except keystone.KsError as e:
+        raise LoaderError(f"cannot assemble guest source: {e}") from None
+    if not encoding:
+        raise LoaderError("guest source assembled to nothing")
+    return bytes(encoding)
+
+
+def bios_image(source: str) -> bytes:
+    """A 64 KiB ROM: ``source`` (16-bit, CS=0xF000, IP from 0) and a reset vector jumping to it."""
+    code = assemble(source, "bios", 0)
+    if len(code) > 0xFFF0:
+        raise LoaderError(f"BIOS code is {len(code)} bytes; at most 0xfff0 fit before the reset vector")
+    rom = bytearray(b"\xff" * BIOS_SIZE)  # erased flash reads as ones
+    rom[:len(code)] = code
+    # 0xFFF0: jmp far 0xF000:0x0000 (EA iw iw), then hlt as a backstop.
+    rom[0xFFF0:0xFFF6] = b"\xea\x00\x00\x00\xf0"+b"\xf4"
+    return bytes(rom)
+
+
+def multiboot_header(entry_label: str = "entry", end_label: str = "image_end") -> str:
+    """Assembly for a Multiboot v1 header with the a.out kludge (Multiboot spec 3.1.1/3.1.3).
+
+    The loader finds it in the first 8 KiB; its address fields tell where the image
+    goes and where to enter, so the kernel needs no ELF headers.
+    """
+    flags = MULTIBOOT_AOUT_KLUDGE
+    checksum = (-(MULTIBOOT_MAGIC + flags)) & 0xFFFFFFFF
+    return (f".align 4\nmultiboot_header:\n.long {MULTIBOOT_MAGIC:#x}\n.long {flags:#x}\n"
+            f".long {checksum:#x}\n.long multiboot_header\n.long {MULTIBOOT_BASE:#x}\n"
+            f".long {end_label}\n.long {end_label}\n.long {entry_label}\n")
+
+
+def multiboot_image(source: str) -> bytes:
+    """A multiboot kernel: ``jmp entry`` then the header then ``source`` (which defines
+    ``entry``), assembled at 1 MiB, with an ``image_end`` label appended."""
+    full = f"jmp entry\n{multiboot_header()}\n{source}\nimage_end:\n"
+    return assemble(full, "multiboot", MULTIBOOT_BASE)
+
+
+@dataclass
+class GuestProgram:
+    """A guest program of ``tests/guests`` or the demo, with its metadata."""
+
+    name: str
+    source: str
+    mode: str
+    load: int = 0x7C00
+    exit: int | None = None
+    serial: str | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "GuestProgram":
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise LoaderError(f"cannot read guest program '{p}': {e.strerror}") from None
+        meta = dict(m.groups() for m in re.finditer(r"^#!\s*([\w-]+):\s*(.*?)\s*$", text, re.M))
+        if "mode" not in meta:
+            raise LoaderError(f"guest program '{p}' has no '#! mode:' line")
+        return cls(name=p.stem, source=text, mode=meta["mode"],
+                   load=int(meta.get("load", "0x7c00"), 0),
+                   exit=int(meta["exit"], 0) if "exit" in meta else None,
+                   serial=meta.get("serial", "").encode().decode("unicode_escape") or None,
+                   meta=meta)
+
+    def image(self) -> bytes:
+        """The bytes to load: a ROM for bios, a kernel for multiboot, else the code."""
+        if self.mode == "bios":
+            return bios_image(self.source)
+        if self.mode == "multiboot":
+            return multiboot_image(self.source)
+        return assemble(self.source, self.mode, self.load)

@@ -1,0 +1,430 @@
+"""``pyqemu.Machine``: build a machine, load a guest, run it, look inside (``system/vl.c``'s part).
+
+A Machine is built whole or not at all: the constructor checks every option
+first, then creates the accelerator, the board (memory, devices, vCPU threads:
+the seeds' lifecycle) and loads the guest; if any step fails, everything built so
+far is released and the error is raised.  ``with Machine(...) as m:`` always
+releases threads, file descriptors and mappings.
+
+Names follow QEMU's vocabulary for the lifecycle and Unicorn's for inspection
+(``reg_read``, ``mem_read``, ``hook_add``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import hw.char.serial_isa  # noqa: F401  registers isa-serial
+import hw.i386.cpu  # noqa: F401  registers the x86 CPU types
+import hw.i386.pc  # noqa: F401  registers the pc machine
+import hw.misc.debugexit  # noqa: F401  registers isa-debug-exit
+from accel.ops import AccelState, accel_init
+from hw.core.machine import (MachineState, find_machine_class, machine_run_board_init,
+                             parse_mem_size, parse_smp)
+from hw.i386.cpu_state import CPUX86State
+from pyqemu.errors import MachineStateError
+from qom import (container_get, object_get_root, object_new, object_property_add_child,
+                 object_unparent, object_unref)
+from system import cpus as cpus_mod
+from system.cpus import qemu_global_mutex
+from system.runstate import RunControl, RunState, ShutdownCause
+from util import trace as tracing
+
+IoHook = Callable[[str, int, int, int, bool], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """Why :meth:`Machine.run` returned.
+
+    ``reason`` is ``"shutdown"`` (the guest powered off, wrote isa-debug-exit, or
+    reset with ``no_reboot``), ``"halted"`` (every vCPU executed HLT and nothing can
+    wake it: there is no interrupt source yet), ``"timeout"`` or ``"debug"``.
+    ``exit_code`` is QEMU's process exit status for a shutdown.
+    """
+
+    reason: str
+    exit_code: int | None = None
+    cause: str | None = None
+
+
+def _parse_device_spec(spec: str | tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """``isa-debug-exit,iobase=0xf4,iosize=0x04`` -> ("isa-debug-exit", {...})."""
+    if isinstance(spec, tuple):
+        return spec[0], dict(spec[1])
+    driver, *opts = spec.split(",")
+    props: dict[str, Any] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        props[key] = value if sep else "on"
+    if driver.startswith("driver="):
+        driver = driver[7:]
+    return driver, props
+
+
+class Machine:
+    """A virtual machine: ``Machine(machine="pc", accel="kvm"|"interp", cpu=..., smp=..., memory=...)``.
+
+    ``bios`` and ``kernel`` name files as ``-bios``/``-kernel`` do; ``serial`` is
+    a chardev spec (``"memory"``, the default, captures output for
+    :attr:`serial_output`; ``"stdio"``, ``"file:PATH"``, ``"none"``); ``devices``
+    are ``-device`` strings; ``trace`` is a list of ``-d`` groups whose lines go
+    to ``trace_sink`` (default: kept in :attr:`trace_lines`).
+    """
+
+    _instances = 0
+    _instances_lock = threading.Lock()
+
+    def __init__(self, machine: str = "pc", accel: str = "interp", cpu: str | None = None,
+                 smp: str | int = 1, memory: str | int | None = None, *,
+                 bios: str | None = None, kernel: str | None = None, append: str = "",
+                 serial: str | None = "memory", devices: Sequence[str] = (),
+                 no_reboot: bool = False, trace: Iterable[str] | None = None,
+                 trace_sink: Callable[[str], None] | None = None) -> None:
+        self._closed = False
+        self._ms: MachineState | None = None
+        self._accel: AccelState | None = None
+        self._trace_sink: Callable[[str], None] | None = None
+        self.trace_lines: list[str] = []
+        self._lock = threading.Lock()
+
+        # 1. Check every option before building anything.
+        mc = find_machine_class(machine)
+        smp_cfg = parse_smp(smp, mc.max_cpus)
+        ram_size = parse_mem_size(memory, mc.default_ram_size)
+        from hw.i386.cpu import resolve_cpu_model
+        cpu_type = resolve_cpu_model(cpu or mc.default_cpu_type)
+        device_specs = [_parse_device_spec(d) for d in devices]
+        self.accel_name = accel
+        try:
+            if trace:
+                groups = set(trace)
+                self._trace_sink = tracing.add_sink(groups, trace_sink or self.trace_lines.append)
+            # 2. The accelerator (kvm_init opens /dev/kvm and creates the VM).
+            self.runctl = RunControl()
+            self.runctl.no_reboot = no_reboot
+            self.runctl.kick_all = self._kick_all
+            with qemu_global_mutex:
+                ms = object_new(mc.name)
+                assert isinstance(ms, MachineState)
+                self._ms = ms
+                ms.smp = smp_cfg
+                ms.ram_size = ram_size
+                ms.cpu_type = cpu_type
+                ms.runctl = self.runctl
+                ms.bios_file = bios  # type: ignore[attr-defined]
+                ms.serial_chardev = serial  # type: ignore[attr-defined]
+                ms.device_specs = device_specs  # type: ignore[attr-defined]
+                with Machine._instances_lock:
+                    n = Machine._instances
+                    Machine._instances += 1
+                object_property_add_child(object_get_root(),
+                                          "machine" if n == 0 else f"machine{n}", ms)
+                object_unref(ms)
+                with tracing.span("qemu_init", accel=accel, machine=machine):
+                    self._accel = accel_init(accel, ms)
+                    ms.accel = self._accel
+                    # 3. The board: memory, devices, and the vCPUs with their threads.
+                    machine_run_board_init(ms)
+                    # 4. The guest.
+                    if kernel is not None:
+                        from hw.i386.multiboot import load_multiboot
+                        load_multiboot(ms, kernel, append)
+                        self.cpus[0].vcpu_dirty = True
+                    for c in self.cpus:
+                        c.accel_ops.synchronize_post_init(c)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- parts -------------------------------------------------------------------------
+    @property
+    def state(self) -> MachineState:
+        if self._ms is None or self._closed:
+            raise MachineStateError("the machine is closed")
+        return self._ms
+
+    @property
+    def cpus(self) -> list[Any]:
+        return list(self.state.cpus)
+
+    @property
+    def accel(self) -> AccelState:
+        assert self._accel is not None
+        return self._accel
+
+    def cpu(self, index: int = 0) -> Any:
+        cpus = self.cpus
+        if not 0 <= index < len(cpus):
+            raise MachineStateError(f"no vCPU {index}: the machine has {len(cpus)}")
+        return cpus[index]
+
+    @property
+    def serial(self) -> Any:
+        for dev in self.state.devices:  # type: ignore[attr-defined]
+            if dev.typename == "isa-serial":
+                return dev
+        return None
+
+    @property
+    def serial_output(self) -> bytes:
+        """What the guest wrote to the first UART (with ``serial="memory"``)."""
+        dev = self.serial
+        if dev is None:
+            return b""
+        chr_ = dev.chr
+        return bytes(chr_.getvalue()) if hasattr(chr_, "getvalue") else b""
+
+    # -- loading ----------------------------------------------------------------------
+    def mem_write(self, addr: int, data: bytes) -> None:
+        """Write guest-physical memory (ROM too, as a loader does)."""
+        self._require_stopped("write guest memory")
+        self.state.address_space_memory.write_bytes(addr, bytes(data), force=True)
+
+    def mem_read(self, addr: int, size: int) -> bytes:
+        """Read guest-physical memory."""
+        self._require_stopped("read guest memory")
+        return self.state.address_space_memory.read_bytes(addr, size)
+
+    def load_bytes(self, data: bytes, addr: int) -> None:
+        self.mem_write(addr, data)
+
+    def load_asm(self, source: str, addr: int, mode: str = "real", *, entry: int | None = None,
+                 stack: int | None = None, cpu: int = 0, user: bool = False) -> bytes:
+        """Assemble ``source`` with keystone for ``mode`` (real, prot32, long64), load it at
+        ``addr`` and make ``cpu`` start there in that mode.  Returns the bytes."""
+        from hw.i386.loader_asm import assemble
+        code = assemble(source, mode, addr)
+        self.mem_write(addr, code)
+        self.set_entry(mode, addr if entry is None else entry, stack=stack, cpu=cpu, user=user)
+        return code
+
+    def set_entry(self, mode: str, entry: int, *, stack: int | None = None, cpu: int = 0,
+                  user: bool = False) -> None:
+        """Set ``cpu``'s registers for ``mode`` at ``entry`` and make it runnable."""
+        from hw.i386.loader_asm import setup_entry_state
+        self._require_stopped("set the entry state")
+        c = self.cpu(cpu)
+        with qemu_global_mutex:
+            c.accel_ops.synchronize_state(c)
+            kwargs: dict[str, Any] = {}
+            if user:
+                kwargs["privilege"] = 3
+            setup_entry_state(c.env, self.state.address_space_memory, mode, entry, stack,
+                              **kwargs)
+            c.vcpu_dirty = True
+            c.halted = False
+
+    # -- registers --------------------------------------------------------------------
+    def env(self, cpu: int = 0) -> CPUX86State:
+        """The vCPU's register file, synchronized from the accelerator (vCPUs stopped).
+        After changing it call :meth:`env_changed`."""
+        self._require_stopped("read registers")
+        c = self.cpu(cpu)
+        with qemu_global_mutex:
+            c.accel_ops.synchronize_state(c)
+        return c.env
+
+    def env_changed(self, cpu: int = 0) -> None:
+        self.cpu(cpu).vcpu_dirty = True
+
+    def reg_read(self, name: str, cpu: int = 0) -> int:
+        """A register by name: ``rax``, ``eax``, ``al``, ``rip``, ``rflags``, ``cs``, ``cr0`` ..."""
+        try:
+            return self.env(cpu).reg(name)
+        except KeyError as e:
+            raise MachineStateError(str(e).strip("'\"")) from None
+
+    def reg_write(self, name: str, value: int, cpu: int = 0) -> None:
+        env = self.env(cpu)
+        try:
+            env.set_reg(name, value)
+        except KeyError as e:
+            raise MachineStateError(str(e).strip("'\"")) from None
+        self.env_changed(cpu)
+
+    def cpu_start(self, cpu: int) -> None:
+        """Make an application processor (halted until started) runnable."""
+        c = self.cpu(cpu)
+        with qemu_global_mutex:
+            c.halted = False
+            cpus_mod.qemu_cpu_kick(c)
+
+    # -- hooks --------------------------------------------------------------------------
+    def hook_add_io(self, callback: IoHook) -> IoHook:
+        """Call ``callback(space, addr, size, value, is_write)`` for every port I/O and MMIO
+        access that reaches the device dispatch (the same sequence on both accelerators).
+        An exception raised in it stops the VM and is re-raised by :meth:`run`."""
+        ms = self.state
+        ms.address_space_io.hooks.append(callback)
+        ms.address_space_memory.hooks.append(callback)
+        return callback
+
+    def hook_del(self, callback: IoHook) -> None:
+        ms = self.state
+        for asp in (ms.address_space_io, ms.address_space_memory):
+            if callback in asp.hooks:
+                asp.hooks.remove(callback)
+
+    # -- running ------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._ms is not None and not self._closed and self.runctl.is_running()
+
+    def _require_stopped(self, what: str) -> None:
+        if self.running:
+            raise MachineStateError(f"cannot {what} while the vCPUs run; pause() first")
+
+    def start(self) -> None:
+        """``vm_start``: resume every vCPU and return at once (see :meth:`wait`)."""
+        ms = self.state
+        if self.runctl.error is not None:
+            raise MachineStateError(f"the machine stopped on an error: {self.runctl.error}")
+        with qemu_global_mutex:
+            if self.runctl.is_running():
+                return
+            with tracing.span("vm_start"):
+                self.runctl.state = RunState.RUNNING
+                with tracing.span("resume_all_vcpus"):
+                    cpus_mod.resume_all_vcpus(ms.cpus)
+
+    resume = start
+
+    def pause(self) -> None:
+        """``vm_stop(RUN_STATE_PAUSED)``: stop every vCPU and wait until each has."""
+        ms = self.state
+        with qemu_global_mutex:
+            if not self.runctl.is_running():
+                return
+            with tracing.span("vm_stop", state="paused"):
+                self.runctl.state = RunState.PAUSED
+                cpus_mod.pause_all_vcpus(ms.cpus)
+
+    def _kick_all(self) -> None:
+        if self._ms is not None:
+            for c in self._ms.cpus:
+                cpus_mod.qemu_cpu_kick(c)
+
+    def _all_halted(self) -> bool:
+        return all(c.halted for c in self.state.cpus)
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        """Wait until the guest shuts down, every vCPU is halted, an error stops the VM, or
+        ``timeout`` seconds pass; the vCPUs are then paused.  An exception raised in a vCPU
+        thread or a device callback is re-raised here."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rc = self.runctl
+        with rc.cond:
+            while True:
+                if rc.error is not None:
+                    break
+                if rc.reset_requested:
+                    rc.reset_requested = False
+                    self._system_reset()
+                    continue
+                if rc.shutdown_cause is not ShutdownCause.NONE or rc.debug_requested:
+                    break
+                if rc.is_running() and self._all_halted():
+                    break
+                if not rc.is_running():
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                rc.cond.wait(0.2 if left is None else min(left, 0.2))
+            self._stop_after_run()
+            if rc.error is not None:
+                err = rc.error
+                rc.state = RunState.INTERNAL_ERROR
+                raise err
+            if rc.shutdown_cause is not ShutdownCause.NONE:
+                rc.state = RunState.SHUTDOWN
+                return RunResult("shutdown", rc.exit_code if rc.exit_code is not None else 0,
+                                 rc.shutdown_cause.value)
+            if rc.debug_requested:
+                rc.debug_requested = False
+                return RunResult("debug")
+            if self._all_halted():
+                return RunResult("halted")
+            return RunResult("timeout")
+
+    def _stop_after_run(self) -> None:
+        ms = self.state
+        if self.runctl.state is RunState.RUNNING:
+            self.runctl.state = RunState.PAUSED
+        try:
+            cpus_mod.pause_all_vcpus(ms.cpus)
+        except cpus_mod.VcpuThreadError:
+            if self.runctl.error is None:
+                raise
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        """Start (or resume) the vCPUs and :meth:`wait`."""
+        if self.runctl.shutdown_cause is not ShutdownCause.NONE:
+            raise MachineStateError("the guest has shut down; build a new Machine to run again")
+        self.start()
+        return self.wait(timeout)
+
+    def _system_reset(self) -> None:
+        """``qemu_system_reset``: every vCPU back to its reset state (a guest reset request)."""
+        from hw.core.cpu import cpu_reset
+        ms = self.state
+        with tracing.span("qemu_system_reset"):
+            cpus_mod.pause_all_vcpus(ms.cpus)
+            for c in ms.cpus:
+                cpu_reset(c)
+                c.accel_ops.synchronize_post_reset(c)
+            cpus_mod.resume_all_vcpus(ms.cpus)
+
+    # -- teardown ---------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop and join every vCPU thread, release the accelerator's fds and the RAM."""
+        if self._closed:
+            return
+        self._closed = True
+        ms = self._ms
+        errors: list[BaseException] = []
+        try:
+            if ms is not None:
+                with qemu_global_mutex:
+                    self.runctl.state = RunState.SHUTDOWN
+                # Joined without the big lock held: a vCPU thread needs it to leave its loop.
+                for c in list(ms.cpus):
+                    try:
+                        cpus_mod.cpu_remove_sync(c)
+                    except BaseException as e:  # keep releasing the rest
+                        errors.append(e)
+                for dev in reversed(list(getattr(ms, "devices", []))):
+                    try:
+                        dev.property_set("realized", False)
+                    except BaseException as e:
+                        errors.append(e)
+            if self._accel is not None:
+                self._accel.close()
+            if ms is not None:
+                if getattr(ms, "system_memory", None) is not None:
+                    ms.system_memory.close()
+                if ms.parent is not None:
+                    object_unparent(ms)
+        finally:
+            if self._trace_sink is not None:
+                tracing.remove_sink(self._trace_sink)
+                self._trace_sink = None
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten close must not leave threads behind
+        try:
+            if not getattr(self, "_closed", True):
+                self.close()
+        except BaseException:
+            pass
