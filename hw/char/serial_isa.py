@@ -1,0 +1,216 @@
+"""The ISA attachment of the 16550A: QOM type ``isa-serial`` (QEMU's ``serial-isa.c``).
+
+The UART core (:class:`hw.char.serial.SerialState`) knows nothing of buses;
+this device gives it an 8-port I/O window at ``iobase`` in the machine's I/O
+space, an interrupt line and a character backend.
+
+Static properties:
+
+``iobase`` (uint32, default 0x3f8)
+    first port of the 8-register window.
+``irq`` (uint32, default 4)
+    the ISA IRQ number (0..15) the board routes INTRPT to.
+``index`` (uint32, default 0)
+    which serial port this is (COM1 = 0); names the regions and a spec'd backend.
+``chardev`` (str)
+    the label of a registered backend (:func:`system.chardev.qemu_chr_find`)
+    or a ``-serial`` spec (``stdio``, ``file:PATH``, ``null``, ``memory`` ...)
+    that the device then creates and owns; empty or ``none`` means no backend
+    (transmitted bytes are dropped, as on a port with nothing plugged in).
+
+Wiring before realize (the board's job): ``dev.machine`` with a ``system_io``
+MemoryRegion (the root of ``address_space_io``); optionally
+``dev.irq_handler = f`` with ``f(level: bool)`` (there is no interrupt
+controller yet: the level is also kept in ``dev.irq_level``); optionally
+``dev.chr`` set to a :class:`~system.chardev.Chardev` object, which then wins
+over the ``chardev`` property and stays the caller's to close.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from hw.char.serial import SerialState
+from hw.core.errors import DeviceError
+from hw.core.qdev import (DeviceClass, DeviceState, Property, TYPE_DEVICE,
+                          device_class_set_props)
+from qom import Object, ObjectClass, TypeInfo, type_init
+from system.chardev import Chardev, ChardevError, qemu_chr_find, qemu_chr_new
+from system.cpus import qemu_global_mutex
+from system.memory import MemoryRegion
+
+TYPE_ISA_SERIAL = "isa-serial"
+
+#: The PC's standard COM ports (``isa_serial_io`` / ``isa_serial_irq``): index -> (iobase, irq).
+ISA_SERIAL_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
+
+_IOSIZE = 8
+
+
+class _SerialIOOps:
+    """The 8-register window: one byte per port; wider accesses are split byte by byte."""
+
+    def __init__(self, uart: SerialState) -> None:
+        self.uart = uart
+
+    def read(self, offset: int, size: int) -> int:
+        value = 0
+        for i in range(size):
+            if offset + i < _IOSIZE:
+                value |= self.uart.read(offset + i) << (8 * i)
+        return value
+
+    def write(self, offset: int, value: int, size: int) -> None:
+        for i in range(size):
+            if offset + i < _IOSIZE:
+                self.uart.write(offset + i, (value >> (8 * i)) & 0xFF)
+
+
+class ISASerialState(DeviceState):
+    """``ISASerialState``: the UART, its I/O region and its backend."""
+
+    iobase: int
+    irq: int
+    index: int
+    chardev: str | None
+    machine: Any
+    uart: SerialState | None
+    iomem: MemoryRegion | None
+    chr: Chardev | None
+    irq_handler: Callable[[bool], None] | None
+    irq_level: bool
+
+
+def isa_serial_instance_init(obj: Object) -> None:
+    dev = obj
+    assert isinstance(dev, ISASerialState)
+    dev.machine = None
+    dev.uart = None
+    dev.iomem = None
+    dev.chr = None
+    dev._owns_chr = False  # type: ignore[attr-defined]
+    dev.irq_handler = None
+    dev.irq_level = False
+
+
+def _set_irq(dev: ISASerialState, level: bool) -> None:
+    dev.irq_level = level
+    if dev.irq_handler is not None:
+        dev.irq_handler(level)
+
+
+def _resolve_chardev(dev: ISASerialState) -> tuple[Chardev | None, bool]:
+    """(backend, owned): the ``chr`` attribute, a registered label, or a spec to create."""
+    if dev.chr is not None:
+        return dev.chr, False
+    spec = (dev.chardev or "").strip()
+    if not spec or spec == "none":
+        return None, False
+    found = qemu_chr_find(spec)
+    if found is not None:
+        return found, False
+    try:
+        return qemu_chr_new(spec, read_input=False), True
+    except ChardevError as e:
+        raise DeviceError(f"isa-serial (index {dev.index}): property 'chardev': {e}") from None
+
+
+def isa_serial_realize(dev: DeviceState) -> None:
+    """``serial_isa_realizefn``: check iobase/irq, open the backend, map the 8 ports.
+
+    Fails with :class:`DeviceError` naming the property; on failure nothing is
+    left mapped or open.
+    """
+    assert isinstance(dev, ISASerialState)
+    machine = dev.machine
+    system_io = getattr(machine, "system_io", None)
+    if not isinstance(system_io, MemoryRegion):
+        raise DeviceError("isa-serial: no ISA I/O space: the board must set dev.machine "
+                          "(with a system_io MemoryRegion) before realize")
+    if dev.iobase + _IOSIZE > system_io.size:
+        raise DeviceError(f"isa-serial: property 'iobase' {dev.iobase:#x} is outside the "
+                          f"I/O space (0..{system_io.size - _IOSIZE:#x})")
+    if dev.irq > 15:
+        raise DeviceError(f"isa-serial: property 'irq' {dev.irq} is not an ISA IRQ (0..15)")
+    chr, owned = _resolve_chardev(dev)
+    name = f"serial{dev.index}"
+    uart = SerialState(lambda level: _set_irq(dev, level), chr, lock=qemu_global_mutex,
+                       name=name)
+    iomem = MemoryRegion.io_new(name, _IOSIZE, _SerialIOOps(uart))
+    try:
+        system_io.add_subregion(dev.iobase, iomem)
+    except Exception:
+        uart.close()
+        if owned and chr is not None:
+            chr.close()
+        raise
+    if chr is not None:
+        # Input reaches the UART under the big lock, as QEMU's main loop holds it.
+        chr.set_handlers(uart.receive, uart.can_receive, lock=qemu_global_mutex)
+    dev.uart, dev.iomem, dev.chr = uart, iomem, chr
+    dev._owns_chr = owned  # type: ignore[attr-defined]
+
+
+def isa_serial_unrealize(dev: DeviceState) -> None:
+    """Undo realize in reverse: detach input, unmap the ports, stop the timer, close an owned backend."""
+    assert isinstance(dev, ISASerialState)
+    chr, owned = dev.chr, getattr(dev, "_owns_chr", False)
+    if chr is not None:
+        chr.set_handlers(None)
+    if dev.iomem is not None and dev.iomem.container is not None:
+        dev.iomem.container.del_subregion(dev.iomem)
+    if dev.uart is not None:
+        dev.uart.close()
+    if owned and chr is not None:
+        chr.close()
+        dev.chr = None
+    dev.uart = None
+    dev.iomem = None
+    dev._owns_chr = False  # type: ignore[attr-defined]
+
+
+def isa_serial_reset(dev: DeviceState) -> None:
+    assert isinstance(dev, ISASerialState)
+    if dev.uart is not None:
+        dev.uart.reset()
+
+
+def isa_serial_class_init(klass: ObjectClass, data: Any) -> None:
+    dc = klass
+    assert isinstance(dc, DeviceClass)
+    dc.realize = isa_serial_realize
+    dc.unrealize = isa_serial_unrealize
+    dc.reset = isa_serial_reset
+    dc.desc = "16550A UART on the ISA bus"
+    dc.user_creatable = True
+    dc.category = "input"
+    device_class_set_props(dc, [
+        Property("index", "uint32", 0, description="serial port number (COM1 = 0)"),
+        Property("iobase", "uint32", 0x3F8, description="first I/O port"),
+        Property("irq", "uint32", 4, description="ISA IRQ"),
+        Property("chardev", "str", "", description="backend label or -serial spec"),
+    ])
+
+
+def serial_isa_init(machine: Any, index: int, chr: Chardev | None) -> ISASerialState:
+    """Create and realize COM``index+1`` at its standard port and IRQ (``serial_isa_init``)."""
+    from hw.core.qdev import qdev_new, qdev_prop_set, qdev_realize
+    if not 0 <= index < len(ISA_SERIAL_PORTS):
+        raise DeviceError(f"isa-serial: index {index} has no standard port (0..3)")
+    dev = qdev_new(TYPE_ISA_SERIAL)
+    assert isinstance(dev, ISASerialState)
+    iobase, irq = ISA_SERIAL_PORTS[index]
+    qdev_prop_set(dev, "index", index)
+    qdev_prop_set(dev, "iobase", iobase)
+    qdev_prop_set(dev, "irq", irq)
+    dev.machine = machine
+    dev.chr = chr
+    qdev_realize(dev)
+    return dev
+
+
+type_init(TypeInfo(
+    name=TYPE_ISA_SERIAL, parent=TYPE_DEVICE,
+    instance_type=ISASerialState, instance_init=isa_serial_instance_init,
+    class_init=isa_serial_class_init,
+))
