@@ -1,0 +1,24 @@
+"""Shared fixtures: one run per accelerator, and no vCPU thread left behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support import require_accel, vcpu_threads
+
+
+@pytest.fixture(params=["interp", "kvm"])
+def accel(request: pytest.FixtureRequest) -> str:
+    """Each test using it runs once per accelerator (kvm skips, with the reason, where absent)."""
+    require_accel(request.param)
+    return str(request.param)
+
+
+@pytest.fixture(autouse=True)
+def no_vcpu_thread_left() -> object:
+    """Every test must leave no vCPU thread behind."""
+    yield
+    for t in vcpu_threads():
+        t.join(5)
+    left = [t.name for t in vcpu_threads()]
+    assert not left, f"vCPU threads left running: {left}"

@@ -1,0 +1,41 @@
+"""Helpers shared by the tests: which accelerators this host can run, resource counts."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+GUEST_DIR = Path(__file__).parent / "guests"
+
+
+def kvm_unavailable_reason() -> str | None:
+    """Why /dev/kvm cannot be used here, or None (probed once)."""
+    if not hasattr(kvm_unavailable_reason, "_cached"):
+        from accel.ops import accel_list
+        reason = next((why for name, _, why in accel_list() if name == "kvm"),
+                      "the kvm accelerator is not registered")
+        kvm_unavailable_reason._cached = reason  # type: ignore[attr-defined]
+    return kvm_unavailable_reason._cached  # type: ignore[attr-defined,no-any-return]
+
+
+def require_accel(accel: str) -> None:
+    if accel == "kvm":
+        why = kvm_unavailable_reason()
+        if why is not None:
+            pytest.skip(f"kvm unavailable on this host: {why}")
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def mapping_count() -> int:
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+def vcpu_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("CPU ")]
