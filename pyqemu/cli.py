@@ -235,7 +235,8 @@ def build_machine(o: Options):  # type: ignore[no-untyped-def]
             sink = trace.stderr_sink()
     return Machine(o.machine, accel=o.accel or "interp", cpu=o.cpu, smp=o.smp,
                    memory=o.memory, bios=o.bios, kernel=o.kernel, append=o.append,
-                   serial=_default_serial(o), devices=o.devices, no_reboot=o.no_reboot,
+                   serial=_default_serial(o), serial_input=o.nographic,
+                   devices=o.devices, no_reboot=o.no_reboot,
                    trace=groups or None, trace_sink=sink)
 
 

@@ -22,32 +22,23 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import keystone
-
 from hw.core.errors import LoaderError
+from hw.i386 import loader_asm
 
 BIOS_SIZE = 64 * 1024
 MULTIBOOT_BASE = 0x100000
 MULTIBOOT_MAGIC = 0x1BADB002
 MULTIBOOT_AOUT_KLUDGE = 1 << 16
 
-_MODES = {"bios": keystone.KS_MODE_16, "real": keystone.KS_MODE_16,
-          "prot32": keystone.KS_MODE_32, "multiboot": keystone.KS_MODE_32,
-          "long64": keystone.KS_MODE_64}
+_ASM_MODE = {"bios": "real", "real": "real", "prot32": "prot32", "multiboot": "prot32",
+             "long64": "long64"}
 
 
 def assemble(source: str, mode: str, addr: int) -> bytes:
-    """Assemble ``source`` (Intel syntax) for ``mode`` as if loaded at ``addr``."""
-    if mode not in _MODES:
+    """Assemble ``source`` (Intel syntax) for a guest ``mode`` as if loaded at ``addr``."""
+    if mode not in _ASM_MODE:
         raise LoaderError(f"unknown guest mode '{mode}' (bios, real, prot32, long64, multiboot)")
-    ks = keystone.Ks(keystone.KS_ARCH_X86, _MODES[mode])
-    try:
-        encoding, _ = ks.asm(source, addr)
-    except keystone.KsError as e:
-        raise LoaderError(f"cannot assemble guest source: {e}") from None
-    if not encoding:
-        raise LoaderError("guest source assembled to nothing")
-    return bytes(encoding)
+    return loader_asm.assemble(source, _ASM_MODE[mode], addr)
 
 
 def bios_image(source: str) -> bytes:

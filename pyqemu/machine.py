@@ -81,7 +81,8 @@ class Machine:
     def __init__(self, machine: str = "pc", accel: str = "interp", cpu: str | None = None,
                  smp: str | int = 1, memory: str | int | None = None, *,
                  bios: str | None = None, kernel: str | None = None, append: str = "",
-                 serial: str | None = "memory", devices: Sequence[str] = (),
+                 serial: str | None = "memory", serial_input: bool = False,
+                 devices: Sequence[str] = (),
                  no_reboot: bool = False, trace: Iterable[str] | None = None,
                  trace_sink: Callable[[str], None] | None = None) -> None:
         self._closed = False
@@ -117,6 +118,7 @@ class Machine:
                 ms.runctl = self.runctl
                 ms.bios_file = bios  # type: ignore[attr-defined]
                 ms.serial_chardev = serial  # type: ignore[attr-defined]
+                ms.serial_read_input = serial_input  # type: ignore[attr-defined]
                 ms.device_specs = device_specs  # type: ignore[attr-defined]
                 with Machine._instances_lock:
                     n = Machine._instances
@@ -402,6 +404,8 @@ class Machine:
                         dev.property_set("realized", False)
                     except BaseException as e:
                         errors.append(e)
+            for chr_ in getattr(ms, "chardevs", []) if ms is not None else []:
+                chr_.close()
             if self._accel is not None:
                 self._accel.close()
             if ms is not None:

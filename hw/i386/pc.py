@@ -114,6 +114,9 @@ def pc_memory_init(ms: MachineState) -> None:
         if ms.bios_file:
             from hw.i386.loader_bios import pc_system_firmware_init
             pc_system_firmware_init(ms, ms.bios_file)
+        # The accelerator learns the memory map (KVM: memory slots, kept in step by a
+        # listener) before any vCPU exists.
+        ms.accel.setup_machine(ms)
 
 
 def pc_device_new(ms: MachineState, typename: str, props: dict[str, Any]) -> DeviceState:
@@ -128,6 +131,8 @@ def pc_device_new(ms: MachineState, typename: str, props: dict[str, Any]) -> Dev
             if not getattr(dev.klass, "user_creatable", False) and props.get("_user", False):
                 raise DeviceError(f"device '{typename}' cannot be created with -device")
             dev.machine = ms  # type: ignore[attr-defined]
+            if "_chr" in props:
+                dev.chr = props["_chr"]  # type: ignore[attr-defined]
             for name, value in props.items():
                 if name.startswith("_"):
                     continue
@@ -151,8 +156,13 @@ def pc_init1(ms: MachineState) -> None:
     with trace.span("pc_init1"):
         pc_memory_init(ms)
         if ms.serial_chardev is not None:
-            pc_device_new(ms, "isa-serial",
-                          {"iobase": 0x3F8, "irq": 4, "index": 0, "chardev": ms.serial_chardev})
+            # The board opens COM1's backend (serial_hds[0]) and closes it with the machine.
+            from system.chardev import qemu_chr_new
+            chr_ = qemu_chr_new(ms.serial_chardev, read_input=ms.serial_read_input)
+            if chr_ is not None:
+                ms.chardevs.append(chr_)
+                pc_device_new(ms, "isa-serial",
+                              {"iobase": 0x3F8, "irq": 4, "index": 0, "_chr": chr_})
         for typename, props in ms.device_specs:
             pc_device_new(ms, typename, dict(props, _user=True))
         x86_cpus_init(ms)
@@ -162,6 +172,8 @@ def pc_machine_initfn(obj: Object) -> None:
     ms = obj
     ms.bios_file = None  # type: ignore[attr-defined]
     ms.serial_chardev = "null"  # type: ignore[attr-defined]
+    ms.serial_read_input = False  # type: ignore[attr-defined]
+    ms.chardevs = []  # type: ignore[attr-defined]
     ms.device_specs = []  # type: ignore[attr-defined]
     ms.devices = []  # type: ignore[attr-defined]
     ms.unattached = container_get(obj, "unattached")  # type: ignore[attr-defined]
