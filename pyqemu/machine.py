@@ -51,6 +51,27 @@ class RunResult:
     cause: str | None = None
 
 
+def parse_cpu_option(spec: str | None, default_type: str | None) -> str:
+    """``parse_cpu_option``: ``model[,features]`` -> the CPU's QOM type name.
+
+    Looking the model up initialises its class (``class_init`` runs here, as in
+    QEMU); the features are checked now and applied to each CPU of the type as it
+    is created (QEMU's global properties).  Options of an earlier machine in this
+    process are forgotten first.
+    """
+    from hw.i386.cpu import (x86_cpu_clear_featurestr, x86_cpu_parse_featurestr,
+                             x86_cpu_type_by_model)
+    with tracing.span("parse_cpu_option", cpu=spec or "(default)"):
+        x86_cpu_clear_featurestr()
+        if spec is None:
+            assert default_type is not None
+            return default_type
+        model, _, features = spec.partition(",")
+        typename = x86_cpu_type_by_model(model)
+        x86_cpu_parse_featurestr(typename, features)
+        return typename
+
+
 def _parse_device_spec(spec: str | tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """``isa-debug-exit,iobase=0xf4,iosize=0x04`` -> ("isa-debug-exit", {...})."""
     if isinstance(spec, tuple):
@@ -75,9 +96,6 @@ class Machine:
     to ``trace_sink`` (default: kept in :attr:`trace_lines`).
     """
 
-    _instances = 0
-    _instances_lock = threading.Lock()
-
     def __init__(self, machine: str = "pc", accel: str = "interp", cpu: str | None = None,
                  smp: str | int = 1, memory: str | int | None = None, *,
                  bios: str | None = None, kernel: str | None = None, append: str = "",
@@ -92,18 +110,17 @@ class Machine:
         self.trace_lines: list[str] = []
         self._lock = threading.Lock()
 
-        # 1. Check every option before building anything.
-        mc = find_machine_class(machine)
-        smp_cfg = parse_smp(smp, mc.max_cpus)
-        ram_size = parse_mem_size(memory, mc.default_ram_size)
-        from hw.i386.cpu import resolve_cpu_model
-        cpu_type = resolve_cpu_model(cpu or mc.default_cpu_type)
-        device_specs = [_parse_device_spec(d) for d in devices]
-        self.accel_name = accel
         try:
             if trace:
-                groups = set(trace)
-                self._trace_sink = tracing.add_sink(groups, trace_sink or self.trace_lines.append)
+                self._trace_sink = tracing.add_sink(set(trace),
+                                                    trace_sink or self.trace_lines.append)
+            # 1. Check every option before building anything.
+            mc = find_machine_class(machine)
+            smp_cfg = parse_smp(smp, mc.max_cpus)
+            ram_size = parse_mem_size(memory, mc.default_ram_size)
+            cpu_type = parse_cpu_option(cpu, mc.default_cpu_type)
+            device_specs = [_parse_device_spec(d) for d in devices]
+            self.accel_name = accel
             # 2. The accelerator (kvm_init opens /dev/kvm and creates the VM).
             self.runctl = RunControl()
             self.runctl.no_reboot = no_reboot
@@ -120,11 +137,11 @@ class Machine:
                 ms.serial_chardev = serial  # type: ignore[attr-defined]
                 ms.serial_read_input = serial_input  # type: ignore[attr-defined]
                 ms.device_specs = device_specs  # type: ignore[attr-defined]
-                with Machine._instances_lock:
-                    n = Machine._instances
-                    Machine._instances += 1
-                object_property_add_child(object_get_root(),
-                                          "machine" if n == 0 else f"machine{n}", ms)
+                # QEMU has one /machine; a second live Machine in this process is /machine[1].
+                root = object_get_root()
+                object_property_add_child(
+                    root, "machine" if root.property_find("machine") is None else "machine[*]",
+                    ms)
                 object_unref(ms)
                 with tracing.span("qemu_init", accel=accel, machine=machine):
                     self._accel = accel_init(accel, ms)
