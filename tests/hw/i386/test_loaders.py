@@ -1,0 +1,301 @@
+"""Guest loaders: -bios mapping, multiboot v1 kernels, keystone assembly and entry states."""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[3]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, Cs  # noqa: E402
+
+from hw.core.errors import LoaderError  # noqa: E402
+from hw.i386 import loader_asm as la  # noqa: E402
+from hw.i386.cpu_state import (CR0_PE, CR0_PG, CR4_PAE, DESC_B_MASK, DESC_CS_MASK,  # noqa: E402
+                               DESC_L_MASK, EFER_LMA, EFER_LME, IF_MASK, IOPL_MASK, R_CS,
+                               R_DS, R_EAX, R_EBX, R_ES, R_FS, R_GS, R_SS, R_ESP, VM_MASK,
+                               CPUX86State, x86_reset_state)
+from hw.i386.loader_bios import x86_bios_rom_init  # noqa: E402
+from hw.i386.multiboot import MULTIBOOT_BOOTLOADER_MAGIC, multiboot_load  # noqa: E402
+from system.memory import AddressSpace, MemoryRegion  # noqa: E402
+
+RAM = 4 << 20
+
+
+@pytest.fixture
+def board():
+    """4 MiB of RAM at 0 in a 4 GiB container, and a CPU state at reset."""
+    root = MemoryRegion.container_new("system", 1 << 32)
+    ram = MemoryRegion.ram_new("pc.ram", RAM)
+    root.add_subregion(0, ram)
+    asp = AddressSpace("memory", root)
+    env = CPUX86State()
+    x86_reset_state(env)
+    yield root, asp, env
+    root.close()
+
+
+# -- -bios ----------------------------------------------------------------------------------
+
+def test_bios_maps_at_4g_minus_size_and_aliases_last_128k_below_1m(board, tmp_path):
+    root, asp, _ = board
+    image = bytes((i * 7) & 0xFF for i in range(256 * 1024))
+    path = tmp_path / "bios.bin"
+    path.write_bytes(image)
+    bios = x86_bios_rom_init(root, path)
+    assert bios.base == 0x1_0000_0000 - 256 * 1024
+    assert asp.read_bytes(0xFFFFFFF0, 16) == image[-16:]
+    assert asp.read_bytes(0xFFFC0000, 64) == image[:64]
+    # The isa-bios alias: the last 128 KiB at 0xE0000..0xFFFFF, over RAM.
+    assert asp.read_bytes(0xE0000, 128 * 1024) == image[-128 * 1024:]
+    assert asp.read_bytes(0xDFFF0, 16) == bytes(16)   # RAM below the window
+    asp.write_bytes(0xFFFF0, b"\xAA" * 16)            # the guest cannot write ROM
+    assert asp.read_bytes(0xFFFF0, 16) == image[-16:]
+    bios.unmap()
+    assert asp.read_bytes(0xFFFF0, 1) == b"\0"         # RAM shows through again
+
+
+def test_small_bios_is_aliased_whole(board, tmp_path):
+    root, asp, _ = board
+    path = tmp_path / "bios64k.bin"
+    path.write_bytes(b"\x90" * 0xFFF0 + b"\xEA" + bytes(15))
+    x86_bios_rom_init(root, path)
+    assert asp.read_bytes(0xF0000, 2) == b"\x90\x90"
+    assert asp.read(0xFFFF0, 1) == 0xEA
+    assert asp.read(0xEFFFF, 1) == 0                   # window is only 64 KiB
+
+
+@pytest.mark.parametrize("content,reason", [
+    (None, "No such file"),
+    (b"", "empty"),
+    (b"\0" * 1000, "not a multiple of 64 KiB"),
+    (b"\0" * (17 << 20), "larger than 16 MiB"),
+])
+def test_bad_bios_files_name_the_file_and_reason(board, tmp_path, content, reason):
+    root, _, _ = board
+    path = tmp_path / "bad.rom"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(LoaderError, match=f"could not load PC BIOS '{path}'.*{reason}"):
+        x86_bios_rom_init(root, path)
+    assert len(root.subregions) == 1                   # only RAM: nothing half-mapped
+
+
+# -- assembly ---------------------------------------------------------------------------------
+
+def test_assemble_modes_disassemble_back():
+    code = la.assemble("mov eax, 0x12345678\nhlt", "prot32", 0x100000)
+    insns = [(i.mnemonic, i.op_str) for i in Cs(CS_ARCH_X86, CS_MODE_32).disasm(code, 0x100000)]
+    assert insns == [("mov", "eax, 0x12345678"), ("hlt", "")]
+    real = la.assemble("mov ax, 0x1234", "real", 0x7C00)
+    assert [i.op_str for i in Cs(CS_ARCH_X86, CS_MODE_16).disasm(real, 0)] == ["ax, 0x1234"]
+    far = la.assemble("jmp 0x8:0x1000", "real", 0, syntax="nasm")
+    assert far == b"\xEA\x00\x10\x08\x00"
+
+
+def test_assemble_error_names_the_line():
+    with pytest.raises(LoaderError, match=r"line 3: `bogus eax`"):
+        la.assemble("nop\nmov eax, 1\nbogus eax\nnop", "prot32")
+    with pytest.raises(LoaderError, match="unknown mode 'v86'"):
+        la.assemble("nop", "v86")
+
+
+def test_load_bytes_refuses_unmapped_memory(board):
+    _, asp, _ = board
+    la.load_bytes(asp, 0x2000, b"\x01\x02")
+    assert asp.read_bytes(0x2000, 2) == b"\x01\x02"
+    with pytest.raises(LoaderError, match="not guest RAM"):
+        la.load_bytes(asp, RAM - 1, b"\x01\x02")
+
+
+# -- entry states -------------------------------------------------------------------------------
+
+def _gdt_entry(asp, env, sel):
+    assert (sel & ~7) + 7 <= env.gdt.limit
+    return asp.read(env.gdt.base + (sel & ~7), 8)
+
+
+def test_real_mode_entry_below_and_above_64k(board):
+    _, asp, env = board
+    la.setup_entry_state(env, asp, "real", 0x7C00)
+    assert (env.segs[R_CS].selector, env.segs[R_CS].base, env.rip) == (0, 0, 0x7C00)
+    assert env.regs[R_ESP] == 0x7C00 and not env.cr[0] & CR0_PE
+    la.setup_entry_state(env, asp, "real", 0x12345)
+    assert (env.segs[R_CS].selector, env.rip) == (0x1234, 0x5)
+    assert all(env.segs[r].selector == 0x1234 for r in (R_DS, R_ES, R_SS))
+    with pytest.raises(LoaderError, match="not below 1 MiB"):
+        la.setup_entry_state(env, asp, "real", 0x100000)
+
+
+def test_prot32_entry_flat_segments_match_gdt_in_memory(board):
+    _, asp, env = board
+    la.setup_entry_state(env, asp, "prot32", 0x100000, stack=0x90000)
+    assert env.cr[0] & CR0_PE and not env.cr[0] & CR0_PG
+    assert env.rip == 0x100000 and env.regs[R_ESP] == 0x90000
+    cs = env.segs[R_CS]
+    assert cs.selector == 0x08 and cs.base == 0 and cs.limit == 0xFFFFFFFF
+    assert cs.flags & DESC_CS_MASK and cs.flags & DESC_B_MASK
+    for r in (R_CS, R_DS, R_ES, R_FS, R_GS, R_SS):
+        seg = env.segs[r]
+        assert la.descriptor_to_cache(seg.selector, _gdt_entry(asp, env, seg.selector)) == seg
+    assert env.mode_name == "prot32"
+
+
+def _walk(asp, cr3, va):
+    """Translate ``va`` through 4-level paging; returns (pa, user-accessible at every level)."""
+    user = True
+    table = cr3 & ~0xFFF
+    for level, shift in enumerate((39, 30, 21)):
+        e = asp.read(table + ((va >> shift) & 0x1FF) * 8, 8)
+        assert e & 1, f"not present at level {level} for {va:#x}"
+        user &= bool(e & 4)
+        if shift == 21:
+            assert e & 0x80, "2 MiB page expected in the PD"
+            return (e & 0x000FFFFFFFE00000) | (va & 0x1FFFFF), user
+        table = e & 0x000FFFFFFFFFF000
+    raise AssertionError("unreachable")
+
+
+def test_long64_identity_maps_and_sets_cr_efer(board):
+    _, asp, env = board
+    la.setup_entry_state(env, asp, "long64", 0x200000, stack=0x300000)
+    assert env.cr[0] & (CR0_PE | CR0_PG) == CR0_PE | CR0_PG
+    assert env.cr[4] & CR4_PAE and env.cr[3] == la.PML4_ADDR
+    assert env.efer & (EFER_LME | EFER_LMA) == EFER_LME | EFER_LMA
+    assert env.segs[R_CS].flags & DESC_L_MASK and not env.segs[R_CS].flags & DESC_B_MASK
+    assert env.segs[R_CS].selector == 0x10 and env.cpl == 0 and env.mode_name == "long64"
+    for va in (0, 0x1234, 0x200000, 0x3FFFFFFF, 0x40000000, 0xFEE00000, 0xFFFFFFF0):
+        pa, user = _walk(asp, env.cr[3], va)
+        assert pa == va and not user
+    assert la.descriptor_to_cache(0x10, _gdt_entry(asp, env, 0x10)) == env.segs[R_CS]
+
+
+def test_long64_user_privilege_uses_dpl3_segments_and_user_pages(board):
+    _, asp, env = board
+    la.setup_entry_state(env, asp, "long64", 0x200000, privilege=3)
+    assert env.segs[R_CS].selector == 0x33 and env.segs[R_SS].selector == 0x2B
+    assert env.segs[R_CS].dpl == 3 and env.cpl == 3
+    assert env.eflags & IOPL_MASK == IOPL_MASK
+    assert _walk(asp, env.cr[3], 0x200123) == (0x200123, True)
+    with pytest.raises(LoaderError, match="long64 only"):
+        la.setup_entry_state(env, asp, "prot32", 0x200000, privilege=3)
+
+
+# -- multiboot ------------------------------------------------------------------------------------
+
+KERNEL_SRC = "mov eax, 0xCAFE\nmov [0x180000], eax\nhlt\n"
+
+
+def _check_multiboot_state(asp, env, entry, cmdline):
+    assert env.regs[R_EAX] == MULTIBOOT_BOOTLOADER_MAGIC == 0x2BADB002
+    mbi = env.regs[R_EBX]
+    flags, mem_lower, mem_upper = struct.unpack("<III", asp.read_bytes(mbi, 12))
+    assert flags & 0x245 == 0x245          # MEM, CMDLINE, MMAP, LOADER_NAME
+    assert mem_lower == 639 and mem_upper == (RAM - 0x100000) // 1024
+    cmd = asp.read_bytes(asp.read(mbi + 16, 4), len(cmdline) + 1)
+    assert cmd == cmdline.encode() + b"\0"
+    assert asp.read_bytes(asp.read(mbi + 64, 4), 7) == b"pyqemu\0"
+    mmap_len, mmap_addr = asp.read(mbi + 44, 4), asp.read(mbi + 48, 4)
+    entries = []
+    pos = mmap_addr
+    while pos < mmap_addr + mmap_len:
+        size, base, length, kind = struct.unpack("<IQQI", asp.read_bytes(pos, 24))
+        entries.append((base, length, kind))
+        pos += size + 4
+    assert (0x100000, RAM - 0x100000, 1) in entries and entries[0] == (0, 0x9FC00, 1)
+    assert env.rip == entry
+    assert env.cr[0] & CR0_PE and not env.cr[0] & CR0_PG
+    assert not env.eflags & (VM_MASK | IF_MASK)
+    assert env.a20_mask == -1
+    cs = env.segs[R_CS]
+    assert (cs.base, cs.limit) == (0, 0xFFFFFFFF) and cs.flags & DESC_CS_MASK
+    for r in (R_DS, R_ES, R_FS, R_GS, R_SS):
+        seg = env.segs[r]
+        assert (seg.base, seg.limit) == (0, 0xFFFFFFFF) and not seg.flags & DESC_CS_MASK
+        assert seg.flags & DESC_B_MASK
+    for r in (R_CS, R_DS, R_SS):
+        seg = env.segs[r]
+        assert la.descriptor_to_cache(seg.selector, _gdt_entry(asp, env, seg.selector)) == seg
+
+
+def test_multiboot_aout_kludge_kernel_loads_and_clears_bss(board, tmp_path):
+    _, asp, env = board
+    load = 0x100000
+    code = la.assemble(KERNEL_SRC, "prot32", load + 32)
+    magic, flags = 0x1BADB002, 0x00010003
+    header = struct.pack("<8I", magic, flags, (-(magic + flags)) & 0xFFFFFFFF,
+                         load, load, load + 32 + len(code), load + 0x3000, load + 32)
+    kernel = tmp_path / "kernel.aout"
+    kernel.write_bytes(header + code)
+    asp.write_bytes(load + 0x2000, b"\xFF" * 16)           # stale data where the bss goes
+    k = multiboot_load(asp, env, kernel, "console=ttyS0 debug")
+    assert asp.read_bytes(load + 32, len(code)) == code
+    assert asp.read_bytes(load + 0x2000, 16) == bytes(16)
+    assert k.entry == load + 32
+    _check_multiboot_state(asp, env, load + 32, "console=ttyS0 debug")
+
+
+def _elf32(segments, entry):
+    """A minimal ELF32 i386 executable: header, program headers, then segment data."""
+    phoff, phnum = 52, len(segments)
+    off = phoff + 32 * phnum
+    ph, body = b"", b""
+    for vaddr, paddr, data, memsz in segments:
+        ph += struct.pack("<8I", 1, off + len(body), vaddr, paddr, len(data), memsz, 5, 0x1000)
+        body += data
+    ehdr = (b"\x7fELF\x01\x01\x01" + bytes(9)
+            + struct.pack("<HHIIIIIHHHHHH", 2, 3, 1, entry, phoff, 0, 0, 52, 32, phnum, 40, 0, 0))
+    return ehdr + ph + body
+
+
+def test_multiboot_elf_kernel_loads_at_physical_addresses(board, tmp_path):
+    _, asp, env = board
+    paddr, vaddr = 0x100000, 0xC0100000
+    code = la.assemble(KERNEL_SRC, "prot32", paddr + 12)
+    magic, flags = 0x1BADB002, 0x3
+    header = struct.pack("<3I", magic, flags, (-(magic + flags)) & 0xFFFFFFFF)
+    data_seg = b"DATA"
+    elf = _elf32([(vaddr, paddr, header + code, len(header + code) + 0x100),
+                  (0x200000, 0x200000, data_seg, 0x1000)], vaddr + 12)
+    # The header must be in the first 8 KiB: here it follows the ELF headers.
+    kernel = tmp_path / "kernel.elf"
+    kernel.write_bytes(elf)
+    k = multiboot_load(asp, env, kernel)
+    assert asp.read_bytes(paddr, len(header + code)) == header + code
+    assert asp.read_bytes(0x200000, 8) == b"DATA" + bytes(4)
+    assert k.entry == paddr + 12                       # virtual entry translated
+    _check_multiboot_state(asp, env, paddr + 12, "")
+
+
+def test_file_without_multiboot_magic_is_rejected_by_name(board, tmp_path):
+    _, asp, env = board
+    path = tmp_path / "plain.bin"
+    path.write_bytes(b"\x90" * 4096)
+    with pytest.raises(LoaderError, match=f"'{path}'.*no multiboot header"):
+        multiboot_load(asp, env, path)
+    bz = bytearray(8192)
+    bz[0x202:0x206] = b"HdrS"
+    path.write_bytes(bz)
+    with pytest.raises(LoaderError, match="Linux boot protocol not supported yet"):
+        multiboot_load(asp, env, path)
+    with pytest.raises(LoaderError, match="missing.elf'.*could not read"):
+        multiboot_load(asp, env, tmp_path / "missing.elf")
+
+
+def test_multiboot_bad_checksum_and_kernel_outside_ram(board, tmp_path):
+    _, asp, env = board
+    path = tmp_path / "k"
+    path.write_bytes(struct.pack("<3I", 0x1BADB002, 0x10000, 0) + bytes(64))
+    with pytest.raises(LoaderError, match="no multiboot header"):
+        multiboot_load(asp, env, path)
+    magic, flags = 0x1BADB002, 0x10000
+    hdr = struct.pack("<8I", magic, flags, (-(magic + flags)) & 0xFFFFFFFF,
+                      0x800000, 0x800000, 0, 0, 0x800000)
+    path.write_bytes(hdr + b"\xF4")
+    with pytest.raises(LoaderError, match="not guest RAM"):
+        multiboot_load(asp, env, path)
