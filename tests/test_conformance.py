@@ -44,6 +44,19 @@ def run_guest(prog: GuestProgram, accel: str, tmp_path: Path) -> Outcome:
         image.write_bytes(prog.image())
         kwargs["bios" if prog.mode == "bios" else "kernel"] = str(image)
     io: list[tuple[str, int, int, int, bool]] = []
+    try:
+        return _run(prog, accel, kwargs, io)
+    except Exception as e:
+        # KVM without unrestricted guest (PVM here) runs real mode through its own
+        # instruction emulator, which lacks a few instructions: the host cannot be
+        # the oracle for those guests, which is a skip, not a pass.
+        if accel == "kvm" and "emulation failure" in str(e):
+            pytest.skip(f"this host's KVM cannot run {prog.name}: {e}")
+        raise
+
+
+def _run(prog: GuestProgram, accel: str, kwargs: dict[str, object],
+         io: list[tuple[str, int, int, int, bool]]) -> Outcome:
     with Machine(accel=accel, memory="32M", devices=[DEBUG_EXIT], **kwargs) as m:  # type: ignore[arg-type]
         if prog.mode not in ("bios", "multiboot"):
             m.load_asm(prog.source, prog.load, mode=prog.mode)

@@ -26,11 +26,9 @@
     div cx
     mov si, ax
     mov di, dx
-    mov ax, 0x99
-    add al, 0x1
-    daa
+    mov bp, 0x99
+    add bp, 0x1
     pushf
-    mov bp, ax
     mov ax, 0x1000
     mov es, ax
     mov word ptr es:[0x10], 0xbeef
