@@ -70,17 +70,17 @@ def test_small_bios_is_aliased_whole(board, tmp_path):
     assert asp.read(0xEFFFF, 1) == 0                   # window is only 64 KiB
 
 
-@pytest.mark.parametrize("content,reason", [
+@pytest.mark.parametrize("size,reason", [
     (None, "No such file"),
-    (b"", "empty"),
-    (b"\0" * 1000, "not a multiple of 64 KiB"),
-    (b"\0" * (17 << 20), "larger than 16 MiB"),
-])
-def test_bad_bios_files_name_the_file_and_reason(board, tmp_path, content, reason):
+    (0, "empty"),
+    (1000, "not a multiple of 64 KiB"),
+    (17 << 20, "larger than 16 MiB"),
+], ids=["missing", "empty", "unaligned", "too-big"])
+def test_bad_bios_files_name_the_file_and_reason(board, tmp_path, size, reason):
     root, _, _ = board
     path = tmp_path / "bad.rom"
-    if content is not None:
-        path.write_bytes(content)
+    if size is not None:
+        path.write_bytes(bytes(size))
     with pytest.raises(LoaderError, match=f"could not load PC BIOS '{path}'.*{reason}"):
         x86_bios_rom_init(root, path)
     assert len(root.subregions) == 1                   # only RAM: nothing half-mapped
