@@ -190,13 +190,28 @@ def object_class_get_parent(klass: ObjectClass) -> ObjectClass | None:
 
 
 def object_class_get_list(implements: str, include_abstract: bool = False) -> list[ObjectClass]:
-    """Every registered class that is (or implements) ``implements``, sorted by name."""
+    """Every registered class that is (or implements) ``implements``, sorted by name.
+
+    Only the matching classes are initialised (QEMU's ``object_class_foreach``
+    initialises every type; deferring keeps the lifecycle trace showing each
+    class_init where the class is first needed)."""
     out = []
     for name in sorted(_types):
-        k = type_initialize(_types[name])
-        if k.is_a(implements) and (include_abstract or not k.abstract):
-            out.append(k)
+        impl = _types[name]
+        if not _type_is_a(impl, implements) or (impl.abstract and not include_abstract):
+            continue
+        out.append(type_initialize(impl))
     return out
+
+
+def _type_is_a(impl: TypeImpl, typename: str) -> bool:
+    """Whether ``impl`` is or derives from / implements ``typename``, by the TypeInfo chain."""
+    t: TypeImpl | None = impl
+    while t is not None:
+        if t.name == typename or typename in t.info.interfaces:
+            return True
+        t = _types.get(t.info.parent) if t.info.parent else None
+    return False
 
 
 # ---------------------------------------------------------------------------
