@@ -72,6 +72,27 @@ def parse_cpu_option(spec: str | None, default_type: str | None) -> str:
         return typename
 
 
+def _check_images(bios: str | None, kernel: str | None, append: str, ram_size: int) -> None:
+    """Fail on a missing or malformed ``-bios``/``-kernel`` before anything is built.
+
+    The kernel is loaded once into scratch RAM of the machine's size (anonymous
+    memory: pages never touched cost nothing), so every check the real load makes
+    (header, segments, entry point, fit in RAM) runs here first.
+    """
+    from system.memory import AddressSpace, MemoryRegion
+    if bios is not None:
+        from hw.i386.loader_bios import read_bios_image
+        read_bios_image(bios)
+    if kernel is not None:
+        from hw.i386.multiboot import multiboot_load
+        root = MemoryRegion.container_new("scratch", 1 << 32)
+        root.add_subregion(0, MemoryRegion.ram_new("scratch.ram", ram_size))
+        try:
+            multiboot_load(AddressSpace("scratch", root), CPUX86State(), kernel, append, ram_size)
+        finally:
+            root.close()
+
+
 def _parse_device_spec(spec: str | tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     """``isa-debug-exit,iobase=0xf4,iosize=0x04`` -> ("isa-debug-exit", {...})."""
     if isinstance(spec, tuple):
@@ -120,6 +141,7 @@ class Machine:
             ram_size = parse_mem_size(memory, mc.default_ram_size)
             cpu_type = parse_cpu_option(cpu, mc.default_cpu_type)
             device_specs = [_parse_device_spec(d) for d in devices]
+            _check_images(bios, kernel, append, ram_size)
             self.accel_name = accel
             # 2. The accelerator (kvm_init opens /dev/kvm and creates the VM).
             self.runctl = RunControl()
