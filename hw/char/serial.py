@@ -144,7 +144,8 @@ class SerialBackend(Protocol):
 class SerialState:
     """One PC16550D: registers, 16-byte FIFOs and the interrupt logic.
 
-    ``set_irq(level)`` receives the INTRPT output each time it changes; ``backend`` takes transmitted bytes; ``lock`` guards the state
+    ``set_irq(level)`` receives the INTRPT output each time it changes;
+    ``backend`` takes transmitted bytes; ``lock`` guards the state
     against the backend's input thread and the timeout timer (a device passes
     the big lock); ``timer`` schedules the character timeout (a daemon
     ``threading.Timer`` by default, cancelled by :meth:`close`).

@@ -152,7 +152,7 @@ def isa_serial_realize(dev: DeviceState) -> None:
 
 
 def isa_serial_unrealize(dev: DeviceState) -> None:
-    """Undo realize in reverse: detach input, unmap the ports, stop the timer, close an owned backend."""
+    """Undo realize in reverse: detach input, unmap, stop the timer, close an owned backend."""
     assert isinstance(dev, ISASerialState)
     chr, owned = dev.chr, getattr(dev, "_owns_chr", False)
     if chr is not None:

@@ -68,7 +68,7 @@ def make_descriptor(base: int, limit: int, flags: int) -> int:
 
 
 def descriptor_to_cache(selector: int, desc: int) -> SegmentCache:
-    """The hidden part a segment load puts in the register (SDM 3.4.3): base, scaled limit, flags."""
+    """The hidden part a segment load caches (SDM 3.4.3): base, scaled limit, flags."""
     lo, hi = desc & 0xFFFFFFFF, desc >> 32
     base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
     limit = (lo & 0xFFFF) | (hi & 0xF0000)
@@ -211,8 +211,9 @@ def setup_entry_state(env: CPUX86State, asp: AddressSpace, mode: str, entry: int
 
     ``real``: ``entry`` below 1 MiB.  Below 64 KiB every segment is 0 and
     IP = entry (a boot sector at 0x7C00 runs as 0000:7C00); above, every
-    segment is ``entry >> 4`` and IP = ``entry & 0xF``.  Default stack: just
-    below ``entry`` (SS:SP = the code segment : IP).
+    segment is ``entry >> 4`` and IP = ``entry & 0xF``.  Default stack:
+    SS:SP = CS:IP, i.e. just below ``entry`` (above 64 KiB that is SP = IP,
+    a few bytes, and the first push wraps to the top of the segment).
 
     ``prot32``: CR0.PE, the GDT above, CS = 0x08 (flat 32-bit code),
     DS/ES/FS/GS/SS = 0x18 (flat data), EFLAGS.IF = 0, no paging.

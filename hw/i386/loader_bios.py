@@ -1,4 +1,4 @@
-"""``-bios FILE``: the PC firmware ROM at the top of the 32-bit space (QEMU's ``x86_bios_rom_init``).
+"""``-bios FILE``: the PC firmware ROM at the top of 4 GiB (QEMU's ``x86_bios_rom_init``).
 
 A PC starts at 0xFFFFFFF0 (SDM vol. 3A, 9.1.4), so the firmware image is
 mapped read-only to end exactly at 4 GiB.  Its last 128 KiB (or all of it if
@@ -77,7 +77,7 @@ def read_bios_image(path: str | os.PathLike[str]) -> bytes:
 
 def x86_bios_rom_init(system_memory: MemoryRegion,
                       path: str | os.PathLike[str]) -> BiosImage:
-    """Map the firmware in ``system_memory`` (a container spanning 4 GiB): ROM and isa-bios alias."""
+    """Map the firmware in ``system_memory`` (a 4 GiB container): ROM and isa-bios alias."""
     data = read_bios_image(path)
     size = len(data)
     with trace.span("x86_bios_rom_init", size=size):
@@ -97,7 +97,7 @@ def x86_bios_rom_init(system_memory: MemoryRegion,
 
 
 def pc_system_firmware_init(ms: Any, path: str | os.PathLike[str]) -> BiosImage:
-    """The board's entry point: map ``-bios FILE`` into ``ms.system_memory``; kept as ``ms.bios``."""
+    """The board's entry point: map ``-bios FILE`` in ``ms.system_memory``; kept as ``ms.bios``."""
     image = x86_bios_rom_init(ms.system_memory, path)
     ms.bios = image
     return image

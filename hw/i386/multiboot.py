@@ -256,5 +256,5 @@ def _write_boot_info(asp: AddressSpace, ram_size: int, cmd: bytes) -> int:
 
 
 def load_multiboot(ms: Any, path: str | os.PathLike[str], cmdline: str = "") -> MultibootKernel:
-    """The board's entry point: load into ``ms.address_space_memory``, boot CPU 0 (``ms.cpus[0].env``)."""
+    """The board's entry point: load into ``ms.address_space_memory``; boot ``ms.cpus[0].env``."""
     return multiboot_load(ms.address_space_memory, ms.cpus[0].env, path, cmdline, ms.ram_size)
