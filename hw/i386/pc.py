@@ -77,7 +77,8 @@ def x86_cpu_new(ms: MachineState, index: int, apic_id: int) -> Object:
             _discard(cpu)
             raise
         object_unref(cpu)  # the composition tree holds it now
-        ms.cpus.append(cpu)
+        if cpu not in ms.cpus:  # cpu_exec_realizefn (cpu_list_add) normally listed it
+            ms.cpus.append(cpu)
         return cpu
 
 
