@@ -464,8 +464,9 @@ def x86_cpu_expand_features(cpu: X86CPU) -> None:
     """``x86_cpu_expand_features``: max/host take what the accelerator offers, then +f/-f,
     then the CPUID levels the enabled features need (unless ``level``/``xlevel`` were set).
 
-    ``max``/``host`` never override a flag the user set explicitly; an accelerator
-    that sets no limit for a word (None) adds nothing to it.
+    For ``max``/``host`` a word the accelerator limits becomes exactly what it can
+    give (flags the user set explicitly are kept as set); a word it does not limit
+    (None) keeps the model's starting value.
     """
     xcc = cpu.klass
     assert isinstance(xcc, X86CPUClass)
@@ -478,7 +479,8 @@ def x86_cpu_expand_features(cpu: X86CPU) -> None:
             if sup is None:
                 continue
             named = sum(1 << b for b, n in enumerate(w.names) if n is not None)
-            cpu.features[w.word] |= sup & named & ~cpu.user_features.get(w.word, 0)
+            user = cpu.user_features.get(w.word, 0)
+            cpu.features[w.word] = (sup & named & ~user) | (cpu.features[w.word] & user)
     for name in cpu.plus_features:
         cpu.property_set(name, True)
     for name in cpu.minus_features:

@@ -614,4 +614,10 @@ def test_max_model_takes_what_the_accelerator_offers(realized: list[X86CPU]) -> 
     realized.append(cpu)
     assert cpu.has_feature("bmi1") and not cpu.has_feature("bmi2")
     assert cpu.has_feature("lm")  # the base definition stays where the accel sets no limit
+    table[(0x80000001, 0, "ecx")] = 1  # lahf-lm only: svm is not the accelerator's to give
+    cpu2 = new_cpu("max", index=1, machine=fake_machine(accel))
+    object_property_set_bool(cpu2, "realized", True)
+    realized.append(cpu2)
+    assert cpu2.has_feature("lahf-lm") and not cpu2.has_feature("svm")
+    assert cpu2.filtered_features == {}  # nothing requested that had to be dropped
     assert cpu.cpuid(0)[0] >= 7
