@@ -1,0 +1,25 @@
+"""The interp accelerator: a pure-Python x86 interpreter in the shape of QEMU's TCG.
+
+Importing this package registers ``-accel interp``.  The pieces:
+
+* :mod:`.translate` (capstone decoding, block building), :mod:`.codegen` (Python
+  source of a block, registers in locals), :mod:`.flags` (lazy condition codes);
+* instruction families as tables: :mod:`.ops_alu`, :mod:`.ops_shift`,
+  :mod:`.ops_muldiv`, :mod:`.ops_move`, :mod:`.ops_control`, :mod:`.ops_string`,
+  :mod:`.ops_system` (rows registered in :mod:`.table`);
+* :mod:`.mmu` (paging, TLB, RAM fast paths), :mod:`.seg` (descriptors, far
+  transfers), :mod:`.excp` (exception delivery, IRET), :mod:`.string_rt`;
+* :mod:`.cpu_exec` (:class:`InterpCore`, the exec loop) and :mod:`.accel_ops`
+  (the vCPU thread and AccelOps).
+"""
+
+from accel.interp.accel_ops import InterpAccelOps, InterpAccelState, interp_accel_factory
+from accel.interp.cpu_exec import EXCP_BUDGET, InterpCore
+from accel.interp.errors import Fault, InterpError, UnimplementedInstruction
+from accel.ops import register_accel
+
+register_accel("interp", "pure-Python x86 interpreter (TCG-style, capstone decoder)",
+               interp_accel_factory)
+
+__all__ = ["EXCP_BUDGET", "Fault", "InterpAccelOps", "InterpAccelState", "InterpCore",
+           "InterpError", "UnimplementedInstruction", "interp_accel_factory"]

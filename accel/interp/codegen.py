@@ -1,0 +1,449 @@
+"""The code emitter of one translation block: guest registers as Python locals.
+
+A :class:`Ctx` collects the Python source of one block while the translator
+walks its instructions.  It knows which guest registers the block touches (the
+prologue loads them into locals ``r0..r15``, exits and the fault handler write
+back the ones written), which segment bases it uses (``s0..s5``, constant in a
+block because segment loads end blocks), and where each arithmetic flag was last
+defined, so a flag read inside the block becomes an expression over the locals
+of the instruction that set it (:mod:`accel.interp.flags`).
+
+Ordering rule every semantic follows: an instruction performs all its memory
+reads and writes (anything that can fault) before it assigns any register, so a
+fault leaves the registers as they were before the instruction and the
+instruction restarts cleanly (SDM vol. 3A, 6.5 "faults ... the state prior to
+the instruction").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from accel.interp import flags as F
+from accel.interp.errors import UnimplementedInstruction
+from hw.i386.cpu_state import GPR_PARTS, R_CS, R_DS, R_FS, R_GS, R_SS, SEG_NAMES
+
+MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
+SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000, 8: 0x8000000000000000}
+
+
+class Op:
+    """One decoded operand: ``kind`` is ``reg``, ``seg``, ``cr``, ``imm`` or ``mem``."""
+
+    __slots__ = ("kind", "size", "reg", "shift", "name", "imm", "seg", "base", "index",
+                 "scale", "disp", "base_name")
+
+    def __init__(self, kind: str, size: int) -> None:
+        self.kind = kind
+        self.size = size
+        self.reg = -1
+        self.shift = 0
+        self.name = ""
+        self.imm = 0
+        self.seg = -1
+        self.base = -1
+        self.index = -1
+        self.scale = 1
+        self.disp = 0
+        self.base_name = ""
+
+
+class Insn:
+    """One decoded instruction, reduced to what the semantics need (capstone is not kept)."""
+
+    __slots__ = ("k", "ip", "next_ip", "linear", "size", "code", "mnem", "op_str", "ops",
+                 "prefixes", "adsize", "opsize", "rep", "repne", "modrm", "rex_w")
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+
+    @property
+    def text(self) -> str:
+        return f"{self.mnem} {self.op_str}".strip()
+
+
+class Mode:
+    """What a block's code depends on: part of the TB key (QEMU's ``hflags``)."""
+
+    __slots__ = ("code", "stack", "cpl", "pe", "long", "paging", "cs_base", "key")
+
+    def __init__(self, code: int, stack: int, cpl: int, pe: bool, long: bool, paging: bool,
+                 cs_base: int) -> None:
+        self.code, self.stack, self.cpl, self.pe = code, stack, cpl, pe
+        self.long, self.paging, self.cs_base = long, paging, cs_base
+        self.key = (cs_base, code, stack, cpl, pe, long, paging)
+
+    @property
+    def ipmask(self) -> int:
+        return MASK[8] if self.code == 64 else MASK[4] if self.code == 32 else MASK[2]
+
+
+class Ctx:
+    """Source of one block under construction."""
+
+    def __init__(self, mode: Mode) -> None:
+        self.mode = mode
+        self.lines: list[str] = []
+        self.ind = 2
+        self.regs: set[int] = set()
+        self.written: set[int] = set()
+        self.segs: set[int] = set()
+        self.flags: dict[str, str | None] = dict.fromkeys(F.FLAG_ORDER)
+        self.full: tuple[Any, ...] | None = None     # (kind, width, a, b, r) owning all six
+        self.partial: tuple[Any, ...] | None = None  # INC/DEC owning all but CF
+        self.need_fe = False
+        self.fault_snaps: dict[int, tuple[Any, ...]] = {}
+        self.ips: list[int] = []
+        self.k = 0
+        self.n_set = -1
+        self.tmp = 0
+        self.insn: Insn | None = None
+        self.ended = False
+        self.helpers_used: set[str] = set()
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def checkpoint(self) -> tuple[Any, ...]:
+        return (len(self.lines), set(self.regs), set(self.written), set(self.segs),
+                dict(self.flags), self.full, self.partial, self.need_fe, dict(self.fault_snaps),
+                self.n_set, self.ended)
+
+    def restore(self, cp: tuple[Any, ...]) -> None:
+        (n, self.regs, self.written, self.segs, self.flags, self.full, self.partial,
+         self.need_fe, self.fault_snaps, self.n_set, self.ended) = cp
+        del self.lines[n:]
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " * self.ind + line)
+
+    def t(self, stem: str = "t") -> str:
+        self.tmp += 1
+        return f"{stem}{self.tmp}"
+
+    def unimplemented(self, why: str = "") -> UnimplementedInstruction:
+        i = self.insn
+        assert i is not None
+        return UnimplementedInstruction(i.text, i.code, i.linear, self.cs_selector, i.ip)
+
+    cs_selector = 0
+
+    def may_fault(self) -> None:
+        """The current instruction can fault: record where, and the flags at that point."""
+        if self.n_set != self.k:
+            self.n_set = self.k
+            self.emit(f"n = {self.k}")
+            self.fault_snaps[self.k] = (dict(self.flags), self.full, self.partial)
+
+    # -- registers ------------------------------------------------------------------------
+    def r(self, i: int) -> str:
+        self.regs.add(i)
+        return f"r{i}"
+
+    def reg_read(self, op: Op) -> str:
+        name = self.r(op.reg)
+        size = op.size
+        if size == 8:
+            return name
+        if op.shift:
+            return f"({name} >> 8 & 0xFF)"
+        return f"({name} & {MASK[size]:#x})"
+
+    def reg_write(self, op: Op, value: str) -> None:
+        """Write a masked ``value`` to a register operand (32-bit writes zero-extend, SDM 3.4.1.1)."""
+        name = self.r(op.reg)
+        self.written.add(op.reg)
+        if op.size >= 4:
+            self.emit(f"{name} = {value}")
+        elif op.shift:
+            self.emit(f"{name} = {name} & ~0xFF00 | ({value}) << 8")
+        else:
+            self.emit(f"{name} = {name} & ~{MASK[op.size]:#x} | ({value})")
+
+    def gpr_write(self, i: int, size: int, value: str) -> None:
+        op = Op("reg", size)
+        op.reg = i
+        self.reg_write(op, value)
+
+    def gpr_read(self, i: int, size: int) -> str:
+        op = Op("reg", size)
+        op.reg = i
+        return self.reg_read(op)
+
+    # -- memory -----------------------------------------------------------------------------
+    def seg_base(self, seg: int) -> str | None:
+        if self.mode.code == 64 and seg not in (R_FS, R_GS):
+            return None
+        self.segs.add(seg)
+        return f"s{seg}"
+
+    def ea(self, op: Op) -> str:
+        """Effective address, wrapped to the address size (SDM vol. 1, 3.7.5)."""
+        assert self.insn is not None
+        parts = []
+        disp = op.disp
+        if op.base_name in ("rip", "eip"):
+            disp += self.insn.next_ip
+        elif op.base >= 0:
+            parts.append(self.r(op.base))
+        if op.index >= 0:
+            idx = self.r(op.index)
+            parts.append(idx if op.scale == 1 else f"{idx} * {op.scale}")
+        if disp or not parts:
+            parts.append(hex(disp) if disp >= 0 else f"- {-disp:#x}")
+        s = " + ".join(parts).replace("+ -", "-")
+        adsize = self.insn.adsize
+        if len(parts) == 1 and not op.disp and adsize == 8:
+            return s
+        return f"(({s}) & {MASK[adsize]:#x})"
+
+    def default_seg(self, op: Op) -> int:
+        if op.seg >= 0:
+            return op.seg
+        return R_SS if op.base_name in ("esp", "ebp", "rsp", "rbp", "sp", "bp") else R_DS
+
+    def linear(self, seg: int, ea: str) -> str:
+        base = self.seg_base(seg)
+        if base is None:
+            return ea
+        return f"({base} + ({ea})) & {MASK[8 if self.mode.code == 64 else 4]:#x}"
+
+    def addr(self, op: Op) -> str:
+        """Emit the operand's linear address into a local; returns its name."""
+        self.may_fault()
+        name = self.t("la")
+        self.emit(f"{name} = {self.linear(self.default_seg(op), self.ea(op))}")
+        return name
+
+    def load(self, la: str, size: int) -> str:
+        self.may_fault()
+        name = self.t()
+        self.emit(f"{name} = ld{size}({la})")
+        return name
+
+    def store(self, la: str, size: int, value: str) -> None:
+        self.may_fault()
+        self.emit(f"st{size}({la}, {value})")
+
+    # -- operands -----------------------------------------------------------------------------
+    def read(self, op: Op, size: int | None = None) -> str:
+        """The operand's value (immediates masked to ``size`` or their own size)."""
+        if op.kind == "reg":
+            return self.reg_read(op)
+        if op.kind == "imm":
+            return hex(op.imm & MASK[size or op.size])
+        if op.kind == "mem":
+            return self.load(self.addr(op), op.size)
+        raise self.unimplemented()
+
+    def rmw(self, op: Op) -> tuple[str, Callable[[str], None]]:
+        """Read a destination once; the returned writer stores back to the same place."""
+        if op.kind == "reg":
+            return self.reg_read(op), lambda v: self.reg_write(op, v)
+        if op.kind == "mem":
+            la = self.addr(op)
+            val = self.load(la, op.size)
+            return val, lambda v: self.store(la, op.size, v)
+        raise self.unimplemented()
+
+    def write(self, op: Op, value: str) -> None:
+        if op.kind == "reg":
+            self.reg_write(op, value)
+        elif op.kind == "mem":
+            self.store(self.addr(op), op.size, value)
+        else:
+            raise self.unimplemented()
+
+    # -- the stack (SDM vol. 1, 6.2) ---------------------------------------------------------
+    def stack_mask(self) -> int:
+        return MASK[self.mode.stack // 8]
+
+    def push(self, values: list[tuple[str, int]]) -> str:
+        """Store ``values`` (first pushed first) below RSP; returns the new-RSP local.
+
+        The caller commits it with :meth:`set_sp` after its other faulting work.
+        """
+        sp = self.r(4)
+        m = self.stack_mask()
+        off = 0
+        for value, size in values:
+            off += size
+            la = self.t("la")
+            self.may_fault()
+            self.emit(f"{la} = {self.linear(R_SS, f'({sp} - {off}) & {m:#x}')}")
+            self.store(la, size, value)
+        new = self.t("sp")
+        self.emit(f"{new} = ({sp} - {off}) & {m:#x}")
+        return new
+
+    def pop(self, sizes: list[int], extra: int = 0) -> tuple[list[str], str]:
+        """Load ``sizes`` from the stack top; returns (values, new-RSP local) uncommitted."""
+        sp = self.r(4)
+        m = self.stack_mask()
+        off = 0
+        vals = []
+        for size in sizes:
+            la = self.t("la")
+            self.may_fault()
+            self.emit(f"{la} = {self.linear(R_SS, f'({sp} + {off}) & {m:#x}' if off else f'{sp} & {m:#x}')}")
+            vals.append(self.load(la, size))
+            off += size
+        new = self.t("sp")
+        self.emit(f"{new} = ({sp} + {off + extra}) & {m:#x}")
+        return vals, new
+
+    def set_sp(self, value: str) -> None:
+        self.gpr_write(4, self.mode.stack // 8, value)
+
+    # -- flags -------------------------------------------------------------------------------
+    def set_cc(self, kind: str, width: int, a: str, b: str, r: str) -> None:
+        """Flags defined by a templated operation (``flags.TEMPLATES``) on locals a, b, r."""
+        for f in F.FLAG_ORDER:
+            e = F.expr(kind, f, width, a, b, r)
+            if e is not None:
+                self.flags[f] = e
+        if kind in F.FULL_KINDS:
+            self.full, self.partial = (kind, width, a, b, r), None
+        else:
+            self.full, self.partial = None, (kind, width, a, b, r, self.flags["C"])
+
+    def set_flag(self, f: str, e: str) -> None:
+        """A flag defined by an arbitrary expression (of locals already assigned)."""
+        self.flags[f] = e
+        self.full = self.partial = None
+
+    def flag(self, f: str) -> str:
+        e = self.flags[f]
+        if e is None:
+            self.need_fe = True
+            bit = F.FLAG_BITS[f]
+            return f"(FE >> {bit} & 1)" if bit else "(FE & 1)"
+        return e
+
+    def cond(self, cc: str) -> str:
+        """A condition code as a Python boolean expression (SDM vol. 1, Table B-1)."""
+        cc = F.CC_ALIASES.get(cc, cc)
+        if cc not in F.CONDITIONS:
+            raise self.unimplemented()
+        full = self.full
+        if full is not None and full[0] == "SUB" and cc in F.SUB_CONDITIONS \
+                and all(self.flags[f] == F.expr("SUB", f, full[1], *full[2:]) for f in "CZSO"):
+            _, width, a, b, _ = full
+            return F.SUB_CONDITIONS[cc].format(a=a, b=b, m=hex(SIGN[width // 8]))
+        return F.CONDITIONS[cc].format(**{f: self.flag(f) for f in F.CONDITION_FLAGS[cc]})
+
+    def flags_value(self, flags: dict[str, str | None] | None = None) -> str:
+        """The six arithmetic flags as one EFLAGS-bits expression (may read FE)."""
+        fl = self.flags if flags is None else flags
+        exprs = {}
+        for f in F.FLAG_ORDER:
+            e = fl[f]
+            if e is None:
+                bit = F.FLAG_BITS[f]
+                e = f"(FE >> {bit} & 1)" if bit else "(FE & 1)"
+            exprs[f] = e
+        return F.combine(exprs)
+
+    def _flag_lines(self, snap: tuple[Any, ...] | None = None, fresh_fe: bool = True) -> list[str]:
+        """Lines leaving the flags where the exec loop expects them (``S.cc`` / ``env.eflags``)."""
+        fl, full, partial = snap if snap is not None else (self.flags, self.full, self.partial)
+        if all(v is None for v in fl.values()):
+            return []
+        if full is not None and all(fl[f] == F.expr(full[0], f, *full[1:]) for f in F.FLAG_ORDER):
+            kind, width, a, b, r = full
+            return [f"S.cc = (EV_{kind}_{width}, {a}, {b}, {r}, None)"]
+        if partial is not None and fl["C"] is None and all(
+                fl[f] == F.expr(partial[0], f, *partial[1:5]) for f in "PAZSO"):
+            # INC/DEC with CF still pending from before the block: chain the carry provider.
+            kind, width, a, b, r, _ = partial
+            return ["_p = S.cc",
+                    f"S.cc = (EV_{kind}_{width}, {a}, {b}, {r}, _p and (_p[4] or _p))"]
+        if partial is not None and fl["C"] is not None and "FE" not in fl["C"] and all(
+                fl[f] == F.expr(partial[0], f, *partial[1:5]) for f in "PAZSO"):
+            # INC/DEC after an in-block carry: the provider is the carry as 2|CF (an int).
+            kind, width, a, b, r, _ = partial
+            return [f"S.cc = (EV_{kind}_{width}, {a}, {b}, {r}, 2 | ({fl['C']}))"]
+        lines = []
+        value = self.flags_value(fl)
+        if "FE" in value:
+            lines.append("FE = S.get_flags()")
+        lines.append(f"env.eflags = env.eflags & ~{F.ARITH_MASK:#x} | {value}")
+        lines.append("S.cc = None")
+        return lines
+
+    def sync_flags(self) -> None:
+        """Materialise the flags into ``env.eflags`` mid-block (before a helper reads them)."""
+        for line in self._flag_lines():
+            self.emit(line)
+        self.flags = dict.fromkeys(F.FLAG_ORDER)
+        self.full = self.partial = None
+        self.emit("FE = env.eflags")
+
+    # -- leaving the block -----------------------------------------------------------------
+    def writeback(self) -> None:
+        for i in sorted(self.written):
+            self.emit(f"R[{i}] = r{i}")
+
+    def exit(self, rip: str, done: int | None = None) -> None:
+        """Leave the block with RIP = ``rip`` after ``done`` (default: this one too) instructions."""
+        self.writeback()
+        for line in self._flag_lines():
+            self.emit(line)
+        self.emit(f"env.rip = {rip}")
+        self.emit(f"S.icount += {self.k + 1 if done is None else done}")
+        self.emit("return")
+
+    def sync(self, rip: str) -> None:
+        """Write everything back before a helper that sees the whole state (ends the block)."""
+        self.writeback()
+        self.sync_flags()
+        self.emit(f"env.rip = {rip}")
+        self.emit(f"S.icount += {self.k}")
+        self.emit("n = -1")
+        self.n_set = -1
+
+    def finish_after_helper(self, rip: str | None) -> None:
+        """End the block after a helper that ran with the state written back (see :meth:`sync`)."""
+        if rip is not None:
+            self.emit(f"env.rip = {rip}")
+        self.emit("S.icount += 1")
+        self.emit("return")
+
+    def end(self) -> None:
+        self.ended = True
+
+    # -- assembling the function -------------------------------------------------------------
+    def source(self, name: str) -> str:
+        pro = [f"def {name}():"]
+        for i in sorted(self.regs):
+            pro.append(f"    r{i} = R[{i}]")
+        for s in sorted(self.segs):
+            pro.append(f"    s{s} = SB[{s}]")
+        if self.need_fe:
+            pro.append("    FE = S.get_flags()")
+        if not self.fault_snaps:
+            body = [line[4:] for line in self.lines]
+            return "\n".join(pro + body) + "\n"
+        pro.append("    n = 0")
+        pro.append("    try:")
+        handler = ["    except Fault:", "        if n >= 0:"]
+        handler += [f"            R[{i}] = r{i}" for i in sorted(self.written)]
+        for k, snap in sorted(self.fault_snaps.items()):
+            lines = self._flag_lines(snap)
+            if lines:
+                handler.append(f"            if n == {k}:")
+                handler += ["                " + line for line in lines]
+        handler.append(f"            env.rip = {tuple(self.ips)!r}[n]")
+        handler.append("            S.icount += n")
+        handler.append("        raise")
+        return "\n".join(pro + self.lines + handler) + "\n"
+
+
+def seg_index(name: str) -> int:
+    return SEG_NAMES.index(name)
+
+
+def gpr_info(name: str) -> tuple[int, int, int] | None:
+    """capstone register name -> (index, shift, width in bits) for general registers."""
+    return GPR_PARTS.get(name)
+
+
+__all__ = ["Ctx", "Insn", "Mode", "Op", "MASK", "SIGN", "R_CS", "seg_index", "gpr_info"]

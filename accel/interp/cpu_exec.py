@@ -1,0 +1,374 @@
+"""``InterpCore``: the interpreter's CPU and its exec loop (QEMU's ``cpu_exec``).
+
+The loop (``accel/tcg/cpu-exec.c`` in shape): check the exit request, look the
+block up by (RIP, mode key) (the mode key holds CS base, code and stack size,
+CPL, PE, long mode, paging: QEMU's (pc, cs_base, flags)), translate it on a miss,
+run it; a guest fault raised inside is delivered through the IVT/IDT
+(:mod:`accel.interp.excp`) and the loop goes on.  HLT, breakpoints, the budget
+and triple faults return a stop reason.
+
+The core needs no machine: ``InterpCore(env, mem, io, cpuid)`` runs on any
+:class:`~hw.i386.cpu_state.CPUX86State` and address spaces, so unit and
+differential tests drive it directly.
+
+EFLAGS: the arithmetic flags may be left pending in :attr:`InterpCore.cc`
+between blocks; :meth:`run` and :meth:`step` materialise them into
+``env.eflags`` before returning, so readers of ``env`` always see real flags.
+
+TSC: RDTSC reads ``time.monotonic_ns()`` since the core was created plus
+``env.tsc_offset`` (a 1 GHz invariant, monotonic counter; WRMSR to
+IA32_TIME_STAMP_COUNTER adjusts the offset).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from accel.interp import excp, seg, string_rt
+from accel.interp.codegen import Mode
+from accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumentError,
+                                 TripleFault)
+from accel.interp.flags import ARITH_MASK, PARITY, TEMPLATES, LazyFlags
+from accel.interp.mmu import Mmu
+from accel.interp.table import RUNTIME
+from accel.interp.translate import MAX_BLOCK_INSNS, TranslationBlock, Translator
+from hw.core.cpu import EXCP_DEBUG, EXCP_INTERRUPT, EXCP_SHUTDOWN
+from hw.i386 import cpu_state as cs
+from hw.i386.cpu_state import CPUX86State
+from util import trace
+
+#: run() stopped because ``max_insns`` instructions ran (not an exit request).
+EXCP_BUDGET = 0x10101
+
+CpuidFn = Callable[[int, int], tuple[int, int, int, int]]
+
+
+def _no_cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+    return (0, 0, 0, 0)
+
+
+class InterpCore:
+    """One x86 CPU interpreted in Python."""
+
+    def __init__(self, env: CPUX86State, mem: Any, io: Any = None,
+                 cpuid: CpuidFn | None = None, *, kick: Any = None,
+                 on_triple_fault: Callable[[], None] | None = None) -> None:
+        if not isinstance(env, CPUX86State):
+            raise InterpArgumentError(f"interp: env must be a CPUX86State, not {type(env).__name__}")
+        if mem is None or not hasattr(mem, "lookup"):
+            raise InterpArgumentError("interp: mem must be an AddressSpace")
+        self.env = env
+        self.mem = mem
+        self.io = io
+        self.cpuid = cpuid or _no_cpuid
+        self.exit_request = False
+        self.kick = kick if kick is not None else self   # anything with .exit_request
+        self.on_triple_fault = on_triple_fault
+        self.icount = 0
+        self.cc: tuple[Any, ...] | None = None
+        self.lazy = LazyFlags(env)
+        self.segbase = [s.base for s in env.segs]
+        self.code_pages: dict[int, set[tuple[Any, ...]]] = {}
+        self.tb_caches: dict[tuple[Any, ...], dict[int, TranslationBlock]] = {}
+        self.tb1_caches: dict[tuple[Any, ...], dict[int, TranslationBlock]] = {}
+        self.smc = False
+        self.breakpoints: set[int] = set()
+        self.bp_skip: int | None = None
+        self.tsc_epoch = time.monotonic_ns()
+        self.la_mask = 0xFFFFFFFF
+        self.mmu = Mmu(self)
+        self.ld = {n: self.mmu.helpers[f"ld{n}"] for n in (1, 2, 4, 8)}
+        self.st = {n: self.mmu.helpers[f"st{n}"] for n in (1, 2, 4, 8)}
+        self.globals: dict[str, Any] = {
+            "S": self, "env": env, "R": env.regs, "SB": self.segbase, "PARITY": PARITY,
+            "Fault": Fault, "CpuStop": CpuStop, "IOR": self.io_read, "IOW": self.io_write,
+            "CPUID": self.cpuid, "__builtins__": __builtins__, **self.mmu.helpers, **RUNTIME,
+        }
+        for (kind, width), fn in self.lazy.eval.items():
+            self.globals[f"EV_{kind}_{width}"] = fn
+        assert set(TEMPLATES)  # every kind has evaluators
+        self.translator = Translator(self)
+        self.mode: Mode = self._compute_mode()
+        self.tbs: dict[int, TranslationBlock] = {}
+        self.mode_changed()
+
+    # -- state derived from env ---------------------------------------------------------
+    def _compute_mode(self) -> Mode:
+        env = self.env
+        code = 64 if env.code64 else 32 if env.code32 else 16
+        if code == 64:
+            stack = 64
+        else:
+            stack = 32 if env.segs[cs.R_SS].flags & cs.DESC_B_MASK else 16
+        return Mode(code, stack, env.cpl, bool(env.cr[0] & cs.CR0_PE), env.long_mode_active,
+                    bool(env.cr[0] & cs.CR0_PG), env.segs[cs.R_CS].base)
+
+    def mode_changed(self) -> None:
+        """Recompute the mode key after anything that may change it (QEMU's hflags update)."""
+        old = getattr(self, "mode", None)
+        self.mode = mode = self._compute_mode()
+        if old is not None and (old.cpl != mode.cpl or old.paging != mode.paging):
+            self.mmu.flush()
+        self.la_mask = 0xFFFFFFFFFFFFFFFF if mode.long else 0xFFFFFFFF
+        for i, s in enumerate(self.env.segs):
+            self.segbase[i] = s.base
+        self.tbs = self.tb_caches.setdefault(mode.key, {})
+
+    def refresh(self) -> None:
+        """Re-read everything derived from ``env`` (it may have been written between runs)."""
+        if self.globals["R"] is not self.env.regs:
+            raise InterpArgumentError("interp: env.regs was replaced; assign into it instead")
+        self.mmu.flush()
+        self.mmu.check_version()
+        self.mode_changed()
+
+    # -- lazy flags ----------------------------------------------------------------------
+    def get_flags(self) -> int:
+        """EFLAGS with the pending arithmetic flags computed (QEMU's ``cpu_compute_eflags``)."""
+        c = self.cc
+        if c is None:
+            return self.env.eflags
+        return (self.env.eflags & ~ARITH_MASK) | c[0](c[1], c[2], c[3], c[4])
+
+    def sync_flags(self) -> None:
+        if self.cc is not None:
+            self.env.eflags = self.get_flags()
+            self.cc = None
+
+    # -- translation blocks -------------------------------------------------------------
+    def tb_flush(self) -> None:
+        """Drop every translated block (``tb_flush``): after code was written behind our back."""
+        self.tb_caches.clear()
+        self.tb1_caches.clear()
+        self.code_pages.clear()
+        self.tbs = self.tb_caches.setdefault(self.mode.key, {})
+        self.mmu.flush()
+
+    def _tb_gen(self, rip: int, single: bool) -> TranslationBlock:
+        mode = self.mode
+        tb = self.translator.translate(rip, mode, 1 if single else MAX_BLOCK_INSNS,
+                                       self.breakpoints)
+        cache = (self.tb1_caches.setdefault(mode.key, {}) if single else self.tbs)
+        cache[rip] = tb
+        for pp in tb.pages:
+            self.code_pages.setdefault(pp, set()).add((mode.key, rip, single))
+            self.mmu.drop_write_entries(pp)
+        return tb
+
+    def invalidate_page(self, ppage: int) -> None:
+        """A store hit a page holding translated code: drop its blocks (``tb_invalidate_phys_page``)."""
+        for key, rip, single in self.code_pages.pop(ppage, ()):
+            caches = self.tb1_caches if single else self.tb_caches
+            caches.get(key, {}).pop(rip, None)
+        self.smc = True       # a block that stored checks this and ends right after the store
+
+    # -- the exec loop ---------------------------------------------------------------------
+    def run(self, max_insns: int | None = None) -> int:
+        """Run until something stops the CPU; returns an ``EXCP_*`` reason.
+
+        EXCP_HLT (HLT executed, RIP after it), EXCP_INTERRUPT (exit request seen and
+        cleared), EXCP_DEBUG (breakpoint at RIP), EXCP_SHUTDOWN (triple fault),
+        :data:`EXCP_BUDGET` (``max_insns`` instructions ran).
+        """
+        if max_insns is not None and max_insns <= 0:
+            raise InterpArgumentError(f"interp: max_insns must be positive, not {max_insns}")
+        self.refresh()
+        env = self.env
+        kick = self.kick
+        limit = None if max_insns is None else self.icount + max_insns
+        skip, self.bp_skip = self.bp_skip, None
+        bps = self.breakpoints
+        tracer = trace.tracer
+        try:
+            while True:
+                if kick.exit_request:
+                    kick.exit_request = False
+                    return EXCP_INTERRUPT
+                pc = env.rip
+                single = False
+                if limit is not None:
+                    left = limit - self.icount
+                    if left <= 0:
+                        return EXCP_BUDGET
+                    single = left < MAX_BLOCK_INSNS
+                if bps and pc in bps:
+                    if pc != skip:
+                        self.bp_skip = pc
+                        return EXCP_DEBUG
+                    skip = None
+                    single = True
+                if single:
+                    tb = self.tb1_caches.get(self.mode.key, {}).get(pc)
+                else:
+                    tb = self.tbs.get(pc)
+                try:
+                    if tb is None:
+                        tb = self._tb_gen(pc, single)
+                    if tracer._enabled:
+                        self._trace_block(tb)
+                    tb.fn()
+                except Fault as f:
+                    excp.deliver(self, f)
+        except CpuStop as stop:
+            return stop.reason
+        except TripleFault as tf:
+            if trace.enabled("int"):
+                trace.event(f"triple fault: {tf}", "int")
+            if self.on_triple_fault is not None:
+                self.on_triple_fault()
+            return EXCP_SHUTDOWN
+        finally:
+            self.sync_flags()
+
+    def step(self) -> int:
+        """Execute exactly one instruction (or deliver one fault); returns a stop reason."""
+        return self.run(1)
+
+    def _trace_block(self, tb: TranslationBlock) -> None:
+        env = self.env
+        if trace.enabled("cpu"):
+            flags = self.get_flags()
+            regs = " ".join(f"{n}={v:x}" for n, v in zip(cs.REG_NAMES, env.regs))
+            trace.event(f"{regs} rip={env.rip:x} rfl={flags:x} mode={env.mode_name}", "cpu")
+        if trace.enabled("exec"):
+            trace.event(f"Trace {tb.pc:#x} [{tb.ninsns} insns]", "exec")
+
+    # -- helpers called by generated code -----------------------------------------------------
+    def io_read(self, port: int, size: int) -> int:
+        if self.io is None:
+            return (1 << (8 * size)) - 1
+        return int(self.io.read(port, size))
+
+    def io_write(self, port: int, value: int, size: int) -> None:
+        if self.io is not None:
+            self.io.write(port, value, size)
+
+    def rdtsc(self) -> int:
+        return (time.monotonic_ns() - self.tsc_epoch + self.env.tsc_offset) & 0xFFFFFFFFFFFFFFFF
+
+    def popf(self, value: int, size: int) -> None:
+        excp._set_flags(self, value, size)
+
+    def soft_int(self, vector: int, next_ip: int, check_dpl: bool) -> None:
+        excp.do_interrupt(self, vector, None, next_ip, soft=check_dpl)
+
+    def iret(self, size: int) -> None:
+        excp.iret(self, size)
+
+    def far_jump(self, sel: int, off: int) -> None:
+        seg.far_jump(self, sel, off)
+
+    def far_call(self, sel: int, off: int, size: int, next_ip: int) -> None:
+        seg.far_call(self, sel, off, size, next_ip)
+
+    def far_return(self, size: int, extra: int) -> None:
+        seg.far_return(self, size, extra)
+
+    def load_seg(self, index: int, sel: int) -> None:
+        seg.load_seg(self, index, sel)
+
+    def rep_string(self, kind: str, size: int, adsize: int, segment: int, rep: str,
+                   next_ip: int) -> None:
+        string_rt.rep_string(self, kind, size, adsize, segment, rep, next_ip)
+
+    # stack access for helpers (registers in env.regs)
+    def _stack_mask(self) -> int:
+        return {16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}[self.mode.stack]
+
+    def push_rt(self, values: list[tuple[int, int]]) -> None:
+        m = self._stack_mask()
+        base = 0 if self.mode.code == 64 else self.segbase[cs.R_SS]
+        sp = self.env.regs[4]
+        off = 0
+        for value, size in values:
+            off += size
+            self.st[size]((base + ((sp - off) & m)) & self.la_mask, value)
+        self.set_sp_rt((sp - off) & m)
+
+    def pop_rt(self, sizes: list[int], extra: int = 0,
+               start: int | None = None) -> tuple[list[int], int]:
+        m = self._stack_mask()
+        base = 0 if self.mode.code == 64 else self.segbase[cs.R_SS]
+        sp = self.env.regs[4] if start is None else start
+        vals = []
+        off = 0
+        for size in sizes:
+            vals.append(self.ld[size]((base + ((sp + off) & m)) & self.la_mask))
+            off += size
+        return vals, (sp + off + extra) & m
+
+    def set_sp_rt(self, value: int) -> None:
+        regs = self.env.regs
+        if self.mode.stack == 16:
+            regs[4] = (regs[4] & ~0xFFFF) | (value & 0xFFFF)
+        else:
+            regs[4] = value
+
+    # -- control registers and MSRs (SDM vol. 3A, 2.5; vol. 4) ------------------------------------
+    def write_cr(self, n: int, value: int) -> None:
+        env = self.env
+        if n == 0:
+            if value & cs.CR0_PG and not value & cs.CR0_PE:
+                raise Fault(EXCP_GP, 0, why="CR0.PG without CR0.PE")
+            old = env.cr[0]
+            env.cr[0] = value | cs.CR0_ET
+            if (old ^ value) & cs.CR0_PG:
+                # Long mode becomes active when paging is enabled with EFER.LME (SDM 9.8.5).
+                if value & cs.CR0_PG and env.efer & cs.EFER_LME:
+                    if not env.cr[4] & cs.CR4_PAE:
+                        env.cr[0] = old
+                        raise Fault(EXCP_GP, 0, why="long mode without CR4.PAE")
+                    env.efer |= cs.EFER_LMA
+                elif not value & cs.CR0_PG:
+                    env.efer &= ~cs.EFER_LMA
+        elif n in (2, 3, 4, 8):
+            env.cr[n] = value
+        else:
+            raise Fault(EXCP_UD, why=f"mov to cr{n}")
+        self.mmu.flush()
+        self.mode_changed()
+
+    _MSR_FIELDS = {cs.MSR_STAR: "star", cs.MSR_LSTAR: "lstar", cs.MSR_CSTAR: "cstar",
+                   cs.MSR_FMASK: "fmask", cs.MSR_KERNELGSBASE: "kernelgsbase",
+                   cs.MSR_IA32_SYSENTER_CS: "sysenter_cs", cs.MSR_IA32_SYSENTER_ESP: "sysenter_esp",
+                   cs.MSR_IA32_SYSENTER_EIP: "sysenter_eip", cs.MSR_TSC_AUX: "tsc_aux",
+                   cs.MSR_PAT: "pat", cs.MSR_IA32_APICBASE: "apic_base",
+                   cs.MSR_IA32_MISC_ENABLE: "misc_enable", cs.MSR_EFER: "efer"}
+
+    def rdmsr(self, index: int) -> int:
+        """RDMSR: the MSRs CPUX86State models; #GP(0) for any other (SDM vol. 2B, RDMSR)."""
+        env = self.env
+        if index == cs.MSR_IA32_TSC:
+            return self.rdtsc()
+        if index == cs.MSR_FSBASE:
+            return env.segs[cs.R_FS].base
+        if index == cs.MSR_GSBASE:
+            return env.segs[cs.R_GS].base
+        name = self._MSR_FIELDS.get(index)
+        if name is not None:
+            return int(getattr(env, name))
+        if index in env.msrs:
+            return env.msrs[index]
+        raise Fault(EXCP_GP, 0, why=f"rdmsr of unknown MSR {index:#x}")
+
+    def wrmsr(self, index: int, value: int) -> None:
+        env = self.env
+        if index == cs.MSR_IA32_TSC:
+            env.tsc_offset = value - (time.monotonic_ns() - self.tsc_epoch)
+        elif index == cs.MSR_FSBASE:
+            env.segs[cs.R_FS].base = value
+        elif index == cs.MSR_GSBASE:
+            env.segs[cs.R_GS].base = value
+        elif index == cs.MSR_EFER:
+            # LMA is read-only: it follows CR0.PG and LME (SDM vol. 3A, 2.2.1).
+            if value & ~(cs.EFER_SCE | cs.EFER_LME | cs.EFER_LMA | cs.EFER_NXE):
+                raise Fault(EXCP_GP, 0, why=f"reserved EFER bits {value:#x}")
+            env.efer = (value & ~cs.EFER_LMA) | (env.efer & cs.EFER_LMA)
+        elif index in self._MSR_FIELDS:
+            setattr(env, self._MSR_FIELDS[index], value)
+        elif index in env.msrs:
+            env.msrs[index] = value
+        else:
+            raise Fault(EXCP_GP, 0, why=f"wrmsr of unknown MSR {index:#x}")
+        self.mode_changed()

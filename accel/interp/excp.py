@@ -1,0 +1,258 @@
+"""Exception and interrupt delivery, and IRET (Intel SDM vol. 3A, chapter 6; vol. 2A, IRET).
+
+* Real mode (SDM vol. 3A, 20.1.4): the IVT at IDTR.base holds 4-byte far
+  pointers; push FLAGS, CS, IP; clear IF, TF and AC.
+* Protected mode (6.10-6.12): 8-byte interrupt/trap gates (16- or 32-bit); a
+  gate to a more privileged non-conforming segment switches to the stack of the
+  TSS (SS0:ESP0...); push [SS, ESP,] EFLAGS, CS, EIP [, error code]; an
+  interrupt gate clears IF; TF, NT, RF and VM are cleared.
+* Long mode (6.14): 16-byte gates, RSP from the TSS (or an IST slot), aligned
+  to 16, then SS, RSP, RFLAGS, CS, RIP [, error code] as 8-byte pushes.
+* A fault while delivering an exception becomes #DF; a fault while delivering
+  #DF is a triple fault (6.15 "Interrupt 8"), which the exec loop turns into a
+  reset request and ``EXCP_SHUTDOWN``.
+Task gates and virtual-8086 interrupts are not implemented: reaching one stops
+the VM with :class:`InterpError` naming it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from accel.interp.errors import (EXCP_DF, EXCP_GP, EXCP_NP, HAS_ERROR_CODE, VECTOR_NAMES, Fault,
+                                 InterpError, TripleFault)
+from accel.interp.seg import cache_from, protected, read_descriptor
+from hw.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
+                               DESC_P_MASK, EFER_LMA, IF_MASK, IOPL_MASK, NT_MASK, R_CS, R_SS,
+                               RF_MASK, TF_MASK, VM_MASK, SegmentCache)
+from util import trace
+
+if TYPE_CHECKING:
+    from accel.interp.cpu_exec import InterpCore
+
+
+def deliver(core: "InterpCore", fault: Fault) -> None:
+    """Deliver an exception raised at ``env.rip`` (a fault: RIP is the faulting instruction)."""
+    try:
+        do_interrupt(core, fault.vector, fault.error_code, core.env.rip, soft=False, cr2=fault.cr2)
+    except Fault as second:
+        if fault.vector == EXCP_DF:
+            raise TripleFault(f"{second} while delivering #DF") from second
+        try:
+            do_interrupt(core, EXCP_DF, 0, core.env.rip, soft=False)
+        except Fault as third:
+            raise TripleFault(f"{third} while delivering #DF after {second}") from third
+
+
+def do_interrupt(core: "InterpCore", vector: int, error_code: int | None, ret_ip: int, *,
+                 soft: bool, cr2: int | None = None) -> None:
+    env = core.env
+    flags = core.get_flags()      # materialise the lazy flags: they are pushed
+    env.eflags = flags
+    core.cc = None
+    if cr2 is not None:
+        env.cr[2] = cr2
+    if trace.enabled("int"):
+        trace.event(f"interrupt {vector} ({VECTOR_NAMES.get(vector, 'int')}) "
+                    f"{'software ' if soft else ''}at {env.segs[R_CS].selector:04x}:{env.rip:#x}"
+                    f"{'' if error_code is None else f' err={error_code:#x}'}", "int")
+    if not env.cr[0] & CR0_PE:
+        _real_mode(core, vector, ret_ip)
+    elif env.eflags & VM_MASK:
+        raise InterpError(f"interp: interrupt {vector} in virtual-8086 mode is not implemented")
+    elif env.efer & EFER_LMA:
+        _long_mode(core, vector, error_code, ret_ip, soft)
+    else:
+        _protected(core, vector, error_code, ret_ip, soft)
+    core.mode_changed()
+
+
+def _real_mode(core: "InterpCore", vector: int, ret_ip: int) -> None:
+    env = core.env
+    if vector * 4 + 3 > env.idt.limit:
+        raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector} past the IVT limit")
+    entry = int.from_bytes(core.mmu.read_bytes(env.idt.base + vector * 4, 4), "little")
+    core.push_rt([(env.eflags & 0xFFFF, 2), (env.segs[R_CS].selector, 2), (ret_ip & 0xFFFF, 2)])
+    env.eflags &= ~(IF_MASK | TF_MASK | AC_MASK)
+    cs = env.segs[R_CS]
+    cs.selector = entry >> 16
+    cs.base = cs.selector << 4
+    core.segbase[R_CS] = cs.base
+    env.rip = entry & 0xFFFF
+
+
+def _gate(core: "InterpCore", vector: int, size: int, soft: bool) -> tuple[int, int, int]:
+    """Read and check a gate: returns (type, selector, offset) (SDM vol. 3A, 6.11, 6.12.1.1)."""
+    env = core.env
+    if vector * size + size - 1 > env.idt.limit:
+        raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector} past the IDT limit")
+    raw = core.mmu.read_bytes(env.idt.base + vector * size, size)
+    lo, hi = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:8], "little")
+    gtype = (hi >> 8) & 0x1F
+    if gtype == 5:
+        raise InterpError(f"interp: task gate for vector {vector} is not implemented")
+    if gtype not in (6, 7, 0xE, 0xF):
+        raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector}: bad gate type {gtype:#x}")
+    if soft and (hi >> DESC_DPL_SHIFT) & 3 < env.cpl:
+        raise Fault(EXCP_GP, vector * 8 + 2, why=f"int {vector}: gate DPL < CPL")
+    if not hi & DESC_P_MASK:
+        raise Fault(EXCP_NP, vector * 8 + 2, why=f"vector {vector}: gate not present")
+    offset = (lo & 0xFFFF) | (hi & 0xFFFF0000)
+    if size == 16:
+        offset |= int.from_bytes(raw[8:12], "little") << 32
+    return gtype, lo >> 16, offset
+
+
+def _target_cs(core: "InterpCore", sel: int) -> tuple[SegmentCache, int]:
+    if sel & 0xFFFC == 0:
+        raise Fault(EXCP_GP, 0, why="interrupt gate with a null code selector")
+    lo, hi = read_descriptor(core, sel)
+    if not hi & 0x1800 == 0x1800:    # S=1 and code
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"interrupt target {sel:#x} is not code")
+    if not hi & DESC_P_MASK:
+        raise Fault(EXCP_NP, sel & 0xFFFC, why=f"interrupt target {sel:#x} not present")
+    dpl = (hi >> DESC_DPL_SHIFT) & 3
+    new_cpl = core.env.cpl if hi & DESC_C_MASK or dpl >= core.env.cpl else dpl
+    if dpl > core.env.cpl:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"interrupt target {sel:#x} DPL > CPL")
+    return cache_from((sel & ~3) | new_cpl, lo, hi), new_cpl
+
+
+def _tss_stack32(core: "InterpCore", cpl: int) -> tuple[int, int]:
+    """SS:ESP for privilege ``cpl`` from a 32-bit TSS (SDM vol. 3A, 7.2.1, Figure 7-2)."""
+    tr = core.env.tr
+    raw = core.mmu.read_bytes(tr.base + 4 + cpl * 8, 8)
+    return int.from_bytes(raw[4:6], "little"), int.from_bytes(raw[:4], "little")
+
+
+def _protected(core: "InterpCore", vector: int, error_code: int | None, ret_ip: int,
+               soft: bool) -> None:
+    env = core.env
+    gtype, sel, offset = _gate(core, vector, 8, soft)
+    cache, new_cpl = _target_cs(core, sel)
+    size = 4 if gtype & 8 else 2
+    frame = []
+    old_ss, old_sp = env.segs[R_SS].selector, env.regs[4]
+    if new_cpl < env.cpl:
+        ss_sel, esp = _tss_stack32(core, new_cpl)
+        lo, hi = read_descriptor(core, ss_sel)
+        env.segs[R_SS] = cache_from(ss_sel, lo, hi)
+        core.segbase[R_SS] = env.segs[R_SS].base
+        env.regs[4] = esp
+        core.mode_changed()
+        frame += [(old_ss, size), (old_sp, size)]
+    frame += [(env.eflags, size), (env.segs[R_CS].selector, size), (ret_ip, size)]
+    if error_code is not None and vector in HAS_ERROR_CODE and not soft:
+        frame.append((error_code, size))
+    core.push_rt(frame)
+    env.eflags &= ~(TF_MASK | NT_MASK | RF_MASK | VM_MASK)
+    if not gtype & 1:
+        env.eflags &= ~IF_MASK
+    env.segs[R_CS] = cache
+    core.segbase[R_CS] = cache.base
+    env.rip = offset if size == 4 else offset & 0xFFFF
+
+
+def _long_mode(core: "InterpCore", vector: int, error_code: int | None, ret_ip: int,
+               soft: bool) -> None:
+    env = core.env
+    gtype, sel, offset = _gate(core, vector, 16, soft)
+    if gtype not in (0xE, 0xF):
+        raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector}: not a 64-bit gate")
+    cache, new_cpl = _target_cs(core, sel)
+    raw = core.mmu.read_bytes(env.idt.base + vector * 16, 8)
+    ist = raw[4] & 7
+    old_ss, old_sp, old_cs = env.segs[R_SS].selector, env.regs[4], env.segs[R_CS].selector
+    rsp = old_sp
+    if ist or new_cpl < env.cpl:
+        # 64-bit TSS: RSP0-2 at 4, IST1-7 at 0x24 (SDM vol. 3A, 7.7, Figure 7-11).
+        off = 0x24 + (ist - 1) * 8 if ist else 4 + new_cpl * 8
+        rsp = int.from_bytes(core.mmu.read_bytes(env.tr.base + off, 8), "little")
+    if new_cpl < env.cpl:
+        env.segs[R_SS] = SegmentCache(new_cpl, 0, 0, 0)
+        core.segbase[R_SS] = 0
+    rsp &= ~0xF
+    frame = [(old_ss, 8), (old_sp, 8), (env.eflags, 8), (old_cs, 8), (ret_ip, 8)]
+    if error_code is not None and vector in HAS_ERROR_CODE and not soft:
+        frame.append((error_code, 8))
+    env.regs[4] = rsp
+    core.mode_changed()
+    core.push_rt(frame)
+    env.eflags &= ~(TF_MASK | NT_MASK | RF_MASK | VM_MASK)
+    if not gtype & 1:
+        env.eflags &= ~IF_MASK
+    env.segs[R_CS] = cache
+    core.segbase[R_CS] = cache.base
+    env.rip = offset
+
+
+def iret(core: "InterpCore", size: int) -> None:
+    """IRET/IRETD/IRETQ (SDM vol. 2A, IRET): real mode, same privilege, to an outer level,
+    and the 64-bit form that always pops SS:RSP."""
+    env = core.env
+    long64 = core.mode.code == 64
+    if env.eflags & NT_MASK and protected(core) and not env.efer & EFER_LMA:
+        raise InterpError("interp: IRET task return (NT=1) is not implemented")
+    sizes = [size] * (5 if long64 else 3)
+    vals, new_sp = core.pop_rt(sizes)
+    ip, sel, flags = vals[0], vals[1] & 0xFFFF, vals[2]
+    if not protected(core):
+        cs = env.segs[R_CS]
+        cs.selector, cs.base = sel, sel << 4
+        core.segbase[R_CS] = cs.base
+        core.set_sp_rt(new_sp)
+        _set_flags(core, flags, size)
+        env.rip = ip
+        core.mode_changed()
+        return
+    if flags & VM_MASK and size == 4 and env.cpl == 0 and not long64:
+        raise InterpError("interp: IRET to virtual-8086 mode is not implemented")
+    rpl = sel & 3
+    cpl = env.cpl
+    lo, hi = read_descriptor(core, sel)
+    if not hi & 0x1800 == 0x1800 or rpl < cpl:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"iret to {sel:#x}")
+    if not hi & DESC_P_MASK:
+        raise Fault(EXCP_NP, sel & 0xFFFC, why=f"iret to {sel:#x}: not present")
+    cache = cache_from(sel, lo, hi)
+    if long64 or rpl > cpl:
+        if not long64:
+            (sp, ss), new_sp = core.pop_rt([size, size], 0, start=new_sp)
+        else:
+            sp, ss = vals[3], vals[4] & 0xFFFF
+        _set_flags(core, flags, size)
+        if ss & 0xFFFC:
+            slo, shi = read_descriptor(core, ss)
+            env.segs[R_SS] = cache_from(ss, slo, shi)
+        else:
+            env.segs[R_SS] = SegmentCache(ss, 0, 0, 0)
+        core.segbase[R_SS] = env.segs[R_SS].base
+        env.segs[R_CS] = cache
+        core.segbase[R_CS] = cache.base
+        env.regs[4] = sp if size == 8 or env.segs[R_SS].flags & DESC_B_MASK else (
+            env.regs[4] & ~0xFFFF | sp & 0xFFFF)
+    else:
+        _set_flags(core, flags, size)
+        env.segs[R_CS] = cache
+        core.segbase[R_CS] = cache.base
+        core.set_sp_rt(new_sp)
+    env.rip = ip if size != 2 else ip & 0xFFFF
+    core.mode_changed()
+
+
+def _set_flags(core: "InterpCore", value: int, size: int) -> None:
+    """The EFLAGS update rules shared by POPF and IRET (SDM vol. 2B, POPF, Table 4-16)."""
+    env = core.env
+    cpl = env.cpl if protected(core) else 0
+    iopl = (env.eflags & IOPL_MASK) >> 12
+    mask = 0x247FD5   # CF PF AF ZF SF TF IF DF OF IOPL NT AC ID
+    if protected(core):
+        if cpl > 0:
+            mask &= ~IOPL_MASK
+        if cpl > iopl:
+            mask &= ~IF_MASK
+    if size == 2:
+        mask &= 0xFFFF
+    env.eflags = (env.eflags & ~mask) | (value & mask) | 2
+    env.eflags &= ~RF_MASK
+    core.cc = None

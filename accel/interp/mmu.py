@@ -1,0 +1,259 @@
+"""The softmmu: linear -> physical translation, a software TLB and RAM fast paths.
+
+Translation follows Intel SDM vol. 3A, chapter 4: no paging (CR0.PG=0, linear =
+physical), 32-bit paging (4.3, 4 KiB and 4 MiB pages with CR4.PSE), PAE paging
+(4.4) and 4-level paging (4.5, 4 KiB / 2 MiB / 1 GiB pages).  Permissions are
+those of 4.6 (R/W, U/S, CR0.WP, XD with EFER.NXE); a violation raises #PF with
+CR2 and the error code of 4.7.  Accessed and dirty bits are set as 4.8 says.
+
+The TLB is two dicts keyed by virtual page number (one for reads, one for
+writes) whose values are ``(memoryview, delta)``: the host offset of linear
+address ``la`` is ``la + delta``.  Only RAM pages get entries; MMIO always takes
+the slow path through the address space's dispatch.  Pages holding translated
+code never get a write entry, so a store to them takes the slow path, which
+invalidates the blocks of that page (the "one cheap check per store" is free).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any, Callable
+
+from accel.interp.errors import EXCP_GP, EXCP_PF, Fault
+from hw.i386.cpu_state import (CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE)
+
+if TYPE_CHECKING:
+    from accel.interp.cpu_exec import InterpCore
+
+PAGE = 4096
+# Page-table entry bits (SDM vol. 3A, 4.5, Tables 4-15..4-20).
+PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS = 1, 2, 4, 0x20, 0x40, 0x80
+PTE_XD = 1 << 63
+ADDR_MASK = 0x000FFFFFFFFFF000
+# #PF error code bits (SDM vol. 3A, 4.7, Figure 4-12).
+PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD, PFEC_I = 1, 2, 4, 8, 16
+
+ACC_READ, ACC_WRITE, ACC_EXEC = 0, 1, 2
+
+_STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"),
+            8: struct.Struct("<Q")}
+
+
+class Mmu:
+    """Address translation and memory helpers of one :class:`InterpCore`."""
+
+    def __init__(self, core: "InterpCore") -> None:
+        self.core = core
+        self.env = core.env
+        self.mem = core.mem
+        self.tlb_r: dict[int, tuple[memoryview, int]] = {}
+        self.tlb_w: dict[int, tuple[memoryview, int]] = {}
+        self.w_ppage: dict[int, int] = {}      # vpage -> ppage of each write entry
+        self.mem_version = -1
+        self.helpers = self._make_helpers()
+
+    # -- the TLB ---------------------------------------------------------------------
+    def flush(self) -> None:
+        """Drop every entry (CR3/CR0/CR4 writes, CPL changes, a new memory map)."""
+        self.tlb_r.clear()
+        self.tlb_w.clear()
+        self.w_ppage.clear()
+
+    def flush_page(self, la: int) -> None:
+        """INVLPG (SDM vol. 2A, INVLPG)."""
+        vp = la >> 12
+        self.tlb_r.pop(vp, None)
+        self.tlb_w.pop(vp, None)
+        self.w_ppage.pop(vp, None)
+
+    def check_version(self) -> None:
+        if self.mem.version != self.mem_version:
+            self.mem_version = self.mem.version
+            self.flush()
+
+    def drop_write_entries(self, ppage: int) -> None:
+        """``ppage`` now holds translated code: stores to it must take the slow path."""
+        for vp in [vp for vp, pp in self.w_ppage.items() if pp == ppage]:
+            del self.tlb_w[vp]
+            del self.w_ppage[vp]
+
+    # -- translation -------------------------------------------------------------------
+    def translate(self, la: int, access: int) -> int:
+        """Linear -> physical address for ``access``; raises #PF/#GP as the SDM says."""
+        env = self.env
+        if env.efer & EFER_LMA:
+            top = la >> 47
+            if top != 0 and top != 0x1FFFF:
+                raise Fault(EXCP_GP, 0, why=f"non-canonical address {la:#x}")
+        if not env.cr[0] & CR0_PG:
+            return la & 0xFFFFFFFF if not env.efer & EFER_LMA else la
+        return self._walk(la, access)
+
+    def _walk(self, la: int, access: int) -> int:
+        env = self.env
+        cpl3 = env.cpl == 3
+        wp = bool(env.cr[0] & CR0_WP)
+        nxe = bool(env.efer & EFER_NXE)
+        rd = self.mem.read
+        wr = self.mem.write
+        entries: list[tuple[int, int, int]] = []    # (address, value, size) walked
+        if env.efer & EFER_LMA or env.cr[4] & CR4_PAE:
+            if env.efer & EFER_LMA:
+                levels = [(env.cr[3] & ADDR_MASK) + ((la >> 39) & 0x1FF) * 8]
+                shifts = [39, 30, 21, 12]
+            else:
+                # PAE: the four PDPTEs are at CR3[31:5] (SDM 4.4.1).
+                levels = [(env.cr[3] & 0xFFFFFFE0) + ((la >> 30) & 3) * 8]
+                shifts = [30, 21, 12]
+            addr = levels[0]
+            for depth, shift in enumerate(shifts):
+                if depth:
+                    addr = (value & ADDR_MASK) + ((la >> shift) & 0x1FF) * 8
+                value = rd(addr, 8)
+                entries.append((addr, value, 8))
+                if not value & PTE_P:
+                    self._pf(la, access, cpl3, present=False)
+                pae_pdpte = not env.efer & EFER_LMA and shift == 30
+                if not pae_pdpte and shift in (30, 21) and value & PTE_PS:
+                    size_mask = (1 << shift) - 1
+                    pa = (value & ADDR_MASK & ~size_mask) | (la & size_mask)
+                    break
+            else:
+                pa = (value & ADDR_MASK) | (la & 0xFFF)
+            eff = entries if env.efer & EFER_LMA else entries[1:]  # PAE PDPTEs carry no R/W, U/S
+        else:
+            # 32-bit paging (SDM 4.3): PDE at CR3[31:12], 4 MiB pages with CR4.PSE.
+            la &= 0xFFFFFFFF
+            addr = (env.cr[3] & 0xFFFFF000) + ((la >> 22) & 0x3FF) * 4
+            value = rd(addr, 4)
+            entries.append((addr, value, 4))
+            if not value & PTE_P:
+                self._pf(la, access, cpl3, present=False)
+            if value & PTE_PS and env.cr[4] & CR4_PSE:
+                pa = (value & 0xFFC00000) | ((value >> 13 & 0xFF) << 32) | (la & 0x3FFFFF)
+            else:
+                addr = (value & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4
+                value = rd(addr, 4)
+                entries.append((addr, value, 4))
+                if not value & PTE_P:
+                    self._pf(la, access, cpl3, present=False)
+                pa = (value & 0xFFFFF000) | (la & 0xFFF)
+            eff = entries
+        # Permissions: the combination over every level (SDM 4.6.1).
+        writable = all(v & PTE_RW for _, v, _ in eff)
+        user = all(v & PTE_US for _, v, _ in eff)
+        noexec = nxe and any(v & PTE_XD for _, v, _ in eff)
+        if cpl3 and not user:
+            self._pf(la, access, cpl3, present=True)
+        if access == ACC_WRITE and not writable and (cpl3 or wp):
+            self._pf(la, access, cpl3, present=True)
+        if access == ACC_EXEC and noexec:
+            self._pf(la, access, cpl3, present=True)
+        # Accessed bits on every level, dirty on the leaf for a write (SDM 4.8).
+        for i, (addr, value, size) in enumerate(entries):
+            new = value | PTE_A
+            if i == len(entries) - 1 and access == ACC_WRITE:
+                new |= PTE_D
+            if new != value:
+                wr(addr, new, size)
+        return pa
+
+    def _pf(self, la: int, access: int, cpl3: bool, present: bool) -> None:
+        code = (PFEC_P if present else 0) | (PFEC_W if access == ACC_WRITE else 0) \
+            | (PFEC_U if cpl3 else 0) \
+            | (PFEC_I if access == ACC_EXEC and self.env.efer & EFER_NXE else 0)
+        raise Fault(EXCP_PF, code, cr2=la, why=f"page fault at {la:#x}")
+
+    def fill(self, la: int, access: int) -> int:
+        """Translate and, for a RAM page, add a TLB entry; returns the physical address."""
+        self.check_version()
+        pa = self.translate(la, access)
+        vp, pp = la >> 12, pa >> 12
+        r = self.mem.lookup(pp << 12)
+        if r is not None and r.mr.is_ram and r.end >= (pp + 1) << 12:
+            delta = r.offset - r.start + (pp << 12) - (vp << 12)
+            if access == ACC_WRITE:
+                if not r.mr.readonly and pp not in self.core.code_pages:
+                    self.tlb_w[vp] = (r.mr.ram(), delta)
+                    self.w_ppage[vp] = pp
+            else:
+                self.tlb_r[vp] = (r.mr.ram(), delta)
+        return pa
+
+    # -- slow paths ------------------------------------------------------------------
+    def slow_load(self, la: int, size: int) -> int:
+        if (la & 0xFFF) + size > PAGE:
+            lo = PAGE - (la & 0xFFF)
+            pa1 = self.fill(la, ACC_READ)
+            pa2 = self.fill(la + lo, ACC_READ)
+            v = self.mem.read_bytes(pa1, lo) + self.mem.read_bytes(pa2, size - lo)
+            return int.from_bytes(v, "little")
+        pa = self.fill(la, ACC_READ)
+        return self.mem.read(pa, size)
+
+    def slow_store(self, la: int, size: int, value: int) -> None:
+        value &= (1 << (8 * size)) - 1
+        if (la & 0xFFF) + size > PAGE:
+            lo = PAGE - (la & 0xFFF)
+            # Translate both pages before writing anything: the store is all or nothing.
+            pa1 = self.fill(la, ACC_WRITE)
+            pa2 = self.fill(la + lo, ACC_WRITE)
+            data = value.to_bytes(size, "little")
+            self._phys_store(pa1, data[:lo])
+            self._phys_store(pa2, data[lo:])
+            return
+        pa = self.fill(la, ACC_WRITE)
+        self._phys_store(pa, value.to_bytes(size, "little"))
+
+    def _phys_store(self, pa: int, data: bytes) -> None:
+        core = self.core
+        if pa >> 12 in core.code_pages:
+            core.invalidate_page(pa >> 12)
+        self.mem.write_bytes(pa, data)
+
+    def read_bytes(self, la: int, n: int) -> bytes:
+        """Read guest-linear bytes (descriptor tables, code fetch for the translator)."""
+        out = bytearray()
+        while n > 0:
+            chunk = min(n, PAGE - (la & 0xFFF))
+            out += self.mem.read_bytes(self.translate(la, ACC_READ), chunk)
+            la += chunk
+            n -= chunk
+        return bytes(out)
+
+    # -- the helpers generated code calls ------------------------------------------------
+    def _make_helpers(self) -> dict[str, Callable[..., Any]]:
+        """``ld1..ld8`` / ``st1..st8``: a dict hit and an ``unpack_from`` on RAM."""
+        helpers: dict[str, Callable[..., Any]] = {}
+        for size, st in _STRUCTS.items():
+            helpers[f"ld{size}"] = self._make_load(size, st)
+            helpers[f"st{size}"] = self._make_store(size, st)
+        return helpers
+
+    def _make_load(self, size: int, st: struct.Struct) -> Callable[[int], int]:
+        limit = PAGE - size
+        get = self.tlb_r.get
+        unpack = st.unpack_from
+        slow = self.slow_load
+
+        def load(la: int) -> int:
+            e = get(la >> 12)
+            if e is not None and la & 0xFFF <= limit:
+                return unpack(e[0], la + e[1])[0]
+            return slow(la, size)
+        return load
+
+    def _make_store(self, size: int, st: struct.Struct) -> Callable[[int, int], None]:
+        limit = PAGE - size
+        get = self.tlb_w.get
+        pack = st.pack_into
+        slow = self.slow_store
+        mask = (1 << (8 * size)) - 1
+
+        def store(la: int, value: int) -> None:
+            e = get(la >> 12)
+            if e is not None and la & 0xFFF <= limit:
+                pack(e[0], la + e[1], value & mask)
+            else:
+                slow(la, size, value)
+        return store

@@ -1,0 +1,235 @@
+"""Shifts, rotates and bit operations: SHL SAL SHR SAR ROL ROR RCL RCR, BT BTS BTR BTC, BSF BSR.
+
+Intel SDM vol. 2B, "SAL/SAR/SHL/SHR", "RCL/RCR/ROL/ROR", "BT", "BTS", "BTR",
+"BTC", "BSF", "BSR".  The count is masked to 5 bits (6 with a 64-bit operand);
+a masked count of 0 changes nothing, flags included.  RCL/RCR of 8/16-bit
+operands rotate through CF modulo 9/17.  OF is defined for a count of 1 only; for
+larger counts we compute the same expression (the SDM leaves it undefined, see
+:mod:`accel.interp.undefined_flags`).  AF after a shift is undefined; we clear it.
+"""
+
+from __future__ import annotations
+
+from accel.interp.codegen import MASK, Ctx, Insn
+from accel.interp.flags import ARITH_MASK, FLAG_BITS
+from accel.interp.table import op
+
+# Each template computes r (result) and, where the kind defines them, cf and of,
+# from a (operand), n (effective count, nonzero), w (width), m (mask), s (w-1), ci (CF in).
+SHIFTS = {
+    "shl": ("{r} = ({a} << {n}) & {m}",
+            "{cf} = {a} >> ({w} - {n}) & 1 if {n} <= {w} else 0",
+            "{of} = ({r} >> {s} & 1) ^ {cf}"),
+    "shr": ("{r} = {a} >> {n}",
+            "{cf} = {a} >> ({n} - 1) & 1",
+            "{of} = {a} >> {s} & 1"),
+    "sar": ("{r} = (({a} ^ {sign}) - {sign} >> {n}) & {m}",
+            "{cf} = (({a} ^ {sign}) - {sign}) >> ({n} - 1) & 1",
+            "{of} = 0"),
+}
+SHIFTS["sal"] = SHIFTS["shl"]
+
+ROTATES = {
+    "rol": ("{k} = {n} % {w}",
+            "{r} = (({a} << {k}) | ({a} >> ({w} - {k}))) & {m}",
+            "{cf} = {r} & 1",
+            "{of} = ({r} >> {s} & 1) ^ {cf}"),
+    "ror": ("{k} = {n} % {w}",
+            "{r} = (({a} >> {k}) | ({a} << ({w} - {k}))) & {m}",
+            "{cf} = {r} >> {s} & 1",
+            "{of} = ({r} >> {s} ^ {r} >> ({s} - 1)) & 1"),
+}
+
+
+def _count(c: Ctx, i: Insn) -> tuple[str, int | None]:
+    dst = i.ops[0]
+    cmask = 0x3F if dst.size == 8 else 0x1F
+    if len(i.ops) == 1:
+        return "1", 1
+    src = i.ops[1]
+    if src.kind == "imm":
+        return str(src.imm & cmask), src.imm & cmask
+    n = c.t("n")
+    c.emit(f"{n} = {c.read(src)} & {cmask:#x}")
+    return n, None
+
+
+def _apply(c: Ctx, static: int | None, n: str, body: "callable[[], None]") -> None:  # type: ignore[valid-type]
+    """Run ``body`` directly for a known nonzero count, under ``if n:`` for CL."""
+    if static is not None:
+        if static:
+            body()
+        return
+    c.emit(f"if {n}:")
+    c.ind += 1
+    body()
+    c.ind -= 1
+
+
+def _commit_flags(c: Ctx, static: int | None, fl: str, defs: dict[str, str]) -> None:
+    """After a shift: flags from ``defs`` (static count) or from the local ``fl`` (CL count)."""
+    if static is not None:
+        for f, e in defs.items():
+            c.set_flag(f, e)
+        return
+    for f in defs:
+        bit = FLAG_BITS[f]
+        c.set_flag(f, f"({fl} >> {bit} & 1)" if bit else f"({fl} & 1)")
+
+
+def _flags_into(c: Ctx, fl: str, defs: dict[str, str]) -> None:
+    mask = sum(1 << FLAG_BITS[f] for f in defs)
+    parts = " | ".join(f"(({e}) << {FLAG_BITS[f]})" for f, e in defs.items())
+    c.emit(f"{fl} = {fl} & ~{mask:#x} | {parts}")
+
+
+@op("shl", "sal", "shr", "sar")
+def gen_shift(c: Ctx, i: Insn) -> None:
+    dst = i.ops[0]
+    size, w = dst.size, dst.size * 8
+    val, put = c.rmw(dst)
+    n, static = _count(c, i)
+    if static == 0:
+        return
+    a, r, cf, of, fl = c.t("a"), c.t("r"), c.t("cf"), c.t("of"), c.t("FL")
+    fmt = dict(a=a, n=n, w=w, m=hex(MASK[size]), s=w - 1, r=r, cf=cf, of=of,
+               sign=hex(1 << (w - 1)))
+    defs = {"C": cf, "P": f"PARITY[{r} & 0xFF]", "A": "0", "Z": f"({r} == 0)",
+            "S": f"({r} >> {w - 1} & 1)", "O": of}
+    if static is None:
+        c.emit(f"{fl} = {c.flags_value()}")
+
+    def body() -> None:
+        c.emit(f"{a} = {val}")
+        for line in SHIFTS[i.mnem]:
+            c.emit(line.format(**fmt))
+        put(r)
+        if static is None:
+            _flags_into(c, fl, defs)
+    _apply(c, static, n, body)
+    _commit_flags(c, static, fl, defs)
+
+
+@op("rol", "ror")
+def gen_rotate(c: Ctx, i: Insn) -> None:
+    """ROL/ROR change CF and OF only (SDM vol. 2B, RCL/RCR/ROL/ROR "Flags Affected")."""
+    dst = i.ops[0]
+    size, w = dst.size, dst.size * 8
+    val, put = c.rmw(dst)
+    n, static = _count(c, i)
+    if static == 0:
+        return
+    a, r, k, cf, of, fl = c.t("a"), c.t("r"), c.t("k"), c.t("cf"), c.t("of"), c.t("FL")
+    fmt = dict(a=a, n=n, w=w, m=hex(MASK[size]), s=w - 1, r=r, k=k, cf=cf, of=of)
+    defs = {"C": cf, "O": of}
+    if static is None:
+        c.emit(f"{fl} = {c.flags_value()}")
+
+    def body() -> None:
+        c.emit(f"{a} = {val}")
+        for line in ROTATES[i.mnem]:
+            c.emit(line.format(**fmt))
+        put(r)
+        if static is None:
+            _flags_into(c, fl, defs)
+    _apply(c, static, n, body)
+    _commit_flags(c, static, fl, defs)
+
+
+@op("rcl", "rcr")
+def gen_rotate_carry(c: Ctx, i: Insn) -> None:
+    """RCL/RCR rotate the (w+1)-bit value CF:dest; counts are taken mod 9/17 for 8/16 bits."""
+    dst = i.ops[0]
+    size, w = dst.size, dst.size * 8
+    val, put = c.rmw(dst)
+    n, static = _count(c, i)
+    if static == 0:
+        return
+    a, r, k, x, cf, of, fl = (c.t("a"), c.t("r"), c.t("k"), c.t("x"), c.t("cf"), c.t("of"),
+                              c.t("FL"))
+    ci = c.t("ci")
+    c.emit(f"{ci} = {c.flag('C')}")
+    if static is None:
+        c.emit(f"{fl} = {c.flags_value()}")
+    m1 = (1 << (w + 1)) - 1
+    modulo = w + 1 if size <= 2 else None
+    defs = {"C": cf, "O": of}
+
+    def body() -> None:
+        c.emit(f"{a} = {val}")
+        c.emit(f"{k} = {n} % {modulo}" if modulo else f"{k} = {n}")
+        c.emit(f"{x} = ({ci} << {w}) | {a}")
+        if i.mnem == "rcl":
+            c.emit(f"{x} = (({x} << {k}) | ({x} >> ({w + 1} - {k}))) & {m1:#x}")
+            c.emit(f"{r} = {x} & {MASK[size]:#x}")
+            c.emit(f"{cf} = {x} >> {w}")
+            c.emit(f"{of} = ({r} >> {w - 1} & 1) ^ {cf}")
+        else:
+            c.emit(f"{of} = ({a} >> {w - 1} & 1) ^ {ci}")
+            c.emit(f"{x} = (({x} >> {k}) | ({x} << ({w + 1} - {k}))) & {m1:#x}")
+            c.emit(f"{r} = {x} & {MASK[size]:#x}")
+            c.emit(f"{cf} = {x} >> {w}")
+        put(r)
+        if static is None:
+            _flags_into(c, fl, defs)
+    _apply(c, static, n, body)
+    _commit_flags(c, static, fl, defs)
+
+
+@op("bt", "bts", "btr", "btc")
+def gen_bt(c: Ctx, i: Insn) -> None:
+    """Bit test: CF = the bit; ZF unchanged; OF SF AF PF undefined (left unchanged here).
+
+    With a register offset and a memory operand the offset is a signed bit index
+    into a bit string starting at the operand (SDM vol. 2A, BT, Table 3-2 note).
+    """
+    dst, src = i.ops
+    size, w = dst.size, dst.size * 8
+    bit = c.t("bit")
+    if src.kind == "imm":
+        c.emit(f"{bit} = {src.imm & (w - 1)}")
+        if dst.kind == "mem":
+            val, put = c.rmw(dst)
+        else:
+            val, put = c.reg_read(dst), (lambda v: c.reg_write(dst, v))
+    else:
+        off = c.t("off")
+        c.emit(f"{off} = {c.read(src)}")
+        c.emit(f"{bit} = {off} & {w - 1}")
+        if dst.kind == "mem":
+            la = c.t("la")
+            c.may_fault()
+            sign = 1 << (w - 1)
+            base = c.linear(c.default_seg(dst), c.ea(dst))
+            c.emit(f"{la} = ({base} + ((({off} ^ {sign:#x}) - {sign:#x}) >> {(w).bit_length() - 1})"
+                   f" * {size}) & {MASK[8 if c.mode.code == 64 else 4]:#x}")
+            val = c.load(la, size)
+            put = (lambda v: c.store(la, size, v))
+        else:
+            val, put = c.reg_read(dst), (lambda v: c.reg_write(dst, v))
+    v, cf = c.t("v"), c.t("cf")
+    c.emit(f"{v} = {val}")
+    c.emit(f"{cf} = {v} >> {bit} & 1")
+    new = {"bts": f"{v} | (1 << {bit})", "btr": f"{v} & ~(1 << {bit}) & {MASK[size]:#x}",
+           "btc": f"{v} ^ (1 << {bit})"}.get(i.mnem)
+    if new is not None:
+        put(new)
+    c.set_flag("C", cf)
+
+
+@op("bsf", "bsr")
+def gen_bsf(c: Ctx, i: Insn) -> None:
+    """Bit scan: ZF = (source == 0); the destination is left unchanged for a zero source
+    (what Intel and AMD processors do; the SDM calls it undefined)."""
+    dst, src = i.ops
+    v = c.t("v")
+    c.emit(f"{v} = {c.read(src)}")
+    c.emit(f"if {v}:")
+    c.ind += 1
+    expr = f"({v} & -{v}).bit_length() - 1" if i.mnem == "bsf" else f"{v}.bit_length() - 1"
+    c.reg_write(dst, expr)
+    c.ind -= 1
+    c.set_flag("Z", f"({v} == 0)")
+
+
+_ = ARITH_MASK

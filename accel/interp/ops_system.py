@@ -1,0 +1,230 @@
+"""System and miscellaneous instructions: IN OUT, CLI STI CLD STD CLC STC CMC, CPUID RDTSC,
+RDMSR WRMSR, LGDT LIDT SGDT SIDT, MOV to/from CRn/DRn/Sreg, POP Sreg, INVLPG, CLTS, SMSW,
+WBINVD/INVD, UD2.
+
+Intel SDM vol. 2A/2B, the instruction pages of those names; privilege checks
+from vol. 3A, 5.9 (privileged instructions: CPL 0) and 20.2.x / 18.2 (I/O
+sensitivity: CPL <= IOPL, without an I/O permission bitmap here).  Whatever
+changes the mode, a segment or a control register runs in a helper after the
+block has written its state back, and ends the block.
+"""
+
+from __future__ import annotations
+
+from accel.interp.codegen import MASK, Ctx, Insn
+from accel.interp.errors import EXCP_GP, EXCP_UD
+from accel.interp.ops_move import stack_size
+from accel.interp.table import op
+from hw.i386.cpu_state import CR0_TS, DF_MASK, IF_MASK
+
+
+def _privileged(c: Ctx, i: Insn) -> bool:
+    """Emit #GP(0) for CPL > 0 in protected mode; True if the instruction can go on."""
+    if c.mode.pe and c.mode.cpl:
+        c.may_fault()
+        c.emit(f"raise Fault({EXCP_GP}, 0, why='{i.mnem} at CPL {c.mode.cpl}')")
+        c.end()
+        return False
+    return True
+
+
+def _iopl_check(c: Ctx, i: Insn) -> None:
+    if c.mode.pe and c.mode.cpl:
+        c.may_fault()
+        c.emit(f"if {c.mode.cpl} > (env.eflags >> 12 & 3): "
+               f"raise Fault({EXCP_GP}, 0, why='{i.mnem}: CPL > IOPL')")
+
+
+@op("in")
+def gen_in(c: Ctx, i: Insn) -> None:
+    dst, port = i.ops
+    _iopl_check(c, i)
+    p = hex(port.imm & 0xFF) if port.kind == "imm" else c.reg_read(port)
+    v = c.t("v")
+    c.emit(f"{v} = IOR({p}, {dst.size})")
+    c.reg_write(dst, v)
+    c.exit(hex(i.next_ip))
+    c.end()
+
+
+@op("out")
+def gen_out(c: Ctx, i: Insn) -> None:
+    port, src = i.ops
+    _iopl_check(c, i)
+    p = hex(port.imm & 0xFF) if port.kind == "imm" else c.reg_read(port)
+    c.emit(f"IOW({p}, {c.reg_read(src)}, {src.size})")
+    c.exit(hex(i.next_ip))
+    c.end()
+
+
+@op("cli", "sti")
+def gen_cli(c: Ctx, i: Insn) -> None:
+    _iopl_check(c, i)
+    if i.mnem == "cli":
+        c.emit(f"env.eflags &= ~{IF_MASK:#x}")
+    else:
+        c.emit(f"env.eflags |= {IF_MASK:#x}")
+    c.exit(hex(i.next_ip))        # interrupt-window changes end the block
+    c.end()
+
+
+@op("cld", "std")
+def gen_cld(c: Ctx, i: Insn) -> None:
+    c.emit(f"env.eflags &= ~{DF_MASK:#x}" if i.mnem == "cld" else f"env.eflags |= {DF_MASK:#x}")
+
+
+@op("clc", "stc", "cmc")
+def gen_carry(c: Ctx, i: Insn) -> None:
+    if i.mnem == "cmc":
+        t = c.t("cf")
+        c.emit(f"{t} = 1 ^ {c.flag('C')}")
+        c.set_flag("C", t)
+    else:
+        c.set_flag("C", "0" if i.mnem == "clc" else "1")
+
+
+@op("cpuid")
+def gen_cpuid(c: Ctx, i: Insn) -> None:
+    t = [c.t(x) for x in "abcd"]
+    c.emit(f"{', '.join(t)} = CPUID({c.gpr_read(0, 4)}, {c.gpr_read(1, 4)})")
+    for reg, v in zip((0, 3, 1, 2), t):
+        c.gpr_write(reg, 4, f"{v} & 0xFFFFFFFF")
+    c.exit(hex(i.next_ip))
+    c.end()
+
+
+@op("rdtsc")
+def gen_rdtsc(c: Ctx, i: Insn) -> None:
+    t = c.t("tsc")
+    c.emit(f"{t} = S.rdtsc()")
+    c.gpr_write(0, 4, f"{t} & 0xFFFFFFFF")
+    c.gpr_write(2, 4, f"{t} >> 32 & 0xFFFFFFFF")
+
+
+@op("rdmsr")
+def gen_rdmsr(c: Ctx, i: Insn) -> None:
+    if not _privileged(c, i):
+        return
+    c.may_fault()
+    t = c.t("msr")
+    c.emit(f"{t} = S.rdmsr({c.gpr_read(1, 4)})")
+    c.gpr_write(0, 4, f"{t} & 0xFFFFFFFF")
+    c.gpr_write(2, 4, f"{t} >> 32 & 0xFFFFFFFF")
+
+
+@op("wrmsr")
+def gen_wrmsr(c: Ctx, i: Insn) -> None:
+    if not _privileged(c, i):
+        return
+    v = c.t("v")
+    ecx = c.t("ecx")
+    c.emit(f"{v} = {c.gpr_read(2, 4)} << 32 | {c.gpr_read(0, 4)}")
+    c.emit(f"{ecx} = {c.gpr_read(1, 4)}")
+    c.sync(hex(i.ip))
+    c.emit(f"S.wrmsr({ecx}, {v})")
+    c.finish_after_helper(hex(i.next_ip))
+    c.end()
+
+
+@op("lgdt", "lidt")
+def gen_lgdt(c: Ctx, i: Insn) -> None:
+    """Limit (16 bits) then base: 24 bits with a 16-bit operand, 32, or 64 in 64-bit mode."""
+    if not _privileged(c, i):
+        return
+    la = c.addr(i.ops[0])
+    limit = c.load(la, 2)
+    bsize = 8 if c.mode.code == 64 else 4
+    base = c.load(f"({la} + 2) & {MASK[8]:#x}", bsize)
+    bmask = MASK[8] if c.mode.code == 64 else 0xFFFFFF if i.opsize == 2 else MASK[4]
+    table = "gdt" if i.mnem == "lgdt" else "idt"
+    c.emit(f"env.{table}.limit = {limit}")
+    c.emit(f"env.{table}.base = {base} & {bmask:#x}")
+
+
+@op("sgdt", "sidt")
+def gen_sgdt(c: Ctx, i: Insn) -> None:
+    la = c.addr(i.ops[0])
+    table = "gdt" if i.mnem == "sgdt" else "idt"
+    bsize = 8 if c.mode.code == 64 else 4
+    c.store(la, 2, f"env.{table}.limit")
+    c.store(f"({la} + 2) & {MASK[8]:#x}", bsize, f"env.{table}.base")
+
+
+def gen_mov_system(c: Ctx, i: Insn) -> None:
+    """MOV to/from CRn, DRn and Sreg (called from the MOV row)."""
+    dst, src = i.ops
+    if dst.kind == "seg":
+        v = c.t("sel")
+        c.emit(f"{v} = {c.read(src)} & 0xFFFF")
+        c.sync(hex(i.ip))
+        c.emit(f"S.load_seg({dst.reg}, {v})")
+        c.finish_after_helper(hex(i.next_ip))
+        c.end()
+        return
+    if not _privileged(c, i):
+        return
+    if src.kind in ("cr", "dr"):
+        table = "cr" if src.kind == "cr" else "dr"
+        c.reg_write(dst, f"env.{table}[{src.reg}] & {MASK[dst.size]:#x}")
+        return
+    if dst.kind == "dr":
+        c.emit(f"env.dr[{dst.reg}] = {c.read(src)}")
+        return
+    v = c.t("v")
+    c.emit(f"{v} = {c.read(src)}")
+    c.sync(hex(i.ip))
+    c.emit(f"S.write_cr({dst.reg}, {v})")
+    c.finish_after_helper(hex(i.next_ip))
+    c.end()
+
+
+def gen_pop_seg(c: Ctx, i: Insn) -> None:
+    """POP Sreg: load the selector, then commit RSP (SDM vol. 2B, POP)."""
+    (dst,) = i.ops
+    size = stack_size(c, i)
+    (v,), sp = c.pop([size])
+    c.sync(hex(i.ip))
+    c.emit(f"S.load_seg({dst.reg}, {v} & 0xFFFF)")
+    m = c.stack_mask()
+    if m == 0xFFFF:
+        c.emit(f"R[4] = R[4] & ~0xFFFF | {sp}")
+    else:
+        c.emit(f"R[4] = {sp}")
+    c.finish_after_helper(hex(i.next_ip))
+    c.end()
+
+
+@op("invlpg")
+def gen_invlpg(c: Ctx, i: Insn) -> None:
+    if not _privileged(c, i):
+        return
+    m = i.ops[0]
+    c.emit(f"S.mmu.flush_page({c.linear(c.default_seg(m), c.ea(m))})")
+
+
+@op("clts")
+def gen_clts(c: Ctx, i: Insn) -> None:
+    if _privileged(c, i):
+        c.emit(f"env.cr[0] &= ~{CR0_TS:#x}")
+
+
+@op("smsw")
+def gen_smsw(c: Ctx, i: Insn) -> None:
+    (dst,) = i.ops
+    if dst.kind == "mem":
+        c.store(c.addr(dst), 2, "env.cr[0] & 0xFFFF")
+    else:
+        c.reg_write(dst, f"env.cr[0] & {MASK[dst.size]:#x}")
+
+
+@op("wbinvd", "invd")
+def gen_wbinvd(c: Ctx, i: Insn) -> None:
+    """Caches are not modelled; still privileged (SDM vol. 2B, WBINVD)."""
+    _privileged(c, i)
+
+
+@op("ud2", "ud0", "ud1")
+def gen_ud2(c: Ctx, i: Insn) -> None:
+    c.may_fault()
+    c.emit(f"raise Fault({EXCP_UD}, why={i.mnem!r})")
+    c.end()

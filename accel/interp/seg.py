@@ -1,0 +1,180 @@
+"""Segmentation: descriptor loads, far JMP/CALL/RET (Intel SDM vol. 3A, 3.4 and 5.8).
+
+Real mode and virtual-8086 mode: a selector load sets base = selector << 4 and
+keeps the hidden limit and attributes (SDM vol. 3A, 20.1.1; that is what makes
+"unreal mode" work).  Protected mode: the selector indexes the GDT or the LDT,
+the descriptor is checked as the MOV/POP/JMP/CALL/RET "Operation" sections of
+SDM vol. 2 say (type, DPL/RPL/CPL, present) and its base, limit and attributes
+fill the segment cache (3.4.5).  Call gates, task gates and TSS switches are not
+implemented: reaching one stops the VM with :class:`InterpError` naming it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_UD, Fault, InterpError
+from hw.i386.cpu_state import (CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
+                               DESC_G_MASK, DESC_L_MASK, DESC_P_MASK, DESC_R_MASK, DESC_S_MASK,
+                               DESC_W_MASK, R_CS, R_SS, VM_MASK, SegmentCache)
+
+if TYPE_CHECKING:
+    from accel.interp.cpu_exec import InterpCore
+
+
+def protected(core: "InterpCore") -> bool:
+    env = core.env
+    return bool(env.cr[0] & CR0_PE) and not env.eflags & VM_MASK
+
+
+def read_descriptor(core: "InterpCore", sel: int) -> tuple[int, int]:
+    """The 8-byte descriptor of ``sel`` as (low dword, high dword); #GP(sel) past the limit."""
+    env = core.env
+    table = env.ldt if sel & 4 else env.gdt
+    index = sel & ~7
+    if index + 7 > table.limit:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"selector {sel:#x} past the descriptor table")
+    raw = core.mmu.read_bytes(table.base + index, 8)
+    return int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:], "little")
+
+
+def read_descriptor_hi64(core: "InterpCore", sel: int) -> int:
+    """Upper 8 bytes of a 16-byte system descriptor in long mode (SDM vol. 3A, 7.2.3)."""
+    env = core.env
+    raw = core.mmu.read_bytes(env.gdt.base + (sel & ~7) + 8, 8)
+    return int.from_bytes(raw[:4], "little")
+
+
+def cache_from(sel: int, lo: int, hi: int) -> SegmentCache:
+    """Descriptor -> segment cache (SDM vol. 3A, 3.4.5, Figure 3-8)."""
+    base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
+    limit = (lo & 0xFFFF) | (hi & 0xF0000)
+    if hi & DESC_G_MASK:
+        limit = (limit << 12) | 0xFFF
+    return SegmentCache(sel, base, limit, hi & 0x00F0FF00)
+
+
+def load_seg(core: "InterpCore", seg: int, sel: int) -> None:
+    """MOV/POP to a segment register (SDM vol. 2B, MOV "Operation", POP "Operation")."""
+    env = core.env
+    if seg == R_CS:
+        raise Fault(EXCP_UD, why="mov to cs")
+    cache = env.segs[seg]
+    if not protected(core):
+        cache.selector = sel
+        cache.base = sel << 4
+    else:
+        cpl = env.cpl
+        rpl = sel & 3
+        if sel & 0xFFFC == 0:
+            if seg == R_SS and not (core.mode.code == 64 and cpl != 3):
+                raise Fault(EXCP_GP, 0, why="null selector loaded into ss")
+            env.segs[seg] = SegmentCache(sel, 0, 0, 0)
+        else:
+            lo, hi = read_descriptor(core, sel)
+            dpl = (hi >> DESC_DPL_SHIFT) & 3
+            code = bool(hi & DESC_CS_MASK)
+            if not hi & DESC_S_MASK:
+                raise Fault(EXCP_GP, sel & 0xFFFC, why=f"system descriptor {sel:#x}")
+            if seg == R_SS:
+                if code or not hi & DESC_W_MASK or rpl != cpl or dpl != cpl:
+                    raise Fault(EXCP_GP, sel & 0xFFFC, why=f"bad stack segment {sel:#x}")
+                if not hi & DESC_P_MASK:
+                    raise Fault(EXCP_SS, sel & 0xFFFC, why=f"stack segment {sel:#x} not present")
+            else:
+                if code and not hi & DESC_R_MASK:
+                    raise Fault(EXCP_GP, sel & 0xFFFC, why=f"execute-only segment {sel:#x}")
+                if (not code or not hi & DESC_C_MASK) and (rpl > dpl or cpl > dpl):
+                    raise Fault(EXCP_GP, sel & 0xFFFC, why=f"segment {sel:#x} privilege")
+                if not hi & DESC_P_MASK:
+                    raise Fault(EXCP_NP, sel & 0xFFFC, why=f"segment {sel:#x} not present")
+            env.segs[seg] = cache_from(sel, lo, hi)
+    core.segbase[seg] = env.segs[seg].base
+    if seg == R_SS:
+        core.mode_changed()
+
+
+def code_descriptor(core: "InterpCore", sel: int) -> tuple[SegmentCache, int]:
+    """Check a far JMP/CALL/RET target (same privilege); returns its cache and the new CPL."""
+    env = core.env
+    if sel & 0xFFFC == 0:
+        raise Fault(EXCP_GP, 0, why="far transfer to a null selector")
+    lo, hi = read_descriptor(core, sel)
+    if not hi & DESC_S_MASK:
+        raise InterpError(f"interp: far transfer through system descriptor {sel:#x} "
+                          f"(type {(hi >> 8) & 0xF:#x}: call gate/TSS) is not implemented")
+    if not hi & DESC_CS_MASK:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far transfer to data segment {sel:#x}")
+    cpl = env.cpl
+    dpl = (hi >> DESC_DPL_SHIFT) & 3
+    if hi & DESC_C_MASK:
+        if dpl > cpl:
+            raise Fault(EXCP_GP, sel & 0xFFFC, why=f"conforming segment {sel:#x} DPL > CPL")
+    elif (sel & 3) > cpl or dpl != cpl:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"code segment {sel:#x} privilege")
+    if not hi & DESC_P_MASK:
+        raise Fault(EXCP_NP, sel & 0xFFFC, why=f"code segment {sel:#x} not present")
+    cache = cache_from((sel & ~3) | cpl, lo, hi)
+    return cache, cpl
+
+
+def set_cs(core: "InterpCore", cache: SegmentCache, rip: int) -> None:
+    env = core.env
+    env.segs[R_CS] = cache
+    code64 = bool(env.efer & 0x400) and bool(cache.flags & DESC_L_MASK)
+    if not code64:
+        rip &= 0xFFFFFFFF if cache.flags & DESC_B_MASK else 0xFFFF
+    env.rip = rip
+    core.segbase[R_CS] = cache.base
+    core.mode_changed()
+
+
+def far_jump(core: "InterpCore", sel: int, off: int) -> None:
+    """JMP ptr16:xx / m16:xx (SDM vol. 2A, JMP, far jumps)."""
+    env = core.env
+    if not protected(core):
+        cs = env.segs[R_CS]
+        cs.selector, cs.base = sel, sel << 4
+        env.rip = off
+        core.segbase[R_CS] = cs.base
+        core.mode_changed()
+        return
+    cache, _ = code_descriptor(core, sel)
+    set_cs(core, cache, off)
+
+
+def far_call(core: "InterpCore", sel: int, off: int, size: int, next_ip: int) -> None:
+    """CALL far: push CS then the return offset, both ``size`` bytes (SDM vol. 2A, CALL)."""
+    env = core.env
+    cache = None
+    if protected(core):
+        cache, _ = code_descriptor(core, sel)      # validate before touching the stack
+    core.push_rt([(env.segs[R_CS].selector, size), (next_ip, size)])
+    if cache is None:
+        cs = env.segs[R_CS]
+        cs.selector, cs.base = sel, sel << 4
+        env.rip = off
+        core.segbase[R_CS] = cs.base
+        core.mode_changed()
+    else:
+        set_cs(core, cache, off)
+
+
+def far_return(core: "InterpCore", size: int, extra: int) -> None:
+    """RET far [imm16], same privilege (SDM vol. 2B, RET, "RETURN-TO-SAME-PRIVILEGE-LEVEL")."""
+    env = core.env
+    (ip, sel), new_sp = core.pop_rt([size, size], extra)
+    sel &= 0xFFFF
+    if not protected(core):
+        cs = env.segs[R_CS]
+        cs.selector, cs.base = sel, sel << 4
+        core.set_sp_rt(new_sp)
+        env.rip = ip
+        core.segbase[R_CS] = cs.base
+        core.mode_changed()
+        return
+    if (sel & 3) != env.cpl:
+        raise InterpError("interp: far return to another privilege level is not implemented")
+    cache, _ = code_descriptor(core, sel)
+    core.set_sp_rt(new_sp)
+    set_cs(core, cache, ip)

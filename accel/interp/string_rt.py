@@ -1,0 +1,85 @@
+"""Runtime of repeated string instructions and of INS/OUTS (Intel SDM vol. 2B, REP prefixes).
+
+One iteration at a time, exactly as the SDM's "Operation": do the element,
+step rSI/rDI by +-size (DF), decrement rCX (address size), and for REPE/REPNE
+stop on the ZF condition after CMPS/SCAS.  Registers live in ``env.regs`` here
+(the block wrote them back), so a fault in the middle leaves a restartable state:
+RIP still points at the instruction, rCX counts what is left.  The exit request
+is polled every :data:`POLL` iterations (DESIGN.md: "inside long blocks' loops").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from accel.interp.codegen import MASK
+from hw.i386.cpu_state import DF_MASK, R_ES, R_FS, R_GS
+
+if TYPE_CHECKING:
+    from accel.interp.cpu_exec import InterpCore
+
+POLL = 4096
+
+
+def rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int, rep: str,
+               next_ip: int) -> None:
+    env = core.env
+    R = env.regs
+    am = MASK[adsize]
+    step = -size if env.eflags & DF_MASK else size
+    code64 = core.mode.code == 64
+    src_base = 0 if code64 and seg not in (R_FS, R_GS) else core.segbase[seg]
+    dst_base = 0 if code64 else core.segbase[R_ES]
+    lam = core.la_mask
+    ld, st = core.ld[size], core.st[size]
+    amask = MASK[size]
+    count = R[1] & am if rep else 1
+    kick = core.kick
+    done = 0
+
+    def put(i: int, v: int) -> None:
+        R[i] = v if adsize >= 4 else (R[i] & ~0xFFFF) | v
+
+    while count:
+        si, di = R[6] & am, R[7] & am
+        if kind == "movs":
+            st((dst_base + di) & lam, ld((src_base + si) & lam))
+            put(6, (si + step) & am)
+            put(7, (di + step) & am)
+        elif kind == "stos":
+            st((dst_base + di) & lam, R[0] & amask)
+            put(7, (di + step) & am)
+        elif kind == "lods":
+            v = ld((src_base + si) & lam)
+            R[0] = v if size >= 4 else (R[0] & ~amask) | v
+            put(6, (si + step) & am)
+        elif kind in ("cmps", "scas"):
+            if kind == "cmps":
+                a = ld((src_base + si) & lam)
+                b = ld((dst_base + di) & lam)
+                put(6, (si + step) & am)
+            else:
+                a = R[0] & amask
+                b = ld((dst_base + di) & lam)
+            put(7, (di + step) & am)
+            r = (a - b) & amask
+            core.cc = (core.lazy.eval["SUB", size * 8], a, b, r, None)
+        elif kind == "ins":
+            v = core.io_read(R[2] & 0xFFFF, size)
+            st((dst_base + di) & lam, v)
+            put(7, (di + step) & am)
+        elif kind == "outs":
+            core.io_write(R[2] & 0xFFFF, ld((src_base + si) & lam), size)
+            put(6, (si + step) & am)
+        done += 1
+        if not rep:
+            break
+        count -= 1
+        put(1, count)
+        if kind in ("cmps", "scas") and (rep == "rep") != (a == b):
+            break                        # REPE stops on "not equal", REPNE on "equal"
+        if not done % POLL and count and kick.exit_request:
+            core.icount += done
+            return                       # RIP stays on the instruction: it resumes
+    core.icount += max(done - 1, 0)
+    env.rip = next_ip

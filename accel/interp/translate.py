@@ -1,0 +1,211 @@
+"""The translator: capstone decodes a block once, the family tables turn it into Python source.
+
+``translate_block`` reads guest code at a linear PC, decodes it with capstone
+(CS_MODE_16/32/64, detail on) until a control transfer, a mode change, a page
+boundary, a breakpoint or the size cap, reduces each capstone instruction to an
+:class:`~accel.interp.codegen.Insn` (capstone objects are not kept: nothing of
+capstone runs when a block runs), has each instruction's semantic emit its
+source, and compiles the block into one Python function (a translation block,
+QEMU's ``tb_gen_code``).  Operand and address sizes and prefixes come from the
+encoding (SDM vol. 2A, 2.1 and 2.2), not from capstone's implicit-register
+metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import capstone
+from capstone import x86 as csx
+
+from accel.interp.codegen import Ctx, Insn, Mode, Op
+from accel.interp.errors import EXCP_UD, Fault, UnimplementedInstruction
+from accel.interp.mmu import ACC_EXEC, PAGE
+from accel.interp.table import load_families
+from hw.i386.cpu_state import GPR_PARTS, SEG_NAMES
+from util import trace
+
+if TYPE_CHECKING:
+    from accel.interp.cpu_exec import InterpCore
+
+#: Most instructions per block (QEMU's TCG_MAX_INSNS is 512; Python blocks stay small).
+MAX_BLOCK_INSNS = 64
+MAX_INSN_LEN = 15
+
+_CS_MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
+
+
+@dataclass
+class TranslationBlock:
+    """One compiled block (QEMU's ``TranslationBlock``)."""
+
+    pc: int                      # linear address of the first instruction
+    key: tuple[Any, ...]
+    fn: Callable[[], None]
+    ninsns: int
+    pages: tuple[int, ...]       # physical pages its code came from
+    source: str = field(repr=False, default="")
+
+
+class Translator:
+    """Decoder and code generator shared by the blocks of one core."""
+
+    def __init__(self, core: "InterpCore") -> None:
+        self.core = core
+        self.ops = load_families()
+        self.md: dict[int, capstone.Cs] = {}
+        for bits, mode in _CS_MODES.items():
+            md = capstone.Cs(capstone.CS_ARCH_X86, mode)
+            md.detail = True
+            self.md[bits] = md
+        self.counter = 0
+
+    # -- fetching -----------------------------------------------------------------
+    def _fetch(self, la: int) -> tuple[bytes, list[int], Fault | None]:
+        """Bytes from ``la`` to its page end plus what the next page can give (<= 15).
+
+        Returns the bytes, the physical page of each fetched page, and the fault
+        of the next page if it could not be read (raised only if an instruction
+        really needs those bytes).
+        """
+        mmu = self.core.mmu
+        pa = mmu.translate(la, ACC_EXEC)
+        n = PAGE - (la & 0xFFF)
+        data = self.core.mem.read_bytes(pa, n)
+        pages = [pa >> 12]
+        nxt = (la + n) & self.core.la_mask
+        try:
+            pa2 = mmu.translate(nxt, ACC_EXEC)
+        except Fault as f:
+            return data, pages, f
+        data += self.core.mem.read_bytes(pa2, MAX_INSN_LEN)
+        pages.append(pa2 >> 12)
+        return data, pages, None
+
+    # -- decoding -------------------------------------------------------------------
+    def _insn(self, ci: Any, mode: Mode, k: int) -> Insn:
+        i = Insn()
+        i.k = k
+        i.ip = ci.address
+        i.size = ci.size
+        i.next_ip = (ci.address + ci.size) & mode.ipmask
+        i.linear = (mode.cs_base + ci.address) & self.core.la_mask
+        i.code = bytes(ci.bytes)
+        i.mnem = ci.mnemonic
+        i.op_str = ci.op_str
+        i.prefixes = [p for p in ci.prefix if p]
+        i.rep = 0xF3 in i.prefixes
+        i.repne = 0xF2 in i.prefixes
+        i.adsize = ci.addr_size
+        i.rex_w = bool(ci.rex & 8) if mode.code == 64 else False
+        opsize = 2 if mode.code == 16 else 4
+        if 0x66 in i.prefixes:
+            opsize = 6 - opsize
+        if i.rex_w:
+            opsize = 8
+        i.opsize = opsize
+        i.modrm = ci.modrm if ci.modrm_offset else None
+        for o in ci.operands:
+            i.ops.append(self._operand(ci, o))
+        return i
+
+    def _operand(self, ci: Any, o: Any) -> Op:
+        if o.type == csx.X86_OP_REG:
+            name = ci.reg_name(o.reg)
+            gpr = GPR_PARTS.get(name)
+            if gpr is not None:
+                op = Op("reg", gpr[2] // 8)
+                op.reg, op.shift = gpr[0], gpr[1]
+            elif name in SEG_NAMES:
+                op = Op("seg", 2)
+                op.reg = SEG_NAMES.index(name)
+            elif name.startswith(("cr", "dr")) and name[2:].isdigit():
+                op = Op(name[:2], o.size)
+                op.reg = int(name[2:])
+            else:
+                op = Op("other", o.size)
+            op.name = name
+            return op
+        if o.type == csx.X86_OP_IMM:
+            op = Op("imm", o.size)
+            op.imm = o.imm
+            return op
+        if o.type == csx.X86_OP_MEM:
+            op = Op("mem", o.size)
+            m = o.mem
+            if m.segment:
+                op.seg = SEG_NAMES.index(ci.reg_name(m.segment))
+            if m.base:
+                op.base_name = ci.reg_name(m.base)
+                if op.base_name not in ("rip", "eip"):
+                    op.base = GPR_PARTS[op.base_name][0]
+            if m.index:
+                op.index = GPR_PARTS[ci.reg_name(m.index)][0]
+            op.scale = m.scale
+            op.disp = m.disp
+            return op
+        return Op("other", 0)
+
+    # -- translation --------------------------------------------------------------------
+    def translate(self, rip: int, mode: Mode, max_insns: int,
+                  breakpoints: frozenset[int] | set[int] = frozenset()) -> TranslationBlock:
+        core = self.core
+        la = (mode.cs_base + rip) & core.la_mask
+        data, pages, next_fault = self._fetch(la)
+        md = self.md[mode.code]
+        c = Ctx(mode)
+        c.cs_selector = core.env.segs[1].selector
+        first_page = la >> 12
+        k = 0
+        last: Insn | None = None
+        used_len = 0
+        for ci in md.disasm(data, rip):
+            ilin = (mode.cs_base + ci.address) & core.la_mask
+            if k and (ilin >> 12 != first_page or ci.address in breakpoints
+                      or k >= max_insns):
+                break
+            i = self._insn(ci, mode, k)
+            c.k, c.insn = k, i
+            sem = self.ops.get(i.mnem)
+            cp = c.checkpoint()
+            try:
+                if sem is None or any(o.kind == "other" for o in i.ops):
+                    raise c.unimplemented()
+                c.ips.append(i.ip)
+                sem(c, i)
+            except UnimplementedInstruction:
+                c.restore(cp)
+                del c.ips[k:]
+                if k == 0:
+                    raise
+                break
+            last = i
+            used_len = (ci.address - rip) + ci.size
+            k += 1
+            if c.ended:
+                break
+        if last is None:
+            # Nothing decodes at the PC: missing bytes on an unmapped next page, else #UD.
+            if next_fault is not None and len(data) < MAX_INSN_LEN:
+                raise next_fault
+            raise Fault(EXCP_UD, why=f"undecodable bytes {data[:MAX_INSN_LEN].hex(' ')} at {la:#x}")
+        if not c.ended:
+            c.k = k - 1
+            c.exit(hex(last.next_ip), done=k)
+        if used_len <= PAGE - (la & 0xFFF):
+            pages = pages[:1]
+        self.counter += 1
+        name = f"tb_{la:x}_{self.counter}"
+        src = c.source(name)
+        if trace.enabled("in_asm"):
+            self._trace_in_asm(la, md, data[:used_len], rip)
+        ns: dict[str, Any] = {}
+        exec(compile(src, f"<{name}>", "exec"), core.globals, ns)
+        return TranslationBlock(la, (rip,) + mode.key, ns[name], k, tuple(pages), src)
+
+    def _trace_in_asm(self, la: int, md: capstone.Cs, code: bytes, rip: int) -> None:
+        trace.event(f"IN: {la:#x}", "in_asm")
+        for ci in md.disasm(code, rip):
+            trace.event(f"  {ci.address:#010x}:  {ci.bytes.hex():<20} {ci.mnemonic} {ci.op_str}",
+                        "in_asm")
