@@ -8,6 +8,7 @@ without KVM or the interpreter.
 
 from __future__ import annotations
 
+import os
 import threading
 from types import SimpleNamespace
 from typing import Any, Iterator
@@ -621,3 +622,54 @@ def test_max_model_takes_what_the_accelerator_offers(realized: list[X86CPU]) -> 
     assert cpu2.has_feature("lahf-lm") and not cpu2.has_feature("svm")
     assert cpu2.filtered_features == {}  # nothing requested that had to be dropped
     assert cpu.cpuid(0)[0] >= 7
+
+
+# -- what a guest sees ------------------------------------------------------------------------
+
+GUEST_LEAVES = [(0, 0), (1, 0), (2, 0), (4, 0), (7, 0), (0xB, 0), (0xB, 1), (0xD, 0),
+                (0x20, 0), (0x80000000, 0), (0x80000001, 0),
+                (0x80000002, 0), (0x80000006, 0), (0x80000008, 0), (0x8000000B, 0)]
+
+#: Under KVM with the PVM module (see DESIGN.md) a guest's CPUID returns the hardware's
+#: feature bits for these (leaf, register index) instead of the KVM_SET_CPUID2 table's:
+#: measured here, leaf 1 ECX/EDX, leaf 7 and leaf 0xD.  Only those are exempt.
+PVM_PASSTHROUGH = {(1, 2), (1, 3), (7, 1), (7, 2), (7, 3), (0xD, 0), (0xD, 1), (0xD, 2)}
+
+
+def _accel_or_skip(name: str) -> None:
+    from accel.ops import accel_list
+    from tests.support import require_accel
+    require_accel(name)
+    if name not in [n for n, _, _ in accel_list()]:
+        pytest.skip(f"the {name} accelerator is not registered in this tree yet")
+
+
+@pytest.mark.parametrize("model", ["qemu64", "kvm64", "Nehalem"])
+@pytest.mark.parametrize("accel_name", ["kvm", "interp"])
+def test_guest_cpuid_instruction_matches_cpu_x86_cpuid(accel_name: str, model: str) -> None:
+    """The CPUID instruction in a guest returns exactly cpu_x86_cpuid (kvm via KVM_SET_CPUID2)."""
+    _accel_or_skip(accel_name)
+    from pyqemu import Machine
+    pvm = os.path.exists("/sys/module/kvm_pvm")
+    x86_cpu_clear_featurestr()
+    lines = []
+    for i, (leaf, sub) in enumerate(GUEST_LEAVES):
+        base = 0x20000 + 16 * i
+        lines += [f"mov eax, {leaf:#x}", f"mov ecx, {sub:#x}", "cpuid",
+                  f"mov dword ptr [{base:#x}], eax", f"mov dword ptr [{base + 4:#x}], ebx",
+                  f"mov dword ptr [{base + 8:#x}], ecx", f"mov dword ptr [{base + 12:#x}], edx"]
+    with Machine(accel=accel_name, cpu=f"{model},check=off", smp="2,cores=2") as m:
+        m.load_asm("\n".join(lines + ["hlt"]), 0x10000, mode="prot32")
+        m.run(timeout=60)
+        cpu = m.cpu(0)
+        for i, (leaf, sub) in enumerate(GUEST_LEAVES):
+            raw = m.mem_read(0x20000 + 16 * i, 16)
+            got = tuple(int.from_bytes(raw[j:j + 4], "little") for j in range(0, 16, 4))
+            want = cpu_x86_cpuid(cpu, leaf, sub)
+            out_of_range = leaf > (cpu.cpuid_xlevel if leaf >= 0x80000000 else cpu.cpuid_level)
+            shown = cpu.cpuid_level if out_of_range else leaf  # Intel: the highest basic leaf
+            for r in range(4):
+                if accel_name == "kvm" and pvm and ({(shown, r), (leaf, r)} & PVM_PASSTHROUGH):
+                    continue
+                assert got[r] == want[r], f"CPUID.{leaf:#x}.{sub} {'abcd'[r]}: " \
+                                          f"{got[r]:#x} != {want[r]:#x}"
