@@ -1,4 +1,4 @@
-"""The x86 CPU: ``X86CPU``/``X86CPUClass``, its model types and its realize chain (``target/i386/cpu.c``).
+"""The x86 CPU: ``X86CPU``/``X86CPUClass``, its model types, its realize chain (``target/i386/cpu.c``).
 
 Types (QEMU's names, ``qemu-system-x86_64``)::
 
@@ -227,7 +227,8 @@ def x86_cpu_register_feature_bit_props(cpu: X86CPU) -> None:
             _freeze_check(o, name)
             feats = o.features  # type: ignore[attr-defined]
             feats[word] = feats.get(word, 0) | mask if value else feats.get(word, 0) & ~mask
-            o.user_features[word] = o.user_features.get(word, 0) | mask  # type: ignore[attr-defined]
+            user = o.user_features  # type: ignore[attr-defined]
+            user[word] = user.get(word, 0) | mask
 
         for pname in cf.all_property_names(name):
             object_property_add(cpu, pname, "bool", get, set_,
@@ -735,7 +736,7 @@ def x86_cpu_dump_state(cs: CPUState) -> str:
     """``x86_cpu_dump_state``: the general registers, RIP, RFLAGS, segments, CRs."""
     env = cs.env  # type: ignore[attr-defined]
     from hw.i386.cpu_state import REG_NAMES, SEG_NAMES
-    lines = [" ".join(f"{n.upper()}={env.regs[i]:016x}" for i, n in enumerate(REG_NAMES[j:j + 4], j))
+    lines = [" ".join(f"{REG_NAMES[i].upper()}={env.regs[i]:016x}" for i in range(j, j + 4))
              for j in range(0, 16, 4)]
     lines.append(f"RIP={env.rip:016x} RFL={env.eflags:08x} CPL={env.cpl} {env.mode_name}")
     for i, n in enumerate(SEG_NAMES):

@@ -182,7 +182,8 @@ def x86_cpu_min_levels(cpu: "X86CPU") -> tuple[int, int]:
 
 
 def cpuid_level(cpu: "X86CPU") -> int:
-    """The highest basic leaf: the ``level`` property if set, else the model's raised by features."""
+    """The highest basic leaf: the ``level`` property if set, else the model's, raised by
+    what the features need."""
     if cpu.cpuid_level is not None:
         return int(cpu.cpuid_level)
     return x86_cpu_min_levels(cpu)[0]
