@@ -248,7 +248,7 @@ def run_machine(o: Options) -> int:
                              "(the library loads other guests)")
         result = m.run(timeout=o.timeout)
         if result.reason == "shutdown":
-            return result.exit_code or 0
+            return (result.exit_code or 0) & 0xFF  # exit() keeps the low 8 bits, as QEMU's does
         if result.reason == "halted":
             print(f"{PROG}: every vCPU is halted and nothing can wake it; exiting",
                   file=sys.stderr)

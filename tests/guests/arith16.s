@@ -20,6 +20,8 @@
     mov bl, 0x10
     mul bl
     pushf
+    mov bp, sp
+    and word ptr [bp], 0x801    # SF, ZF, AF, PF undefined (MUL)
     mov dx, 0x0
     mov ax, 0x1234
     mov cx, 0x10
