@@ -2,8 +2,8 @@
 
 A :class:`Ctx` collects the Python source of one block while the translator
 walks its instructions.  It knows which guest registers the block touches (the
-prologue loads them into locals ``r0..r15``, exits and the fault handler write
-back the ones written), which segment bases it uses (``s0..s5``, constant in a
+prologue loads them into locals ``g0..g15``, exits and the fault handler write
+back the ones written), which segment bases it uses (``sg0..sg5``, constant in a
 block because segment loads end blocks), and where each arithmetic flag was last
 defined, so a flag read inside the block becomes an expression over the locals
 of the instruction that set it (:mod:`accel.interp.flags`).
@@ -136,7 +136,7 @@ class Ctx:
     # -- registers ------------------------------------------------------------------------
     def r(self, i: int) -> str:
         self.regs.add(i)
-        return f"r{i}"
+        return f"g{i}"
 
     def reg_read(self, op: Op) -> str:
         name = self.r(op.reg)
@@ -173,7 +173,7 @@ class Ctx:
         if self.mode.code == 64 and seg not in (R_FS, R_GS):
             return None
         self.segs.add(seg)
-        return f"s{seg}"
+        return f"sg{seg}"
 
     def ea(self, op: Op) -> str:
         """Effective address, wrapped to the address size (SDM vol. 1, 3.7.5)."""
@@ -339,6 +339,8 @@ class Ctx:
             if e is None:
                 bit = F.FLAG_BITS[f]
                 e = f"(FE >> {bit} & 1)" if bit else "(FE & 1)"
+                if flags is None:
+                    self.need_fe = True     # read inside the block: load FE at entry
             exprs[f] = e
         return F.combine(exprs)
 
@@ -380,7 +382,7 @@ class Ctx:
     # -- leaving the block -----------------------------------------------------------------
     def writeback(self) -> None:
         for i in sorted(self.written):
-            self.emit(f"R[{i}] = r{i}")
+            self.emit(f"R[{i}] = g{i}")
 
     def exit(self, rip: str, done: int | None = None) -> None:
         """Leave the block with RIP = ``rip`` after ``done`` (default: this one too) instructions."""
@@ -414,9 +416,9 @@ class Ctx:
     def source(self, name: str) -> str:
         pro = [f"def {name}():"]
         for i in sorted(self.regs):
-            pro.append(f"    r{i} = R[{i}]")
+            pro.append(f"    g{i} = R[{i}]")
         for s in sorted(self.segs):
-            pro.append(f"    s{s} = SB[{s}]")
+            pro.append(f"    sg{s} = SB[{s}]")
         if self.need_fe:
             pro.append("    FE = S.get_flags()")
         if not self.fault_snaps:
@@ -425,7 +427,7 @@ class Ctx:
         pro.append("    n = 0")
         pro.append("    try:")
         handler = ["    except Fault:", "        if n >= 0:"]
-        handler += [f"            R[{i}] = r{i}" for i in sorted(self.written)]
+        handler += [f"            R[{i}] = g{i}" for i in sorted(self.written)]
         for k, snap in sorted(self.fault_snaps.items()):
             lines = self._flag_lines(snap)
             if lines:

@@ -31,7 +31,7 @@ from accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumen
                                  TripleFault)
 from accel.interp.flags import ARITH_MASK, PARITY, TEMPLATES, LazyFlags
 from accel.interp.mmu import Mmu
-from accel.interp.table import RUNTIME
+from accel.interp.table import RUNTIME, load_families
 from accel.interp.translate import MAX_BLOCK_INSNS, TranslationBlock, Translator
 from hw.core.cpu import EXCP_DEBUG, EXCP_INTERRUPT, EXCP_SHUTDOWN
 from hw.i386 import cpu_state as cs
@@ -80,6 +80,7 @@ class InterpCore:
         self.mmu = Mmu(self)
         self.ld = {n: self.mmu.helpers[f"ld{n}"] for n in (1, 2, 4, 8)}
         self.st = {n: self.mmu.helpers[f"st{n}"] for n in (1, 2, 4, 8)}
+        load_families()         # fills RUNTIME with the families' helpers
         self.globals: dict[str, Any] = {
             "S": self, "env": env, "R": env.regs, "SB": self.segbase, "PARITY": PARITY,
             "Fault": Fault, "CpuStop": CpuStop, "IOR": self.io_read, "IOW": self.io_write,

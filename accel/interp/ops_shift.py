@@ -10,7 +10,7 @@ larger counts we compute the same expression (the SDM leaves it undefined, see
 
 from __future__ import annotations
 
-from accel.interp.codegen import MASK, Ctx, Insn
+from accel.interp.codegen import MASK, Ctx, Insn, Op
 from accel.interp.flags import ARITH_MASK, FLAG_BITS
 from accel.interp.table import op
 
@@ -54,8 +54,13 @@ def _count(c: Ctx, i: Insn) -> tuple[str, int | None]:
     return n, None
 
 
-def _apply(c: Ctx, static: int | None, n: str, body: "callable[[], None]") -> None:  # type: ignore[valid-type]
-    """Run ``body`` directly for a known nonzero count, under ``if n:`` for CL."""
+def _apply(c: Ctx, static: int | None, n: str, body: "callable[[], None]",  # type: ignore[valid-type]
+           dst: Op | None = None) -> None:
+    """Run ``body`` directly for a known nonzero count, under ``if n:`` for CL.
+
+    A zero count still writes a 32-bit register destination in 64-bit mode, so its
+    upper half is cleared as for any 32-bit write (what hardware and QEMU do).
+    """
     if static is not None:
         if static:
             body()
@@ -64,6 +69,16 @@ def _apply(c: Ctx, static: int | None, n: str, body: "callable[[], None]") -> No
     c.ind += 1
     body()
     c.ind -= 1
+    if dst is not None and dst.kind == "reg" and dst.size == 4 and c.mode.code == 64:
+        c.emit("else:")
+        c.ind += 1
+        c.reg_write(dst, c.reg_read(dst))
+        c.ind -= 1
+
+
+def _zero_count(c: Ctx, dst: Op) -> None:
+    if dst.kind == "reg" and dst.size == 4 and c.mode.code == 64:
+        c.reg_write(dst, c.reg_read(dst))
 
 
 def _commit_flags(c: Ctx, static: int | None, fl: str, defs: dict[str, str]) -> None:
@@ -90,6 +105,7 @@ def gen_shift(c: Ctx, i: Insn) -> None:
     val, put = c.rmw(dst)
     n, static = _count(c, i)
     if static == 0:
+        _zero_count(c, dst)
         return
     a, r, cf, of, fl = c.t("a"), c.t("r"), c.t("cf"), c.t("of"), c.t("FL")
     fmt = dict(a=a, n=n, w=w, m=hex(MASK[size]), s=w - 1, r=r, cf=cf, of=of,
@@ -106,7 +122,7 @@ def gen_shift(c: Ctx, i: Insn) -> None:
         put(r)
         if static is None:
             _flags_into(c, fl, defs)
-    _apply(c, static, n, body)
+    _apply(c, static, n, body, dst)
     _commit_flags(c, static, fl, defs)
 
 
@@ -118,6 +134,7 @@ def gen_rotate(c: Ctx, i: Insn) -> None:
     val, put = c.rmw(dst)
     n, static = _count(c, i)
     if static == 0:
+        _zero_count(c, dst)
         return
     a, r, k, cf, of, fl = c.t("a"), c.t("r"), c.t("k"), c.t("cf"), c.t("of"), c.t("FL")
     fmt = dict(a=a, n=n, w=w, m=hex(MASK[size]), s=w - 1, r=r, k=k, cf=cf, of=of)
@@ -132,7 +149,7 @@ def gen_rotate(c: Ctx, i: Insn) -> None:
         put(r)
         if static is None:
             _flags_into(c, fl, defs)
-    _apply(c, static, n, body)
+    _apply(c, static, n, body, dst)
     _commit_flags(c, static, fl, defs)
 
 
@@ -144,6 +161,7 @@ def gen_rotate_carry(c: Ctx, i: Insn) -> None:
     val, put = c.rmw(dst)
     n, static = _count(c, i)
     if static == 0:
+        _zero_count(c, dst)
         return
     a, r, k, x, cf, of, fl = (c.t("a"), c.t("r"), c.t("k"), c.t("x"), c.t("cf"), c.t("of"),
                               c.t("FL"))
@@ -172,7 +190,7 @@ def gen_rotate_carry(c: Ctx, i: Insn) -> None:
         put(r)
         if static is None:
             _flags_into(c, fl, defs)
-    _apply(c, static, n, body)
+    _apply(c, static, n, body, dst)
     _commit_flags(c, static, fl, defs)
 
 
