@@ -23,10 +23,12 @@ if TYPE_CHECKING:
     from hw.core.cpu import CPUState
 
 # CPUID bits the interpreter implements (Intel SDM vol. 2A, CPUID, Tables 3-10/3-11 and
-# the 80000001H leaf).  Leaf 1 EDX: PSE(3) TSC(4) MSR(5) PAE(6) APIC(9) PGE(13) CMOV(15);
-# no FPU, no CX8 (CMPXCHG8B is not implemented), no SSE.
-LEAF1_EDX = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 13) | (1 << 15)
-LEAF1_ECX = 0                       # no SSE3..AVX, no POPCNT, no x2APIC
+# the 80000001H leaf).  Leaf 1 EDX: PSE(3) TSC(4) MSR(5) PAE(6) CX8(8) APIC(9) PGE(13)
+# CMOV(15) PAT(16: the MSR; memory types are not modelled); no FPU, no MMX/SSE.
+LEAF1_EDX = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 13) \
+    | (1 << 15) | (1 << 16) | (1 << 19)          # CLFLUSH(19): no cache model, a no-op
+# Leaf 1 ECX: CX16(13), hypervisor(31: a guest does run under us); no SSE3..AVX, no POPCNT.
+LEAF1_ECX = (1 << 13) | (1 << 31)
 EXT1_EDX = (1 << 20) | (1 << 29)    # NX, LM (no SYSCALL: SYSCALL/SYSRET not implemented)
 EXT1_ECX = 1                        # LAHF/SAHF in 64-bit mode
 SUPPORTED: dict[tuple[int, str], int] = {

@@ -319,6 +319,28 @@ def gen_setcc(c: Ctx, i: Insn) -> None:
 
 
 @op("nop", "pause", "endbr32", "endbr64", "prefetch", "prefetchw", "prefetcht0",
-    "prefetcht1", "prefetcht2", "prefetchnta")
+    "prefetcht1", "prefetcht2", "prefetchnta", "clflush", "clflushopt", "lfence", "sfence",
+    "mfence")
 def gen_nop(c: Ctx, i: Insn) -> None:
-    """No architectural effect (PAUSE is a spin-loop hint; prefetches are hints)."""
+    """No architectural effect here: PAUSE is a spin-loop hint, prefetches are hints, and
+    with one in-order vCPU and no cache model CLFLUSH and the fences change nothing."""
+
+
+@op("cmpxchg8b", "cmpxchg16b")
+def gen_cmpxchg8b(c: Ctx, i: Insn) -> None:
+    """Compare rDX:rAX with m64/m128: equal -> ZF=1, store rCX:rBX; else ZF=0, load
+    rDX:rAX.  The destination is always written (SDM vol. 2A, CMPXCHG8B/CMPXCHG16B)."""
+    (m,) = i.ops
+    half = 8 if i.mnem == "cmpxchg16b" else 4
+    if half == 8:
+        c.may_fault()
+        c.emit(f"if {c.addr(m)} & 15: raise Fault(13, 0, why='cmpxchg16b unaligned')")
+    la = c.addr(m)
+    lo, hi = c.load(la, half), c.load(f"({la} + {half}) & {MASK[8]:#x}", half)
+    eq = c.t("eq")
+    c.emit(f"{eq} = {lo} == {c.gpr_read(0, half)} and {hi} == {c.gpr_read(2, half)}")
+    c.store(la, half, f"{c.gpr_read(3, half)} if {eq} else {lo}")
+    c.store(f"({la} + {half}) & {MASK[8]:#x}", half, f"{c.gpr_read(1, half)} if {eq} else {hi}")
+    c.gpr_write(0, half, f"{c.gpr_read(0, half)} if {eq} else {lo}")
+    c.gpr_write(2, half, f"{c.gpr_read(2, half)} if {eq} else {hi}")
+    c.set_flag("Z", f"(1 if {eq} else 0)")

@@ -43,6 +43,6 @@ def op(*mnemonics: str) -> Callable[[Semantic], Semantic]:
 
 def load_families() -> dict[str, Semantic]:
     """Import every family module (each registers its rows) and return the table."""
-    from accel.interp import (ops_alu, ops_control, ops_move, ops_muldiv,  # noqa: F401
-                              ops_shift, ops_string, ops_system)
+    from accel.interp import (ops_alu, ops_bcd, ops_control, ops_move,  # noqa: F401
+                              ops_muldiv, ops_shift, ops_string, ops_system)
     return OPS

@@ -92,7 +92,9 @@ class Translator:
         i.next_ip = (ci.address + ci.size) & mode.ipmask
         i.linear = (mode.cs_base + ci.address) & self.core.la_mask
         i.code = bytes(ci.bytes)
-        i.mnem = ci.mnemonic
+        # capstone prints prefixes into the mnemonic ("rep movsb", "lock add"): the
+        # prefix bytes are taken from the encoding instead.
+        i.mnem = ci.mnemonic.split()[-1] if " " in ci.mnemonic else ci.mnemonic
         i.op_str = ci.op_str
         i.prefixes = [p for p in ci.prefix if p]
         i.rep = 0xF3 in i.prefixes
