@@ -457,56 +457,19 @@ def kvm_arch_init_vcpu(cpu: CPUState) -> None:
             trace.event("kvm_init_msrs", count=len(supported))
 
 
-def _cpuid_source(cpu: CPUState) -> Any:
-    """The CPU model's CPUID function, or None when hw/i386/cpuid.py is not there."""
-    try:
-        from hw.i386.cpuid import cpu_x86_cpuid  # lazily: accel must not import hw early
-    except ImportError:
-        return None
-    return cpu_x86_cpuid
-
-
 def kvm_cpuid_entries(cpu: CPUState) -> list[CpuidEntry]:
-    """The KVM_SET_CPUID2 table, built from ``cpu_x86_cpuid`` like ``kvm_arch_init_vcpu``.
+    """The KVM_SET_CPUID2 table: the CPU model's ``cpuid_entries_for_kvm``, the same
+    ``cpu_x86_cpuid`` that answers the interpreter's CPUID (``kvm_arch_init_vcpu``).
 
-    Leaves with sub-leaves (4, 7, 0xb, 0xd, 0x14, 0x1f) are enumerated with
-    KVM_CPUID_FLAG_SIGNIFICANT_INDEX.  Without a CPU model (no
-    ``hw/i386/cpuid.py`` yet) the host's KVM_GET_SUPPORTED_CPUID is used as is.
+    A CPU without a model (a bare CPUState in the accelerator's own tests) gets the
+    host's KVM_GET_SUPPORTED_CPUID as is.
     """
-    cpuid = _cpuid_source(cpu)
-    if cpuid is None:
+    from hw.i386.cpuid import cpuid_entries_for_kvm  # lazily: accel must not import hw early
+    if not hasattr(cpu, "cpuid_level") and not hasattr(cpu, "features"):
         trace.event("no CPU model CPUID: using KVM_GET_SUPPORTED_CPUID")
         return list(_kvm_state(cpu).supported_cpuid)
-
-    def leaf(fn: int, idx: int = 0, flags: int = 0) -> CpuidEntry:
-        a, b, c, d = cpuid(cpu, fn, idx)
-        return CpuidEntry(fn, idx, flags, a, b, c, d)
-
-    sig = abi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX
-    out: list[CpuidEntry] = []
-    for base in (0, 0x80000000):
-        limit = cpuid(cpu, base, 0)[0]
-        if base and limit < base:
-            continue
-        for fn in range(base, min(limit, base + 0xFF) + 1):
-            if fn in (4, 0xB, 0x1F):
-                for j in range(64):
-                    e = leaf(fn, j, sig)
-                    out.append(e)
-                    if (fn == 4 and e.eax & 0x1F == 0) or (fn != 4 and e.ecx & 0xFF00 == 0):
-                        break
-            elif fn in (7, 0x14, 0x12):
-                first = leaf(fn, 0, sig)
-                out.append(first)
-                out.extend(leaf(fn, j, sig) for j in range(1, min(first.eax, 63) + 1))
-            elif fn == 0xD:
-                for j in range(64):
-                    e = leaf(fn, j, sig)
-                    if j < 2 or e.eax:
-                        out.append(e)
-            else:
-                out.append(leaf(fn))
-    return out
+    return [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+            for e in cpuid_entries_for_kvm(cpu)]
 
 
 def kvm_init_cpu_signals(cpu: CPUState) -> None:

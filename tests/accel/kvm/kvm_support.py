@@ -1,4 +1,4 @@
-"""Fixtures for the KVM tests: the host's /dev/kvm (probed once) and guest builders.
+"""Helpers and fixtures for the KVM tests (conftest.py re-exports the fixtures).
 
 Tests that need /dev/kvm, or a capability the host lacks, skip with the reason.
 """

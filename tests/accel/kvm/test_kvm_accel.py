@@ -37,7 +37,7 @@ from system.memory import AddressSpace, MemoryRegion
 from system.runstate import RunControl, RunState
 from util import trace
 
-from conftest import GDT, GDT_ENTRIES, PD, PDPT, PML4, asm, kvm_usable
+from tests.accel.kvm.kvm_support import GDT, GDT_ENTRIES, PD, PDPT, PML4, asm, kvm_usable
 
 TIMEOUT = 20.0
 
@@ -376,30 +376,21 @@ def test_exits_the_loop_cannot_continue_from_raise_kvm_exit_error(exit_, text):
     assert info.value.exit == exit_
 
 
-def test_cpuid_table_enumerates_subleaves(monkeypatch):
-    def fake_cpuid(cpu, leaf, sub):
-        table = {
-            (0, 0): (0xD, 0, 0, 0),
-            (4, 0): (0x121, 0, 0, 0), (4, 1): (0x122, 0, 0, 0), (4, 2): (0, 0, 0, 0),
-            (7, 0): (1, 0, 0, 0), (7, 1): (0, 0, 0, 0),
-            (0xB, 0): (0, 1, 0x100, 0), (0xB, 1): (0, 0, 0, 0),
-            (0xD, 0): (7, 0, 0, 0), (0xD, 1): (1, 0, 0, 0), (0xD, 2): (0x100, 0x240, 0, 0),
-            (0x80000000, 0): (0x80000001, 0, 0, 0),
-        }
-        return table.get((leaf, sub), (0, 0, 0, 0))
+def test_cpuid_table_is_the_cpu_models_own():
+    """KVM_SET_CPUID2 gets exactly the model's table (one CPUID source for both accelerators)."""
+    import hw.i386.cpu  # noqa: F401  registers the models
+    from hw.i386.cpuid import cpuid_entries_for_kvm
+    from qom import object_new, object_unref
 
-    monkeypatch.setattr(kvm_all, "_cpuid_source", lambda cpu: fake_cpuid)
-    entries = kvm_cpuid_entries(SimpleNamespace())
-    keys = [(e.function, e.index) for e in entries]
-    assert keys[:3] == [(0, 0), (1, 0), (2, 0)]
-    assert [k for k in keys if k[0] == 4] == [(4, 0), (4, 1), (4, 2)]
-    assert [k for k in keys if k[0] == 7] == [(7, 0), (7, 1)]
-    assert [k for k in keys if k[0] == 0xB] == [(0xB, 0), (0xB, 1)]
-    assert [k for k in keys if k[0] == 0xD] == [(0xD, 0), (0xD, 1), (0xD, 2)]
-    assert keys[-2:] == [(0x80000000, 0), (0x80000001, 0)]
-    flags = {e.function: e.flags for e in entries}
-    assert flags[4] == abi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX and flags[1] == 0
-    assert all(isinstance(e, CpuidEntry) for e in entries)
+    cpu = object_new("qemu64-x86_64-cpu")
+    try:
+        entries = kvm_cpuid_entries(cpu)
+        assert [tuple(e) for e in entries] == [tuple(e) for e in cpuid_entries_for_kvm(cpu)]
+        assert all(isinstance(e, CpuidEntry) for e in entries)
+        keys = [(e.function, e.index) for e in entries]
+        assert (0, 0) in keys and (0x80000001, 0) in keys
+    finally:
+        object_unref(cpu)
 
 
 def test_real_mode_from_the_reset_state(machine):
