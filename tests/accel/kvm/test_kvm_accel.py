@@ -385,7 +385,8 @@ def test_cpuid_table_is_the_cpu_models_own():
     cpu = object_new("qemu64-x86_64-cpu")
     try:
         entries = kvm_cpuid_entries(cpu)
-        assert [tuple(e) for e in entries] == [tuple(e) for e in cpuid_entries_for_kvm(cpu)]
+        assert [(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx) for e in entries] == \
+            [tuple(e) for e in cpuid_entries_for_kvm(cpu)]
         assert all(isinstance(e, CpuidEntry) for e in entries)
         keys = [(e.function, e.index) for e in entries]
         assert (0, 0) in keys and (0x80000001, 0) in keys
