@@ -461,6 +461,20 @@ def _proc_cpuinfo() -> dict[str, str]:
     return out
 
 
+#: Flags a model loses under kvm unless the user asks for them (QEMU's
+#: ``kvm_default_props``): KVM never offers nested SVM, ACPI thermal or MONITOR to
+#: a guest of this kind, so filtering them would only warn on every run.
+KVM_DEFAULT_OFF = ("svm", "acpi", "monitor")
+
+
+def _apply_accel_defaults(cpu: X86CPU, off: tuple[str, ...]) -> None:
+    for w in cf.FEATURE_WORDS:
+        user = cpu.user_features.get(w.word, 0)
+        for bit, name in enumerate(w.names):
+            if name in off and not user >> bit & 1:
+                cpu.features[w.word] &= ~(1 << bit)
+
+
 def x86_cpu_expand_features(cpu: X86CPU) -> None:
     """``x86_cpu_expand_features``: max/host take what the accelerator offers, then +f/-f,
     then the CPUID levels the enabled features need (unless ``level``/``xlevel`` were set).
@@ -482,6 +496,8 @@ def x86_cpu_expand_features(cpu: X86CPU) -> None:
             named = sum(1 << b for b, n in enumerate(w.names) if n is not None)
             user = cpu.user_features.get(w.word, 0)
             cpu.features[w.word] = (sup & named & ~user) | (cpu.features[w.word] & user)
+    elif accel.name == "kvm":
+        _apply_accel_defaults(cpu, KVM_DEFAULT_OFF)
     for name in cpu.plus_features:
         cpu.property_set(name, True)
     for name in cpu.minus_features:
