@@ -99,7 +99,8 @@ class Ctx:
         self.tmp = 0
         self.insn: Insn | None = None
         self.ended = False
-        self.helpers_used: set[str] = set()
+        self.stored = False
+
 
     # -- bookkeeping --------------------------------------------------------------------
     def checkpoint(self) -> tuple[Any, ...]:
@@ -221,6 +222,7 @@ class Ctx:
 
     def store(self, la: str, size: int, value: str) -> None:
         self.may_fault()
+        self.stored = True
         self.emit(f"st{size}({la}, {value})")
 
     # -- operands -----------------------------------------------------------------------------
@@ -408,6 +410,15 @@ class Ctx:
             self.emit(f"env.rip = {rip}")
         self.emit("S.icount += 1")
         self.emit("return")
+
+    def smc_check(self, next_ip: int) -> None:
+        """After a store: if it hit a page of translated code, leave before running
+        stale code (the one check per store; the TLB keeps code pages off the fast path)."""
+        self.emit("if S.smc:")
+        self.ind += 1
+        self.emit("S.smc = False")
+        self.exit(hex(next_ip))
+        self.ind -= 1
 
     def end(self) -> None:
         self.ended = True

@@ -175,7 +175,10 @@ class Translator:
                 if sem is None or any(o.kind == "other" for o in i.ops):
                     raise c.unimplemented()
                 c.ips.append(i.ip)
+                c.stored = False
                 sem(c, i)
+                if c.stored and not c.ended:
+                    c.smc_check(i.next_ip)
             except UnimplementedInstruction:
                 c.restore(cp)
                 del c.ips[k:]

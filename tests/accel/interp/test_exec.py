@@ -1,0 +1,396 @@
+"""End-to-end guest snippets on a bare InterpCore: real mode, mode switches up to long mode,
+exceptions through the IVT/IDT, self-modifying code, stops (HLT, breakpoints, exit request,
+triple fault) and unimplemented instructions.  Expected values are worked out by hand
+from the Intel SDM next to each test.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from accel.interp.cpu_exec import EXCP_BUDGET
+from accel.interp.errors import UnimplementedInstruction
+from hw.core.cpu import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
+from hw.i386.cpu_state import CC_A, CC_C, CC_P, CC_S, EFER_LMA, IF_MASK
+from tests.accel.interp.harness import CODE, Guest, asm
+
+# GDT entries (SDM vol. 3A, 3.4.5): flat 32-bit code/data, 64-bit code.
+GDT = [0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF, 0x00AF9A000000FFFF]
+
+
+def put_gdt(g: Guest, base: int = 0x1700) -> None:
+    for i, d in enumerate(GDT):
+        g.mem.write(base + 8 * i, d, 8)
+    g.env.gdt.base, g.env.gdt.limit = base, 8 * len(GDT) - 1
+
+
+def idt64_gate(g: Guest, base: int, vector: int, target: int, sel: int = 0x18) -> None:
+    """A 64-bit interrupt gate (SDM vol. 3A, 6.14.1, Figure 6-8)."""
+    lo = (target & 0xFFFF) | (sel << 16) | (0x8E00 << 32) | ((target >> 16 & 0xFFFF) << 48)
+    g.mem.write(base + vector * 16, lo, 8)
+    g.mem.write(base + vector * 16 + 8, target >> 32, 8)
+
+
+def test_real_mode_arithmetic_stack_and_calls() -> None:
+    g = Guest(16)
+    g.load("""
+        mov sp, 0x7000
+        mov cx, 0x5
+        xor ax, ax
+    top:
+        call add_cx
+        loop top
+        push ax
+        pop dx
+        hlt
+    add_cx:
+        add ax, cx
+        ret
+    """)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[0] & 0xFFFF == 15          # 5+4+3+2+1
+    assert g.env.regs[2] & 0xFFFF == 15
+    assert g.env.regs[1] & 0xFFFF == 0
+    assert g.env.regs[4] & 0xFFFF == 0x7000
+    assert g.core.icount == 3 + 5 * 4 + 3
+
+
+def test_real_mode_segments_and_string_instructions() -> None:
+    g = Guest(16)
+    g.mem.write_bytes(0x20000, b"hello, world\0")
+    g.load("""
+        mov ax, 0x2000
+        mov ds, ax
+        mov ax, 0x3000
+        mov es, ax
+        xor si, si
+        xor di, di
+        cld
+        mov cx, 13
+        rep movsb
+        mov di, 0x100
+        mov ax, 0xabcd
+        mov cx, 4
+        rep stosw
+        xor di, di
+        mov al, 0x2c
+        mov cx, 0x20
+        repne scasb
+        hlt
+    """)
+    assert g.run() == EXCP_HLT
+    assert g.mem.read_bytes(0x30000, 13) == b"hello, world\0"
+    assert g.mem.read_bytes(0x30100, 8) == bytes.fromhex("cdab") * 4
+    # ',' is at index 5: DI stops one past it, CX counted 6 iterations.
+    assert g.env.regs[7] & 0xFFFF == 6
+    assert g.env.regs[1] & 0xFFFF == 0x20 - 6
+
+
+def test_port_io_goes_through_the_io_address_space() -> None:
+    g = Guest(32)
+    g.io_in[0x60] = 0x42
+    g.load("""
+        mov al, 0x99
+        out 0x80, al
+        mov dx, 0x3f8
+        mov eax, 0x11223344
+        out dx, eax
+        in al, 0x60
+        mov bl, al
+        in ax, dx
+        hlt
+    """)
+    assert g.run() == EXCP_HLT
+    assert g.io_log == [("out", 0x80, 1, 0x99), ("out", 0x3F8, 4, 0x11223344),
+                        ("in", 0x60, 1, 0x42), ("in", 0x3F8, 2, 0x55)]
+    assert g.env.regs[3] & 0xFF == 0x42
+    assert g.env.regs[0] & 0xFFFF == 0x55
+
+
+def test_divide_error_is_delivered_through_the_ivt_in_real_mode() -> None:
+    """#DE is a fault: the pushed IP is the DIV itself (SDM vol. 3A, 6.15, Interrupt 0)."""
+    g = Guest(16)
+    g.mem.write(0, 0x0000_2000, 4)        # IVT[0] = 0000:2000
+    g.load("""
+        mov sp, 0x7000
+        mov ax, 0x1234
+        xor bx, bx
+        div bl
+        hlt
+    """)
+    g.load("""
+        mov bp, sp
+        mov si, [bp]
+        mov di, [bp + 2]
+        add word ptr [bp], 2
+        mov cx, 0xdead
+        iret
+    """, addr=0x2000)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[1] & 0xFFFF == 0xDEAD
+    assert g.env.regs[6] & 0xFFFF == CODE + 8   # mov sp (3) + mov ax (3) + xor (2)
+    assert g.env.regs[7] & 0xFFFF == 0          # old CS
+    assert g.env.regs[4] & 0xFFFF == 0x7000     # IRET popped IP, CS, FLAGS
+    assert g.env.rip == CODE + 10 + 1           # after the HLT behind the skipped DIV
+
+
+def test_unimplemented_instruction_names_mnemonic_bytes_and_address() -> None:
+    g = Guest(16)
+    g.load("mov ax, 0x1\nfsin")
+    with pytest.raises(UnimplementedInstruction) as e:
+        g.run()
+    assert str(e.value) == ("interp: unimplemented instruction 'fsin' (d9 fe) at 0x1003 "
+                            "(cs:ip 0000:1003)")
+    assert isinstance(e.value, NotImplementedError)
+    assert g.env.regs[0] == 1 and g.env.rip == 0x1003   # everything before it ran
+
+
+def test_store_into_the_running_block_takes_effect() -> None:
+    """Self-modifying code: the store patches the immediate of a later instruction
+    of the same block, and of an already translated block."""
+    g = Guest(32)
+    code = g.load("""
+        mov ebx, 0x1
+        mov byte ptr [patch + 1], 0x7
+    patch:
+        mov eax, 0x1
+        add ebx, eax
+        hlt
+    """)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[0] == 7 and g.env.regs[3] == 8
+    assert code[13] == 1 and g.mem.read(CODE + 13, 1) == 7
+
+
+def test_guest_store_invalidates_a_translated_block() -> None:
+    g = Guest(32)
+    g.load("""
+        mov eax, 0x1
+        hlt
+        mov byte ptr [0x1001], 0x5
+        jmp 0x1000
+    """)
+    assert g.run() == EXCP_HLT and g.env.regs[0] == 1
+    g.env.rip = CODE + 6                 # the store, then back to the patched block
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[0] == 5
+
+
+def test_real_to_protected_to_long_mode_switch() -> None:
+    g = Guest(16)
+    g._identity_map()
+    put_gdt(g)
+    g.mem.write(0x1800, 0x1F | (0x1700 << 16), 6)       # GDTR image: limit, base
+    g.load("""
+        cli
+        lgdt [0x1800]
+        mov eax, cr0
+        or eax, 0x1
+        mov cr0, eax
+        jmp 0x08:0x2000
+    """, nasm=True)
+    g.mem.write_bytes(0x2000, asm("""
+        mov ax, 0x10
+        mov ds, ax
+        mov es, ax
+        mov ss, ax
+        mov esp, 0x9000
+        mov eax, cr4
+        or eax, 0x20
+        mov cr4, eax
+        mov eax, 0x100000
+        mov cr3, eax
+        mov ecx, 0xC0000080
+        rdmsr
+        or eax, 0x100
+        wrmsr
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        jmp 0x18:0x3000
+    """, 32, 0x2000, nasm=True))
+    g.mem.write_bytes(0x3000, asm("""
+        mov rax, 0x123456789
+        add rax, rax
+        mov [0x5000], rax
+        push rax
+        pop rbx
+        hlt
+    """, 64, 0x3000))
+    g.core.tb_flush()
+    assert g.run() == EXCP_HLT
+    assert g.env.mode_name == "long64"
+    assert g.env.efer & EFER_LMA
+    assert not g.env.eflags & IF_MASK
+    assert g.mem.read(0x5000, 8) == 0x2468ACF12
+    assert g.env.regs[3] == 0x2468ACF12 and g.env.regs[4] == 0x9000
+    assert g.env.segs[1].selector == 0x18
+
+
+def _long_guest_with_idt() -> Guest:
+    g = Guest(64)
+    put_gdt(g)
+    g.env.segs[1].selector = 0x18
+    g.env.idt.base, g.env.idt.limit = 0x6000, 0xFFF
+    return g
+
+
+def test_page_fault_sets_cr2_and_error_code_in_long_mode() -> None:
+    """Not-present read at CPL0: error code 0 (SDM vol. 3A, 4.7); the frame is
+    SS, RSP, RFLAGS, CS, RIP, error code (6.14.2)."""
+    g = _long_guest_with_idt()
+    idt64_gate(g, 0x6000, 14, 0x4000)
+    g.load("mov rsp, 0x8000\nmov rcx, 0x40000010\nmov rsi, [rcx]\nhlt")
+    g.load("mov rax, cr2\nmov rbx, [rsp]\nmov rdx, [rsp + 8]\nhlt", addr=0x4000)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[0] == 0x40000010
+    assert g.env.cr[2] == 0x40000010
+    assert g.env.regs[3] == 0                    # error code
+    assert g.env.regs[2] == CODE + 14            # faulting RIP (after two 7-byte movs)
+    assert g.env.regs[4] == 0x8000 - 48
+
+
+def test_write_to_read_only_page_faults_with_protection_error_code() -> None:
+    g = _long_guest_with_idt()
+    idt64_gate(g, 0x6000, 14, 0x4000)
+    g.mem.write(0x100000 + 0x2000 + 8, (1 << 21) | 0x85, 8)   # 2 MiB page 1: P, US, no RW
+    g.env.cr[0] |= 1 << 16                                    # CR0.WP: CPL0 honours R/W
+    g.load("mov rsp, 0x8000\nmov rcx, 0x200100\nmov dword ptr [rcx], 0x1\nhlt")
+    g.load("mov rax, cr2\nmov rbx, [rsp]\nhlt", addr=0x4000)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[0] == 0x200100
+    assert g.env.regs[3] == 0b011                # P (protection) | W/R (write)
+    assert g.mem.read(0x200100, 4) == 0
+
+
+def test_triple_fault_requests_a_reset_and_returns_shutdown() -> None:
+    g = Guest(64)
+    g.env.idt.base, g.env.idt.limit = 0, 0       # every vector is past the limit
+    called = []
+    g.core.on_triple_fault = lambda: called.append(True)
+    g.load("ud2")
+    assert g.run() == EXCP_SHUTDOWN
+    assert called == [True]
+
+
+def test_software_interrupt_and_iret_in_protected_mode() -> None:
+    g = Guest(32)
+    put_gdt(g)
+    gate = (0x2000 & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((0x2000 >> 16) << 48)
+    g.mem.write(0x6000 + 0x30 * 8, gate, 8)
+    g.env.idt.base, g.env.idt.limit = 0x6000, 0x7FF
+    g.load("mov esp, 0x8000\nsti\nint 0x30\nmov ebx, eax\nhlt")
+    g.load("mov eax, [esp]\npushfd\npop ecx\niretd", addr=0x2000)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[3] == CODE + 8         # pushed EIP: after the 2-byte INT
+    assert not g.env.regs[1] & IF_MASK       # the interrupt gate cleared IF
+    assert g.env.eflags & IF_MASK            # IRET restored it
+    assert g.env.regs[4] == 0x8000
+
+
+def test_lazy_flags_cross_block_boundaries() -> None:
+    """cmp 1, 2 sets CF SF AF PF (0xFFFFFFFF has even parity); INC/DEC keep CF (SDM INC)."""
+    g = Guest(32)
+    g.load("""
+        mov eax, 0x1
+        mov ebx, 0x2
+        cmp eax, ebx
+        jmp a
+    a:  setl cl
+        setb dl
+        jmp b
+    b:  mov esi, 0xffffffff
+        add esi, 0x1
+        jmp c
+    c:  dec eax
+        jmp d
+    d:  adc edi, 0x0
+        hlt
+    """)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[1] & 0xFF == 1 and g.env.regs[2] & 0xFF == 1
+    assert g.env.regs[7] == 1                # CF of the add survived DEC and two blocks
+    assert g.env.eflags & 0x8D5 == 0         # adc 0 + 0 + 1 = 1: no flag
+
+
+def test_cmp_flags_materialised_into_env_eflags() -> None:
+    g = Guest(32)
+    g.load("mov eax, 0x1\ncmp eax, 0x2\nhlt")
+    assert g.run() == EXCP_HLT
+    assert g.env.eflags & 0x8D5 == CC_C | CC_P | CC_A | CC_S
+
+
+def test_breakpoint_stops_before_the_instruction_then_resumes() -> None:
+    g = Guest(32)
+    g.load("mov eax, 0x1\nmov ebx, 0x2\nmov ecx, 0x3\nhlt")
+    g.core.breakpoints.add(CODE + 5)
+    assert g.run() == EXCP_DEBUG
+    assert g.env.rip == CODE + 5 and g.env.regs[0] == 1 and g.env.regs[3] == 0
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[1] == 3
+
+
+def test_single_steps_count_one_instruction_each() -> None:
+    g = Guest(16)
+    g.load("mov ax, 0x1\nadd ax, ax\nadd ax, ax\nhlt")
+    for expected in (1, 2, 4):
+        assert g.core.step() == EXCP_BUDGET
+        assert g.env.regs[0] == expected
+    assert g.core.step() == EXCP_HLT
+    assert g.core.icount == 4
+
+
+def test_exit_request_stops_an_endless_loop() -> None:
+    g = Guest(32)
+    g.load("top: inc eax\njmp top")
+    timer = threading.Timer(0.05, lambda: setattr(g.core, "exit_request", True))
+    timer.start()
+    try:
+        assert g.run(max_insns=None) == EXCP_INTERRUPT
+    finally:
+        timer.cancel()
+    assert g.core.exit_request is False
+    assert g.env.regs[0] > 0 and g.env.rip in (CODE, CODE + 1)
+
+
+def test_cpuid_msrs_and_tsc() -> None:
+    g = Guest(64)
+    g.load("""
+        mov eax, 0x7
+        xor ecx, ecx
+        cpuid
+        mov r8, rax
+        mov ecx, 0xC0000080
+        rdmsr
+        mov r9, rax
+        mov ecx, 0xC0000103
+        mov eax, 0x2a
+        xor edx, edx
+        wrmsr
+        rdmsr
+        mov r10, rax
+        rdtsc
+        shl rdx, 0x20
+        or rdx, rax
+        mov r11, rdx
+        rdtsc
+        shl rdx, 0x20
+        or rax, rdx
+        hlt
+    """)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[8] == 7                        # the harness' CPUID returns (leaf, ...)
+    assert g.env.regs[9] == 0xD00                    # EFER: LME | LMA | NXE
+    assert g.env.regs[10] == 0x2A and g.env.tsc_aux == 0x2A
+    assert g.env.regs[0] >= g.env.regs[11] > 0       # the TSC is monotonic
+
+
+def test_unknown_msr_raises_gp() -> None:
+    g = Guest(16)
+    g.mem.write(13 * 4, 0x0000_2000, 4)              # IVT[13] -> 0000:2000
+    g.load("mov sp, 0x7000\nmov ecx, 0x12345\nrdmsr\nhlt")
+    g.load("mov bx, 0xbad\nhlt", addr=0x2000)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[3] & 0xFFFF == 0xBAD
