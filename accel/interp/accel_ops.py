@@ -89,6 +89,11 @@ class InterpAccelOps(AccelOps):
         if cpu.halted:
             return EXCP_HALTED
         core: InterpCore = cpu.accel
+        if cpu.vcpu_dirty:
+            # Someone wrote env (and maybe loaded code with it, bypassing our store path):
+            # translated blocks may be stale.
+            core.tb_flush()
+            cpu.vcpu_dirty = False
         qemu_global_mutex.release()
         try:
             if cpu.singlestep_enabled:

@@ -1,0 +1,64 @@
+"""The interp accelerator seen from the machine: registration, CPUID limits, the vCPU
+thread's lifecycle and trace, HLT, breakpoints and triple faults through ``Machine``."""
+
+from __future__ import annotations
+
+import pytest
+
+import accel.interp  # noqa: F401  (registers the accelerator)
+from accel.interp.accel_ops import InterpAccelOps, InterpAccelState
+from accel.ops import AccelError, accel_list
+from pyqemu import Machine
+from util import trace
+
+
+def test_registered_with_description() -> None:
+    entries = {name: (desc, why) for name, desc, why in accel_list()}
+    assert entries["interp"] == ("pure-Python x86 interpreter (TCG-style, capstone decoder)", None)
+
+
+def test_supported_cpuid_is_what_the_interpreter_implements() -> None:
+    st = InterpAccelState(None)
+    edx1 = st.get_supported_cpuid(1, 0, "edx")
+    assert edx1 is not None
+    assert not edx1 & 1                         # no x87 FPU
+    assert edx1 & (1 << 15) and edx1 & (1 << 4)  # CMOV, TSC
+    assert not edx1 & (1 << 25)                 # no SSE
+    assert st.get_supported_cpuid(1, 0, "ecx") & (1 << 23) == 0    # no POPCNT
+    ext = st.get_supported_cpuid(0x80000001, 0, "edx")
+    assert ext & (1 << 29) and not ext & (1 << 11)                 # LM, no SYSCALL
+    assert st.get_supported_cpuid(0, 0, "ebx") is None             # vendor: no limit
+    with pytest.raises(AccelError, match="unknown CPUID register 'esp'"):
+        st.get_supported_cpuid(1, 0, "esp")
+
+
+def test_machine_runs_on_an_interp_vcpu_thread() -> None:
+    lines: list[str] = []
+    sink = trace.add_sink({"lifecycle"}, lines.append)
+    try:
+        with Machine(accel="interp", memory="16M") as m:
+            m.load_asm("mov ax, 0x1234\nmov bx, ax\nhlt", 0x7C00, "real")
+            result = m.run(timeout=20)
+            assert result.reason == "halted"
+            assert m.reg_read("bx") == 0x1234
+    finally:
+        trace.remove_sink(sink)
+    init = [line for line in lines if "interp_init_vcpu" in line]
+    assert init and "CPU 0/INTERP" in init[0]
+    assert any("interp_destroy_vcpu" in line for line in lines)
+
+
+def test_breakpoint_stops_the_machine_for_the_debugger() -> None:
+    with Machine(accel="interp", memory="16M") as m:
+        m.load_asm("mov ax, 0x1\nmov ax, 0x2\nhlt", 0x7C00, "real")
+        cpu = m.cpu(0)
+        ops = cpu.accel_ops
+        assert isinstance(ops, InterpAccelOps) and ops.supports_guest_debug()
+        ops.insert_breakpoint(cpu, 0, 0x7C03, 1)
+        assert m.run(timeout=20).reason == "debug"
+        assert m.reg_read("ip") == 0x7C03 and m.reg_read("ax") == 1
+        ops.remove_breakpoint(cpu, 0, 0x7C03, 1)
+        with pytest.raises(AccelError, match="no breakpoint at 0x7c03"):
+            ops.remove_breakpoint(cpu, 0, 0x7C03, 1)
+        assert m.run(timeout=20).reason == "halted"
+        assert m.reg_read("ax") == 2
