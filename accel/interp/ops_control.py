@@ -76,7 +76,7 @@ def gen_loop(c: Ctx, i: Insn) -> None:
 
 @op("jcxz", "jecxz", "jrcxz")
 def gen_jcxz(c: Ctx, i: Insn) -> None:
-    size = {"jcxz": 2, "jecxz": 4, "jrcxz": 8}[i.mnem]
+    size = i.adsize                       # the count register has the address size
     _branch(c, f"{c.gpr_read(1, size)} == 0", _target(c, i), i)
 
 
@@ -137,7 +137,7 @@ def gen_retf(c: Ctx, i: Insn) -> None:
 
 @op("iret", "iretd", "iretq")
 def gen_iret(c: Ctx, i: Insn) -> None:
-    size = {"iret": 2, "iretd": 4, "iretq": 8}[i.mnem]
+    size = i.opsize                       # from the encoding: 0x66 / REX.W
     c.sync(hex(i.ip))
     c.emit(f"S.iret({size})")
     c.finish_after_helper(None)

@@ -244,7 +244,9 @@ SIGN_SPLIT = {"cwd": 2, "cdq": 4, "cqo": 8}
 
 @op(*CONVERT)
 def gen_cbw(c: Ctx, i: Insn) -> None:
-    frm, to = CONVERT[i.mnem]
+    """Opcode 98: the operand size picks CBW/CWDE/CDQE (capstone names 16-bit forms wrongly)."""
+    to = i.opsize
+    frm = to // 2
     v = c.t("v")
     c.emit(f"{v} = {c.gpr_read(0, frm)}")
     c.gpr_write(0, to, f"(({v} ^ {SIGN[frm]:#x}) - {SIGN[frm]:#x}) & {MASK[to]:#x}")
@@ -252,7 +254,8 @@ def gen_cbw(c: Ctx, i: Insn) -> None:
 
 @op(*SIGN_SPLIT)
 def gen_cwd(c: Ctx, i: Insn) -> None:
-    size = SIGN_SPLIT[i.mnem]
+    """Opcode 99: CWD/CDQ/CQO by operand size (not by capstone's mnemonic)."""
+    size = i.opsize
     c.gpr_write(2, size, f"{MASK[size]:#x} if {c.gpr_read(0, size)} >> {size * 8 - 1} else 0")
 
 
