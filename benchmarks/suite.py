@@ -130,6 +130,13 @@ def model_string(n: int) -> tuple[int, int]:
     return ebx, 5 + 22 * n + 2
 
 
+def string_rep_extra(n: int) -> int:
+    """How many more instructions string.s executes if each REP iteration counts as one
+    (QEMU's icount counts them so): per round 0x100 + 0x400 + (i & 0x3ff) + 1 iterations
+    for three instructions."""
+    return sum(0x100 + 0x400 + (i & 0x3FF) + 1 - 3 for i in range(n, 0, -1))
+
+
 # --- placeholders -----------------------------------------------------------------------------
 def params_loop(n: int) -> dict[str, int]:
     return {"N": n}
@@ -173,6 +180,8 @@ class Workload:
     #: Set when the host may not run this mode at all: a failed tiny probe then skips
     #: the accelerator for this workload (with the reason) instead of failing.
     may_be_unsupported: str | None = None
+    #: Instructions added when every REP iteration counts as one (0: no REP in the workload).
+    rep_extra: Callable[[int], int] = lambda n: 0
 
     @property
     def path(self) -> Path:
@@ -219,7 +228,7 @@ WORKLOADS: tuple[Workload, ...] = (
     Workload("fib", f"recursive fib({FIB_K})", "long64", True, 80, 1,
              model_fib, params_fib, lambda n: 0),
     Workload("string", "rep movsb/stosd, repne scasb", "long64", True, 1500, 4,
-             model_string, params_string, lambda n: 0x2000),
+             model_string, params_string, lambda n: 0x2000, rep_extra=string_rep_extra),
     Workload("loop_pg32", "tight loop, prot32 + paging", "prot32", False, 1_250_000, 4,
              model_loop_pg32, params_loop_pg32, lambda n: 0x2000, result_reg="ebx",
              may_be_unsupported="32-bit protected mode with legacy paging"),
