@@ -27,8 +27,8 @@ import sys
 import time
 from typing import Any, Iterator, Sequence
 
-from benchmarks.suite import (DEBUG_EXIT, EXIT_CODE, LOAD_ADDR, STACK_TOP, WORKLOADS,
-                              Workload)
+from benchmarks.suite import (DEBUG_EXIT, EXIT_CODE, EXIT_VALUE, LOAD_ADDR, STACK_TOP,
+                              WORKLOADS, Workload)
 
 ACCELS = ("interp", "kvm")
 #: Attribute names an interpreter may keep its executed-instruction count under.
@@ -153,6 +153,31 @@ def run_workload(w: Workload, accel: str, n: int, timeout: float = 600.0) -> Run
     return out
 
 
+def run_overhead(accel: str, tries: int = 3) -> float:
+    """Seconds ``Machine.run`` takes for a guest that exits at once (long64, CPL 3):
+    the fixed cost (resume the vCPU thread, enter, exit, pause) inside every time.
+    The best of ``tries`` fresh machines."""
+    return min(_empty_run(accel) for _ in range(tries))
+
+
+def _empty_run(accel: str) -> float:
+    from pyqemu import Machine
+    with _captured_warnings():
+        m = Machine(accel=accel, memory="32M", devices=[DEBUG_EXIT], no_reboot=True,
+                    serial="none")
+    try:
+        m.load_asm(f"mov al, {EXIT_VALUE:#x}\nout 0xf4, al", LOAD_ADDR, mode="long64",
+                   stack=STACK_TOP, user=True)
+        t0 = time.perf_counter()
+        result = m.run(timeout=60)
+        seconds = time.perf_counter() - t0
+    finally:
+        m.close()
+    if result.reason != "shutdown" or result.exit_code != EXIT_CODE:
+        raise BenchmarkError(f"the empty guest on {accel} did not exit: {result}")
+    return seconds
+
+
 def probe(w: Workload, accel: str) -> str | None:
     """For a workload whose mode the host may refuse: None if a tiny run works, else why."""
     try:
@@ -178,6 +203,13 @@ def run_suite(workloads: Sequence[Workload], accels: Sequence[str], scale: float
     errors: list[str] = []
     notes: list[str] = []
     construct: dict[str, list[float]] = {a: [] for a in accels}
+    overhead: dict[str, float | None] = {}
+    for accel in accels:
+        try:
+            overhead[accel] = run_overhead(accel)
+        except Exception as e:  # noqa: BLE001  reported, and the exit status says so
+            overhead[accel] = None
+            errors.append(f"empty guest on {accel}: {type(e).__name__}: {e}")
     for w in workloads:
         n = w.size(scale)
         expected, analytic = w.model(n)
@@ -257,6 +289,7 @@ def run_suite(workloads: Sequence[Workload], accels: Sequence[str], scale: float
                                  "out to isa-debug-exit",
         "workloads": rows,
         "geomean_interp_ips": geomean,
+        "run_overhead_seconds": overhead,
         "construct_seconds": {a: (sum(v) / len(v) if v else None)
                               for a, v in construct.items()},
         "notes": notes,
@@ -325,6 +358,9 @@ def format_table(report: dict[str, Any]) -> str:
                  f"{_fmt_rate(report['geomean_interp_ips'])}")
     cons = ", ".join(f"{a} {_fmt_s(s)} s" for a, s in report["construct_seconds"].items())
     lines.append(f"machine construction (mean per run, not in the times above): {cons}")
+    over = ", ".join(f"{a} {1000 * s:.1f} ms" if s is not None else f"{a} -"
+                     for a, s in report["run_overhead_seconds"].items())
+    lines.append(f"run() of a guest that exits at once (included in every time above): {over}")
     sources = {row["insn_source"] for row in report["workloads"]}
     if sources == {"analytic"}:
         lines.append("guest instructions: counted from each workload's loop structure "

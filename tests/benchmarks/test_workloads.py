@@ -149,3 +149,16 @@ def test_runner_rejects_unknown_names(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         bench_run.main(["--accel", "tcg9"])
     capsys.readouterr()
+
+
+def test_runner_without_kvm_says_why_and_runs_interp(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    real = bench_run.accel_unavailable_reason
+    monkeypatch.setattr(bench_run, "accel_unavailable_reason",
+                        lambda a: "no /dev/kvm (test)" if a == "kvm" else real(a))
+    rc = bench_run.main(["--only", "loop", "--scale", "1e-9"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "kvm unavailable: no /dev/kvm (test); running without it" in text
+    assert "loop" in text and "n/a" in text
