@@ -88,7 +88,13 @@ def _counter_candidates(cpu: Any) -> list[tuple[str, Any]]:
 
 
 def read_insn_counter(cpu: Any) -> tuple[str, int] | None:
-    """(where, value) of the interpreter's executed-instruction counter on ``cpu``, if any."""
+    """(where, value) of the interpreter's executed-instruction counter on ``cpu``, if any.
+
+    The interp accelerator keeps it as ``cpu.accel.icount`` (its per-vCPU
+    ``InterpCore``); other places a counter could live are searched after that."""
+    core_count = getattr(getattr(cpu, "accel", None), "icount", None)
+    if isinstance(core_count, int) and not isinstance(core_count, bool):
+        return "cpu.accel.icount", core_count
     for path, obj in _counter_candidates(cpu):
         for name in COUNTER_NAMES:
             value = getattr(obj, name, None) if not isinstance(obj, type) else None
