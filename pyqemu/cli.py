@@ -241,11 +241,12 @@ def build_machine(o: Options):  # type: ignore[no-untyped-def]
 
 
 def run_machine(o: Options) -> int:
+    if o.bios is None and o.kernel is None:
+        # Checked first: a machine that could only sit in its reset state is not built.
+        raise UsageError("nothing to run: give -bios FILE or -kernel FILE "
+                         "(the library loads other guests)")
     m = build_machine(o)
     try:
-        if o.bios is None and o.kernel is None:
-            raise UsageError("nothing to run: give -bios FILE or -kernel FILE "
-                             "(the library loads other guests)")
         result = m.run(timeout=o.timeout)
         if result.reason == "shutdown":
             return (result.exit_code or 0) & 0xFF  # exit() keeps the low 8 bits, as QEMU's does

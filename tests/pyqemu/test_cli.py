@@ -85,7 +85,7 @@ def test_lifecycle_trace_shows_the_seed_steps_in_order(accel: str, hello_rom: Pa
     (["-machine", "vax"], "vax"),
     (["-accel", "hax"], "hax"),
     (["-smp", "0"], "-smp"),
-    (["-smp", "8,sockets=2,cores=2"], "-smp"),
+    (["-smp", "8,sockets=2,cores=2,threads=1"], "-smp"),
     (["-m", "lots"], "-m"),
     (["-bios", "/nonexistent/bios.bin"], "/nonexistent/bios.bin"),
     (["-kernel", "/nonexistent/kernel"], "/nonexistent/kernel"),
