@@ -241,6 +241,9 @@ def build_machine(o: Options):  # type: ignore[no-untyped-def]
 
 
 def run_machine(o: Options) -> int:
+    from pyqemu.machine import check_options
+    check_options(o.machine, o.cpu, o.smp, o.memory, o.bios, o.kernel, o.append, o.devices,
+                  o.accel or "interp")
     if o.bios is None and o.kernel is None:
         # Checked first: a machine that could only sit in its reset state is not built.
         raise UsageError("nothing to run: give -bios FILE or -kernel FILE "

@@ -21,7 +21,7 @@ import hw.char.serial_isa  # noqa: F401  registers isa-serial
 import hw.i386.cpu  # noqa: F401  registers the x86 CPU types
 import hw.i386.pc  # noqa: F401  registers the pc machine
 import hw.misc.debugexit  # noqa: F401  registers isa-debug-exit
-from accel.ops import AccelState, accel_init
+from accel.ops import AccelError, AccelState, accel_init, accel_list
 from hw.core.machine import (MachineState, find_machine_class, machine_run_board_init,
                              parse_mem_size, parse_smp)
 from hw.i386.cpu_state import CPUX86State
@@ -70,6 +70,40 @@ def parse_cpu_option(spec: str | None, default_type: str | None) -> str:
         typename = x86_cpu_type_by_model(model)
         x86_cpu_parse_featurestr(typename, features)
         return typename
+
+
+def check_options(machine: str = "pc", cpu: str | None = None, smp: str | int = 1,
+                  memory: str | int | None = None, bios: str | None = None,
+                  kernel: str | None = None, append: str = "",
+                  devices: Sequence[str] = (), accel: str = "interp",
+                  ) -> tuple[Any, Any, int, str, list[Any]]:
+    """Check every machine option, in QEMU's order, without building anything.
+
+    Returns (machine class, -smp topology, RAM size, CPU type, device specs); a bad
+    option raises the error that names it.
+    """
+    mc = find_machine_class(machine)
+    smp_cfg = parse_smp(smp, mc.max_cpus)
+    ram_size = parse_mem_size(memory, mc.default_ram_size)
+    cpu_type = parse_cpu_option(cpu, mc.default_cpu_type)
+    device_specs = [_parse_device_spec(d) for d in devices]
+    for driver, _ in device_specs:
+        _check_device_driver(driver)
+    if accel not in [name for name, _, _ in accel_list()]:
+        raise AccelError(f"invalid accelerator '{accel}'; -accel help lists them")
+    _check_images(bios, kernel, append, ram_size)
+    return mc, smp_cfg, ram_size, cpu_type, device_specs
+
+
+def _check_device_driver(driver: str) -> None:
+    from hw.core.errors import DeviceError
+    from hw.core.qdev import DeviceClass
+    from qom import object_class_by_name
+    k = object_class_by_name(driver)
+    if not isinstance(k, DeviceClass) or k.abstract:
+        raise DeviceError(f"'{driver}' is not a valid device model name; -device help lists them")
+    if not k.user_creatable:
+        raise DeviceError(f"device '{driver}' cannot be added with -device")
 
 
 def _check_images(bios: str | None, kernel: str | None, append: str, ram_size: int) -> None:
@@ -136,12 +170,8 @@ class Machine:
                 self._trace_sink = tracing.add_sink(set(trace),
                                                     trace_sink or self.trace_lines.append)
             # 1. Check every option before building anything.
-            mc = find_machine_class(machine)
-            smp_cfg = parse_smp(smp, mc.max_cpus)
-            ram_size = parse_mem_size(memory, mc.default_ram_size)
-            cpu_type = parse_cpu_option(cpu, mc.default_cpu_type)
-            device_specs = [_parse_device_spec(d) for d in devices]
-            _check_images(bios, kernel, append, ram_size)
+            mc, smp_cfg, ram_size, cpu_type, device_specs = check_options(
+                machine, cpu, smp, memory, bios, kernel, append, devices, accel)
             self.accel_name = accel
             # 2. The accelerator (kvm_init opens /dev/kvm and creates the VM).
             self.runctl = RunControl()
