@@ -155,11 +155,17 @@ def gen_rotate(c: Ctx, i: Insn) -> None:
 
 @op("rcl", "rcr")
 def gen_rotate_carry(c: Ctx, i: Insn) -> None:
-    """RCL/RCR rotate the (w+1)-bit value CF:dest; counts are taken mod 9/17 for 8/16 bits."""
+    """RCL/RCR rotate the (w+1)-bit value CF:dest; counts are taken mod 9/17 for 8/16 bits.
+    A count that is 0 after that modulo changes nothing, flags included (as QEMU does;
+    the SDM leaves OF undefined there)."""
     dst = i.ops[0]
     size, w = dst.size, dst.size * 8
     val, put = c.rmw(dst)
     n, static = _count(c, i)
+    modulo = w + 1 if size <= 2 else None
+    if static is not None and modulo:
+        static %= modulo
+        n = str(static)
     if static == 0:
         _zero_count(c, dst)
         return
@@ -169,22 +175,23 @@ def gen_rotate_carry(c: Ctx, i: Insn) -> None:
     c.emit(f"{ci} = {c.flag('C')}")
     if static is None:
         c.emit(f"{fl} = {c.flags_value()}")
+        if modulo:
+            c.emit(f"{k} = {n} % {modulo}")
+            n = k
     m1 = (1 << (w + 1)) - 1
-    modulo = w + 1 if size <= 2 else None
     defs = {"C": cf, "O": of}
 
     def body() -> None:
         c.emit(f"{a} = {val}")
-        c.emit(f"{k} = {n} % {modulo}" if modulo else f"{k} = {n}")
         c.emit(f"{x} = ({ci} << {w}) | {a}")
         if i.mnem == "rcl":
-            c.emit(f"{x} = (({x} << {k}) | ({x} >> ({w + 1} - {k}))) & {m1:#x}")
+            c.emit(f"{x} = (({x} << {n}) | ({x} >> ({w + 1} - {n}))) & {m1:#x}")
             c.emit(f"{r} = {x} & {MASK[size]:#x}")
             c.emit(f"{cf} = {x} >> {w}")
             c.emit(f"{of} = ({r} >> {w - 1} & 1) ^ {cf}")
         else:
             c.emit(f"{of} = ({a} >> {w - 1} & 1) ^ {ci}")
-            c.emit(f"{x} = (({x} >> {k}) | ({x} << ({w + 1} - {k}))) & {m1:#x}")
+            c.emit(f"{x} = (({x} >> {n}) | ({x} << ({w + 1} - {n}))) & {m1:#x}")
             c.emit(f"{r} = {x} & {MASK[size]:#x}")
             c.emit(f"{cf} = {x} >> {w}")
         put(r)

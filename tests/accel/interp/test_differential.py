@@ -9,6 +9,8 @@ flat 32-bit protected and 64-bit long mode.  ~200 examples per family.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +23,10 @@ from accel.interp.undefined_flags import undefined_flags  # noqa: E402
 from hw.i386.cpu_state import ARITH_FLAGS, DF_MASK  # noqa: E402
 from tests.accel.interp.harness import CODE, Guest, asm  # noqa: E402
 
-QUICK = settings(max_examples=200, deadline=None, derandomize=True,
+# ~200 examples per family by default (derandomized: the same cases every run);
+# INTERP_DIFF_EXAMPLES=5000 hunts deeper with fresh random cases.
+_EXAMPLES = int(os.environ.get("INTERP_DIFF_EXAMPLES", "200"))
+QUICK = settings(max_examples=_EXAMPLES, deadline=None, derandomize=_EXAMPLES <= 200,
                  suppress_health_check=[HealthCheck.too_slow])
 
 UC_MODES = {16: unicorn.UC_MODE_16, 32: unicorn.UC_MODE_32, 64: unicorn.UC_MODE_64}
@@ -113,7 +118,7 @@ def test_alu_matches_unicorn(ms: tuple[int, int], mnem: str, form: str, imm: int
     if form == "rh" and size == 8:
         text = f"{mnem} {HIGH8[0]}, {HIGH8[1]}"
     elif form == "ri":
-        imm &= (1 << min(size, 32)) - 1
+        imm &= (1 << size) - 1 if size < 64 else 0x7FFFFFFF   # imm32 sign-extends for r64
         text = f"{mnem} {d}, {hex(imm)}"
     else:
         text = f"{mnem} {d}, {s}"
@@ -254,3 +259,91 @@ def test_misc_match_unicorn(bits: int, text: str, regs: list[int], flags: int) -
 
 def test_df_is_not_an_arith_flag() -> None:
     assert not DF_MASK & ARITH_FLAGS
+
+
+# -- sequences: flags flowing between instructions inside one block ---------------------
+ALL_FLAGS = {"C": 0x1, "P": 0x4, "A": 0x10, "Z": 0x40, "S": 0x80, "O": 0x800}
+SEQ_ALU = ["add", "adc", "sub", "sbb", "cmp", "and", "or", "xor", "test"]
+SEQ_SHIFT = ["shl", "shr", "sar", "rol", "ror", "rcl", "rcr"]
+CC_READS = {"o": "O", "no": "O", "b": "C", "ae": "C", "e": "Z", "ne": "Z", "be": "CZ",
+            "a": "CZ", "s": "S", "ns": "S", "p": "P", "np": "P", "l": "SO", "ge": "SO",
+            "le": "ZSO", "g": "ZSO"}
+
+
+@st.composite
+def sequences(draw: st.DrawFn) -> tuple[int, list[str], int]:
+    """A block of 2-6 instructions that never reads a flag the SDM leaves undefined;
+    returns (mode, lines, flags undefined at the end)."""
+    bits = draw(st.sampled_from([16, 32, 64]))
+    size = draw(st.sampled_from([8, 16, 32] + ([64] if bits == 64 else [])))
+    regs = REGS[size]
+    undefined = 0
+    lines = []
+    for _ in range(draw(st.integers(2, 6))):
+        kind = draw(st.sampled_from(["alu", "alu", "unary", "shift", "set", "cmov"]))
+        d, s = draw(st.sampled_from(regs)), draw(st.sampled_from(regs))
+        if kind == "alu":
+            m = draw(st.sampled_from(SEQ_ALU))
+            reads, sets = ("C" if m in ("adc", "sbb") else ""), "CPAZSO"
+            src = s if draw(st.booleans()) else hex(draw(st.integers(0, 0x7F)))
+            line, undef = f"{m} {d}, {src}", undefined_flags(m, size)
+        elif kind == "unary":
+            m = draw(st.sampled_from(["inc", "dec", "neg", "not"]))
+            reads, sets = "", {"inc": "PAZSO", "dec": "PAZSO", "neg": "CPAZSO", "not": ""}[m]
+            line, undef = f"{m} {d}", 0
+        elif kind == "shift":
+            m = draw(st.sampled_from(SEQ_SHIFT))
+            n = draw(st.integers(1, 3))
+            reads = "C" if m in ("rcl", "rcr") else ""
+            sets = "CO" if m in SEQ_SHIFT[3:] else "CPAZSO"
+            line, undef = f"{m} {d}, {n}", undefined_flags(m, size, n)
+        else:
+            cc = draw(st.sampled_from(list(CC_READS)))
+            reads, sets, undef = CC_READS[cc], "", 0
+            if kind == "set":
+                line = f"set{cc} {REGS[8][regs.index(d)]}"
+            else:
+                if size == 8:
+                    continue
+                line = f"cmov{cc} {d}, {s}"
+        if any(ALL_FLAGS[f] & undefined for f in reads):
+            continue                 # reading an undefined flag: no defined answer to compare
+        for f in sets:
+            undefined &= ~ALL_FLAGS[f]
+        undefined |= undef
+        lines.append(line)
+    return bits, lines, undefined
+
+
+@QUICK
+@given(seq=sequences(), regs=reg_values, flags=flag_values)
+def test_blocks_with_flag_flow_match_unicorn(seq: tuple[int, list[str], int], regs: list[int],
+                                             flags: int) -> None:
+    bits, lines, undefined = seq
+    if not lines:
+        return
+    text = "\n".join(lines)
+    code = asm(text + "\nhlt", bits)
+    wide = 64 if bits == 64 else 32
+    regs = [v & ((1 << wide) - 1) for v in regs]
+    g = _guest(bits)
+    g.mem.write_bytes(CODE, code)
+    g.core.tb_flush()
+    g.env.regs[:8] = regs
+    g.env.regs[4] = 0x8000
+    g.env.rip = CODE
+    g.env.eflags = (flags & ARITH_FLAGS) | 2
+    g.core.run(100)
+    uc = _uc(bits)
+    uc.mem_write(CODE, code)
+    table = UC_REGS if bits == 64 else UC_REGS32
+    for r, v in zip(table, regs):
+        uc.reg_write(r, v)
+    uc.reg_write(table[4], 0x8000)
+    uc.reg_write(U.UC_X86_REG_EFLAGS, (flags & ARITH_FLAGS) | 2)
+    uc.emu_start(CODE, CODE + len(code) - 1)
+    theirs = [uc.reg_read(r) for r in table]
+    assert g.env.regs[:8] == theirs, f"{bits}-bit block {lines}"
+    mask = ARITH_FLAGS & ~undefined
+    tf = uc.reg_read(U.UC_X86_REG_EFLAGS)
+    assert g.env.eflags & mask == tf & mask, f"{bits}-bit block {lines}: flags"
