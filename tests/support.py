@@ -39,3 +39,18 @@ def mapping_count() -> int:
 
 def vcpu_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("CPU ")]
+
+
+def kvm_cpuid_leaf1_passthrough() -> bool:
+    """Whether this host's KVM shows guests the hardware's CPUID.1 ECX/EDX instead of the
+    KVM_SET_CPUID2 table (KVM's PVM module does; see DESIGN.md).  Probed once, with a
+    model that clears SSE2 (EDX bit 26) and CX16 (ECX bit 13): if the guest still
+    sees either, the hardware answered."""
+    if not hasattr(kvm_cpuid_leaf1_passthrough, "_cached"):
+        from pyqemu import Machine
+        with Machine(accel="kvm", cpu="qemu64,-sse2,-cx16,check=off") as m:
+            m.load_asm("mov eax, 0x1\ncpuid\nhlt", 0x10000, mode="prot32")
+            m.run(timeout=60)
+            ecx, edx = m.reg_read("ecx"), m.reg_read("edx")
+        kvm_cpuid_leaf1_passthrough._cached = bool(edx >> 26 & 1 or ecx >> 13 & 1)  # type: ignore[attr-defined]
+    return kvm_cpuid_leaf1_passthrough._cached  # type: ignore[attr-defined,no-any-return]

@@ -509,6 +509,16 @@ def x86_cpu_expand_features(cpu: X86CPU) -> None:
         cpu.cpuid_xlevel = xlevel
 
 
+def x86_cpu_filtered_feature_names(cpu: X86CPU) -> list[str]:
+    """The flags ``x86_cpu_filter_features`` dropped, by name (``-f`` for each gives
+    another accelerator the very CPU this one got: the cross-checking tests use it)."""
+    out = []
+    for w in cf.FEATURE_WORDS:
+        mask = cpu.filtered_features.get(w.word, 0)
+        out += [n for b, n in enumerate(w.names) if n is not None and mask >> b & 1]
+    return out
+
+
 def _filter_label(w: cf.FeatureWordInfo, bit: int) -> str:
     return f"{w.label}.{w.names[bit] or 'bit'} [bit {bit}]"
 

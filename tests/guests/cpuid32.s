@@ -3,6 +3,7 @@
 #! mode: prot32
 #! load: 0x10000
 #! exit: 0x16
+#! cpuid-leaf1: 0x3018
     mov esp, 0x8000
     xor eax, eax
     cpuid
