@@ -324,6 +324,51 @@ class Machine:
             c.halted = False
             cpus_mod.qemu_cpu_kick(c)
 
+    # -- debugging -----------------------------------------------------------------------
+    def _debug_ops(self, cpu: int) -> Any:
+        c = self.cpu(cpu)
+        if not c.accel_ops.supports_guest_debug():
+            raise MachineStateError(f"the {self.accel_name} accelerator has no guest debugging here")
+        return c
+
+    def step(self, cpu: int = 0, timeout: float = 60.0) -> RunResult:
+        """Execute one instruction on ``cpu`` (the others stay paused) and stop.
+
+        Through AccelOps: ``singlestep_enabled`` + ``update_guest_debug``
+        (KVM_SET_GUEST_DEBUG with KVM_GUESTDBG_SINGLESTEP under kvm).  Returns
+        ``RunResult("debug")`` after the instruction, ``"halted"`` if the vCPU was halted."""
+        self._require_stopped("single-step")
+        c = self._debug_ops(cpu)
+        rc = self.runctl
+        with qemu_global_mutex:
+            c.singlestep_enabled = True
+            c.accel_ops.update_guest_debug(c)
+            rc.state = RunState.RUNNING
+            cpus_mod.resume_all_vcpus([c])
+        try:
+            return self.wait(timeout)
+        finally:
+            with qemu_global_mutex:
+                c.singlestep_enabled = False
+                c.accel_ops.update_guest_debug(c)
+
+    def breakpoint_insert(self, addr: int, cpu: int | None = None) -> None:
+        """A software breakpoint at guest address ``addr`` (every vCPU unless ``cpu``):
+        :meth:`run` returns ``RunResult("debug")`` with RIP at ``addr``."""
+        from accel.ops import GDB_BREAKPOINT_SW
+        self._require_stopped("insert a breakpoint")
+        for c in (self.cpus if cpu is None else [self.cpu(cpu)]):
+            with qemu_global_mutex:
+                self._debug_ops(c.cpu_index).accel_ops.insert_breakpoint(
+                    c, GDB_BREAKPOINT_SW, addr, 1)
+
+    def breakpoint_remove(self, addr: int, cpu: int | None = None) -> None:
+        from accel.ops import GDB_BREAKPOINT_SW
+        self._require_stopped("remove a breakpoint")
+        for c in (self.cpus if cpu is None else [self.cpu(cpu)]):
+            with qemu_global_mutex:
+                c.accel_ops.remove_breakpoint(c, GDB_BREAKPOINT_SW, addr, 1)
+
     # -- hooks --------------------------------------------------------------------------
     def hook_add_io(self, callback: IoHook) -> IoHook:
         """Call ``callback(space, addr, size, value, is_write)`` for every port I/O and MMIO
