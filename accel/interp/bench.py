@@ -78,9 +78,9 @@ def flat32_core(code: bytes, at: int = 0x1000) -> InterpCore:
 def measure(src: str, n: int) -> tuple[int, float]:
     code, _ = Ks(KS_ARCH_X86, KS_MODE_32).asm(src.format(n=hex(n)), 0x1000)
     core = flat32_core(bytes(code))
-    t0 = time.perf_counter()
+    t0 = time.process_time()   # CPU time of this thread: steadier than wall time on a busy host
     reason = core.run()
-    dt = time.perf_counter() - t0
+    dt = time.process_time() - t0
     if reason != EXCP_HLT:
         raise SystemExit(f"bench: the loop stopped with {reason:#x}, not HLT")
     return core.icount, dt

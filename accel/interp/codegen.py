@@ -65,13 +65,15 @@ class Insn:
 class Mode:
     """What a block's code depends on: part of the TB key (QEMU's ``hflags``)."""
 
-    __slots__ = ("code", "stack", "cpl", "pe", "long", "paging", "cs_base", "key")
+    __slots__ = ("code", "stack", "cpl", "pe", "long", "paging", "cs_base", "flat", "key")
 
     def __init__(self, code: int, stack: int, cpl: int, pe: bool, long: bool, paging: bool,
-                 cs_base: int) -> None:
+                 cs_base: int, flat: bool = False) -> None:
         self.code, self.stack, self.cpl, self.pe = code, stack, cpl, pe
         self.long, self.paging, self.cs_base = long, paging, cs_base
-        self.key = (cs_base, code, stack, cpl, pe, long, paging)
+        # ES CS SS DS all have base 0 (QEMU's !HF_ADDSEG): generated code skips the adds.
+        self.flat = flat
+        self.key = (cs_base, code, stack, cpl, pe, long, paging, flat)
 
     @property
     def ipmask(self) -> int:
@@ -100,6 +102,8 @@ class Ctx:
         self.insn: Insn | None = None
         self.ended = False
         self.stored = False
+        self.loop_rip: int | None = None     # set by the translator when a self-loop may chain
+        self.looped = False
 
 
     # -- bookkeeping --------------------------------------------------------------------
@@ -171,7 +175,7 @@ class Ctx:
 
     # -- memory -----------------------------------------------------------------------------
     def seg_base(self, seg: int) -> str | None:
-        if self.mode.code == 64 and seg not in (R_FS, R_GS):
+        if seg not in (R_FS, R_GS) and (self.mode.code == 64 or self.mode.flat):
             return None
         self.segs.add(seg)
         return f"sg{seg}"
@@ -387,7 +391,27 @@ class Ctx:
             self.emit(f"R[{i}] = g{i}")
 
     def exit(self, rip: str, done: int | None = None) -> None:
-        """Leave the block with RIP = ``rip`` after ``done`` (default: this one too) instructions."""
+        """Leave the block with RIP = ``rip`` after ``done`` (default: this one too) instructions.
+
+        A jump back to the block's own start (a tight loop) becomes a ``continue`` of a
+        ``while`` around the body instead (block chaining to itself): registers stay in
+        locals, the pending flags are stored as at an exit, and the exit request and the
+        instruction budget are polled once per iteration.
+        """
+        if self.loop_rip is not None and rip == hex(self.loop_rip) and done is None:
+            self.looped = True
+            for line in self._flag_lines():
+                self.emit(line)
+            self.emit("#FE-RELOAD#")
+            self.emit(f"S.icount += {self.k + 1}")
+            self.emit("if S.icount >= S.limit or KICK.exit_request:")
+            self.ind += 1
+            self.emit("#WRITEBACK#")
+            self.emit(f"env.rip = {rip}")
+            self.emit("return")
+            self.ind -= 1
+            self.emit("continue")
+            return
         self.writeback()
         for line in self._flag_lines():
             self.emit(line)
@@ -424,7 +448,25 @@ class Ctx:
         self.ended = True
 
     # -- assembling the function -------------------------------------------------------------
+    def _resolve(self, lines: list[str]) -> list[str]:
+        """Fill the placeholders a loop-back left (FE reload, write-back): known only now."""
+        out = []
+        for line in lines:
+            stripped = line.strip()
+            pad = line[:len(line) - len(line.lstrip())]
+            if stripped == "#FE-RELOAD#":
+                if self.need_fe:
+                    out.append(pad + "FE = S.get_flags()")
+            elif stripped == "#WRITEBACK#":
+                out += [pad + f"R[{i}] = g{i}" for i in sorted(self.written)]
+            else:
+                out.append(line)
+        return out
+
     def source(self, name: str) -> str:
+        lines = self._resolve(self.lines)
+        if self.looped:
+            lines = ["        while True:"] + ["    " + line for line in lines]
         pro = [f"def {name}():"]
         for i in sorted(self.regs):
             pro.append(f"    g{i} = R[{i}]")
@@ -433,21 +475,21 @@ class Ctx:
         if self.need_fe:
             pro.append("    FE = S.get_flags()")
         if not self.fault_snaps:
-            body = [line[4:] for line in self.lines]
+            body = [line[4:] for line in lines]
             return "\n".join(pro + body) + "\n"
         pro.append("    n = 0")
         pro.append("    try:")
         handler = ["    except Fault:", "        if n >= 0:"]
         handler += [f"            R[{i}] = g{i}" for i in sorted(self.written)]
         for k, snap in sorted(self.fault_snaps.items()):
-            lines = self._flag_lines(snap)
-            if lines:
+            flag_lines = self._flag_lines(snap)
+            if flag_lines:
                 handler.append(f"            if n == {k}:")
-                handler += ["                " + line for line in lines]
+                handler += ["                " + line for line in flag_lines]
         handler.append(f"            env.rip = {tuple(self.ips)!r}[n]")
         handler.append("            S.icount += n")
         handler.append("        raise")
-        return "\n".join(pro + self.lines + handler) + "\n"
+        return "\n".join(pro + lines + handler) + "\n"
 
 
 def seg_index(name: str) -> int:

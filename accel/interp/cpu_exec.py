@@ -66,6 +66,7 @@ class InterpCore:
         self.kick = kick if kick is not None else self   # anything with .exit_request
         self.on_triple_fault = on_triple_fault
         self.icount = 0
+        self.limit = 1 << 62        # icount at which looping blocks must return (run's budget)
         self.cc: tuple[Any, ...] | None = None
         self.lazy = LazyFlags(env)
         self.segbase = [s.base for s in env.segs]
@@ -84,7 +85,7 @@ class InterpCore:
         self.globals: dict[str, Any] = {
             "S": self, "env": env, "R": env.regs, "SB": self.segbase, "PARITY": PARITY,
             "Fault": Fault, "CpuStop": CpuStop, "IOR": self.io_read, "IOW": self.io_write,
-            "CPUID": self.cpuid, "__builtins__": __builtins__, **self.mmu.helpers, **RUNTIME,
+            "CPUID": self.cpuid, "KICK": self.kick, "__builtins__": __builtins__, **self.mmu.helpers, **RUNTIME,
         }
         for (kind, width), fn in self.lazy.eval.items():
             self.globals[f"EV_{kind}_{width}"] = fn
@@ -102,8 +103,9 @@ class InterpCore:
             stack = 64
         else:
             stack = 32 if env.segs[cs.R_SS].flags & cs.DESC_B_MASK else 16
+        flat = not any(env.segs[i].base for i in (cs.R_ES, cs.R_CS, cs.R_SS, cs.R_DS))
         return Mode(code, stack, env.cpl, bool(env.cr[0] & cs.CR0_PE), env.long_mode_active,
-                    bool(env.cr[0] & cs.CR0_PG), env.segs[cs.R_CS].base)
+                    bool(env.cr[0] & cs.CR0_PG), env.segs[cs.R_CS].base, flat)
 
     def mode_changed(self) -> None:
         """Recompute the mode key after anything that may change it (QEMU's hflags update)."""
@@ -178,6 +180,7 @@ class InterpCore:
         env = self.env
         kick = self.kick
         limit = None if max_insns is None else self.icount + max_insns
+        self.limit = (1 << 62) if limit is None else limit
         skip, self.bp_skip = self.bp_skip, None
         bps = self.breakpoints
         tracer = trace.tracer

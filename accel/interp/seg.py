@@ -90,8 +90,7 @@ def load_seg(core: "InterpCore", seg: int, sel: int) -> None:
                     raise Fault(EXCP_NP, sel & 0xFFFC, why=f"segment {sel:#x} not present")
             env.segs[seg] = cache_from(sel, lo, hi)
     core.segbase[seg] = env.segs[seg].base
-    if seg == R_SS:
-        core.mode_changed()
+    core.mode_changed()     # SS sets the stack size; any of ES CS SS DS may end flatness
 
 
 def code_descriptor(core: "InterpCore", sel: int) -> tuple[SegmentCache, int]:

@@ -158,6 +158,8 @@ class Translator:
         md = self.md[mode.code]
         c = Ctx(mode)
         c.cs_selector = core.env.segs[1].selector
+        if max_insns > 1 and rip not in breakpoints:
+            c.loop_rip = rip          # a jump back here may loop inside the block
         first_page = la >> 12
         k = 0
         last: Insn | None = None
