@@ -102,6 +102,7 @@ class Ctx:
         self.insn: Insn | None = None
         self.ended = False
         self.stored = False
+        self.alias: dict[int, str] = {}      # register -> local standing in for it (POP [rsp])
         self.loop_rip: int | None = None     # set by the translator when a self-loop may chain
         self.looped = False
 
@@ -140,6 +141,9 @@ class Ctx:
 
     # -- registers ------------------------------------------------------------------------
     def r(self, i: int) -> str:
+        alias = self.alias.get(i)
+        if alias is not None:
+            return alias
         self.regs.add(i)
         return f"g{i}"
 
@@ -154,7 +158,8 @@ class Ctx:
 
     def reg_write(self, op: Op, value: str) -> None:
         """Write a masked ``value`` to a register operand (32-bit writes zero-extend, SDM 3.4.1.1)."""
-        name = self.r(op.reg)
+        self.regs.add(op.reg)
+        name = f"g{op.reg}"
         self.written.add(op.reg)
         if op.size >= 4:
             self.emit(f"{name} = {value}")

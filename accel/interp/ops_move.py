@@ -148,9 +148,13 @@ def gen_pop(c: Ctx, i: Insn) -> None:
     size = stack_size(c, i)
     (v,), sp = c.pop([size])
     if dst.kind == "mem":
-        # The destination address uses the incremented RSP (SDM vol. 2B, POP).
+        # The destination address uses the incremented RSP (SDM vol. 2B, POP); RSP itself
+        # is committed after the store, so a faulting store leaves it unchanged.
+        c.alias[4] = sp
+        la = c.addr(dst)
+        del c.alias[4]
+        c.store(la, size, v)
         c.set_sp(sp)
-        c.store(c.addr(dst), size, v)
     else:
         c.set_sp(sp)
         c.reg_write(dst, v)        # after RSP: "pop rsp" loads the popped value

@@ -394,3 +394,32 @@ def test_unknown_msr_raises_gp() -> None:
     g.load("mov bx, 0xbad\nhlt", addr=0x2000)
     assert g.run() == EXCP_HLT
     assert g.env.regs[3] & 0xFFFF == 0xBAD
+
+
+def test_pop_to_memory_addresses_with_the_incremented_rsp() -> None:
+    """POP [ESP+4]: the address is computed after ESP is incremented (SDM vol. 2B, POP)."""
+    g = Guest(32)
+    g.load("mov esp, 0x7000\npush 0x11\npush 0x22\npop dword ptr [esp + 0x4]\nhlt")
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[4] == 0x7000 - 4
+    assert g.mem.read(0x7000, 4) == 0x22        # (0x6FF8 + 4) + 4
+    assert g.mem.read(0x6FFC, 4) == 0x11
+
+
+def test_trace_groups_in_asm_exec_cpu_int() -> None:
+    from util import trace
+    lines: list[str] = []
+    sink = trace.add_sink({"in_asm", "exec", "cpu", "int"}, lines.append)
+    try:
+        g = Guest(16)
+        g.mem.write(3 * 4, 0x0000_2000, 4)
+        g.load("mov sp, 0x7000\nint3\nhlt")
+        g.load("iret", addr=0x2000)
+        assert g.run() == EXCP_HLT
+    finally:
+        trace.remove_sink(sink)
+    text = "\n".join(lines)
+    assert "IN: 0x1000" in text and "int3" in text
+    assert "Trace 0x1000" in text and "Trace 0x2000" in text
+    assert "rip=1000" in text
+    assert "interrupt 3 (#BP) software" in text
