@@ -272,6 +272,15 @@ class InterpCore:
     def load_seg(self, index: int, sel: int) -> None:
         seg.load_seg(self, index, sel)
 
+    def load_system_seg(self, which: str, sel: int) -> None:
+        seg.load_system_seg(self, which, sel)
+
+    def syscall(self, next_ip: int) -> None:
+        seg.syscall(self, next_ip)
+
+    def sysret(self, size: int) -> None:
+        seg.sysret(self, size)
+
     def rep_string(self, kind: str, size: int, adsize: int, segment: int, rep: str,
                    next_ip: int) -> None:
         string_rt.rep_string(self, kind, size, adsize, segment, rep, next_ip)

@@ -221,6 +221,11 @@ class Mmu:
             n -= chunk
         return bytes(out)
 
+    def write_bytes_linear(self, la: int, data: bytes) -> None:
+        """Write guest-linear bytes through the store path (descriptor busy bits, A/D bits)."""
+        for k, b in enumerate(data):
+            self.slow_store(la + k, 1, b)
+
     # -- the helpers generated code calls ------------------------------------------------
     def _make_helpers(self) -> dict[str, Callable[..., Any]]:
         """``ld1..ld8`` / ``st1..st8``: a dict hit and an ``unpack_from`` on RAM."""

@@ -257,4 +257,16 @@ def gen_bsf(c: Ctx, i: Insn) -> None:
     c.set_flag("Z", f"({v} == 0)")
 
 
-_ = ARITH_MASK
+
+
+
+@op("popcnt")
+def gen_popcnt(c: Ctx, i: Insn) -> None:
+    """POPCNT: ZF = (source == 0); OF SF AF CF PF cleared (SDM vol. 2B, POPCNT)."""
+    dst, src = i.ops
+    v = c.t("v")
+    c.emit(f"{v} = {c.read(src)}")
+    c.reg_write(dst, f"{v}.bit_count()")
+    for f in "COSAP":
+        c.set_flag(f, "0")
+    c.set_flag("Z", f"({v} == 0)")

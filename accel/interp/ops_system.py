@@ -228,3 +228,63 @@ def gen_ud2(c: Ctx, i: Insn) -> None:
     c.may_fault()
     c.emit(f"raise Fault({EXCP_UD}, why={i.mnem!r})")
     c.end()
+
+
+@op("ltr", "lldt")
+def gen_ltr(c: Ctx, i: Insn) -> None:
+    """LTR/LLDT: load TR/LDTR from a GDT system descriptor (SDM vol. 2A, LTR, LLDT)."""
+    if not c.mode.pe:
+        c.may_fault()
+        c.emit(f"raise Fault({EXCP_UD}, why='{i.mnem} in real mode')")
+        c.end()
+        return
+    if not _privileged(c, i):
+        return
+    v = c.t("sel")
+    c.emit(f"{v} = {c.read(i.ops[0])} & 0xFFFF")
+    c.sync(hex(i.ip))
+    c.emit(f"S.load_system_seg({i.mnem!r}, {v})")
+    c.finish_after_helper(hex(i.next_ip))
+    c.end()
+
+
+@op("str", "sldt")
+def gen_str(c: Ctx, i: Insn) -> None:
+    """STR/SLDT store the selector; to a register it is zero-extended (SDM vol. 2B, STR)."""
+    (dst,) = i.ops
+    value = "env.tr.selector" if i.mnem == "str" else "env.ldt.selector"
+    if dst.kind == "mem":
+        c.store(c.addr(dst), 2, value)
+    else:
+        c.reg_write(dst, value)
+
+
+@op("syscall")
+def gen_syscall(c: Ctx, i: Insn) -> None:
+    """SYSCALL (64-bit mode, EFER.SCE): RCX = next RIP, R11 = RFLAGS, CS/SS from STAR[47:32],
+    RFLAGS &= ~FMASK, RIP = LSTAR (SDM vol. 2B, SYSCALL)."""
+    if c.mode.code != 64:
+        c.may_fault()
+        c.emit(f"raise Fault({EXCP_UD}, why='syscall outside 64-bit mode')")
+        c.end()
+        return
+    c.sync(hex(i.ip))
+    c.emit(f"S.syscall({i.next_ip:#x})")
+    c.finish_after_helper(None)
+    c.end()
+
+
+@op("sysret", "sysretq")
+def gen_sysret(c: Ctx, i: Insn) -> None:
+    """SYSRET: back to CPL 3 at RCX with RFLAGS from R11 (SDM vol. 2B, SYSRET)."""
+    if c.mode.code != 64:
+        c.may_fault()
+        c.emit(f"raise Fault({EXCP_UD}, why='sysret outside 64-bit mode')")
+        c.end()
+        return
+    if not _privileged(c, i):
+        return
+    c.sync(hex(i.ip))
+    c.emit(f"S.sysret({8 if i.rex_w else 4})")
+    c.finish_after_helper(None)
+    c.end()

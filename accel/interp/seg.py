@@ -177,3 +177,67 @@ def far_return(core: "InterpCore", size: int, extra: int) -> None:
     cache, _ = code_descriptor(core, sel)
     core.set_sp_rt(new_sp)
     set_cs(core, cache, ip)
+
+
+def load_system_seg(core: "InterpCore", which: str, sel: int) -> None:
+    """LTR/LLDT (SDM vol. 2A): a GDT system descriptor (16 bytes in long mode, 7.2.3);
+    LTR also marks the TSS busy in the GDT."""
+    env = core.env
+    if sel & 0xFFFC == 0:
+        if which == "lldt":
+            env.ldt = SegmentCache(sel, 0, 0, 0)
+            return
+        raise Fault(EXCP_GP, 0, why="ltr with a null selector")
+    if sel & 4:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"{which}: selector {sel:#x} is in the LDT")
+    lo, hi = read_descriptor(core, sel)
+    stype = (hi >> 8) & 0x1F
+    ok = (1, 9) if which == "ltr" else (2,)          # available 16/32(64)-bit TSS, LDT
+    if stype not in ok:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"{which}: descriptor type {stype:#x}")
+    if not hi & DESC_P_MASK:
+        raise Fault(EXCP_NP, sel & 0xFFFC, why=f"{which}: {sel:#x} not present")
+    cache = cache_from(sel, lo, hi)
+    if env.efer & 0x400:
+        cache.base |= read_descriptor_hi64(core, sel) << 32
+    if which == "ltr":
+        busy = hi | (2 << 8)                          # type 9/1 -> 11/3 (busy)
+        core.mmu.write_bytes_linear(env.gdt.base + (sel & ~7) + 4, busy.to_bytes(4, "little"))
+        cache.flags |= 2 << 8
+        env.tr = cache
+    else:
+        env.ldt = cache
+
+
+def syscall(core: "InterpCore", next_ip: int) -> None:
+    """SYSCALL in 64-bit mode (SDM vol. 2B, SYSCALL, Operation)."""
+    env = core.env
+    if not env.efer & 1:
+        raise Fault(EXCP_UD, why="syscall with EFER.SCE clear")
+    env.regs[1] = next_ip
+    env.regs[11] = core.get_flags() & ~0x10000          # R11 = RFLAGS (RF cleared)
+    core.cc = None
+    sel = (env.star >> 32) & 0xFFFC
+    env.segs[R_CS] = SegmentCache(sel, 0, 0xFFFFFFFF, 0xA09B00 | DESC_P_MASK)  # L, G, code, DPL0
+    env.segs[R_SS] = SegmentCache(sel + 8, 0, 0xFFFFFFFF, 0xC09300 | DESC_P_MASK)
+    env.eflags = (env.regs[11] & ~env.fmask & 0x3F7FD7) | 2
+    env.rip = env.lstar
+    core.mode_changed()
+
+
+def sysret(core: "InterpCore", size: int) -> None:
+    """SYSRET to CPL 3: 64-bit (REX.W) or compatibility mode (SDM vol. 2B, SYSRET)."""
+    env = core.env
+    if not env.efer & 1:
+        raise Fault(EXCP_UD, why="sysret with EFER.SCE clear")
+    base = (env.star >> 48) & 0xFFFF
+    if size == 8:
+        env.segs[R_CS] = SegmentCache((base + 16) | 3, 0, 0xFFFFFFFF, 0xA0FB00 | DESC_P_MASK)
+        env.rip = env.regs[1]
+    else:
+        env.segs[R_CS] = SegmentCache(base | 3, 0, 0xFFFFFFFF, 0xC0FB00 | DESC_P_MASK)
+        env.rip = env.regs[1] & 0xFFFFFFFF
+    env.segs[R_SS] = SegmentCache((base + 8) | 3, 0, 0xFFFFFFFF, 0xC0F300 | DESC_P_MASK)
+    env.eflags = (env.regs[11] & 0x3C7FD7) | 2
+    core.cc = None
+    core.mode_changed()

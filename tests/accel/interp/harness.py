@@ -7,9 +7,11 @@ tested by guest code in test_modes.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from functools import lru_cache
 
-from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, KS_OPT_SYNTAX_NASM, Ks
+from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, Ks
 
 from accel.interp.cpu_exec import InterpCore
 from hw.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
@@ -29,13 +31,27 @@ _KS_MODES = {16: KS_MODE_16, 32: KS_MODE_32, 64: KS_MODE_64}
 
 @lru_cache(maxsize=4096)
 def asm(src: str, bits: int, addr: int = CODE, nasm: bool = False) -> bytes:
-    ks = Ks(KS_ARCH_X86, _KS_MODES[bits])
+    """Assemble with keystone.  NASM syntax runs in a child process: once a process has
+    used it, keystone reads bare numbers as hex in *every* later assembly, whatever the
+    syntax option (measured with keystone-engine 0.9.2)."""
     if nasm:
-        ks.syntax = KS_OPT_SYNTAX_NASM
+        return _asm_nasm_isolated(src, bits, addr)
+    ks = Ks(KS_ARCH_X86, _KS_MODES[bits])
     code, _ = ks.asm(src, addr)
     if not code:
         raise ValueError(f"keystone produced nothing for {src!r}")
     return bytes(code)
+
+
+def _asm_nasm_isolated(src: str, bits: int, addr: int) -> bytes:
+    prog = ("import sys, keystone as k\n"
+            "ks = k.Ks(k.KS_ARCH_X86, {16: k.KS_MODE_16, 32: k.KS_MODE_32, 64: k.KS_MODE_64}"
+            "[int(sys.argv[1])])\n"
+            "ks.syntax = k.KS_OPT_SYNTAX_NASM\n"
+            "sys.stdout.write(bytes(ks.asm(sys.stdin.read(), int(sys.argv[2]))[0]).hex())\n")
+    out = subprocess.run([sys.executable, "-c", prog, str(bits), str(addr)], input=src,
+                         capture_output=True, text=True, timeout=60, check=True)
+    return bytes.fromhex(out.stdout)
 
 
 class Guest:

@@ -423,3 +423,71 @@ def test_trace_groups_in_asm_exec_cpu_int() -> None:
     assert "Trace 0x1000" in text and "Trace 0x2000" in text
     assert "rip=1000" in text
     assert "interrupt 3 (#BP) software" in text
+
+
+USER_GDT = GDT + [0x00CFF2000000FFFF, 0x00AFFA000000FFFF]   # 0x23 user data, 0x2B user code64
+
+
+def _user_mode_guest() -> Guest:
+    g = _long_guest_with_idt()
+    for i, d in enumerate(USER_GDT):
+        g.mem.write(0x1700 + 8 * i, d, 8)
+    tss = 0x7000
+    lo = 0x67 | (tss & 0xFFFF) << 16
+    hi = (tss >> 16 & 0xFF) | 0x8900 | (tss & 0xFF000000)
+    g.mem.write(0x1700 + 8 * 6, lo | hi << 32, 8)                # 0x30: 64-bit TSS
+    g.mem.write(0x1700 + 8 * 7, 0, 8)
+    g.env.gdt.limit = 8 * 8 - 1
+    g.mem.write(tss + 4, 0x9000, 8)                              # RSP0
+    return g
+
+
+def test_user_mode_interrupt_switches_to_the_tss_stack_and_back() -> None:
+    """INT from CPL3 through a DPL3 gate: RSP0 from the 64-bit TSS, SS:RSP pushed, IRETQ
+    returns to CPL3 (SDM vol. 3A, 6.14.2 and 7.7); LTR marks the TSS busy."""
+    g = _user_mode_guest()
+    for vector, target in ((0x80, 0x4000), (0x81, 0x5000)):
+        idt64_gate(g, 0x6000, vector, target)
+        g.mem.write(0x6000 + vector * 16 + 5, 0xEE, 1)           # P, DPL 3, interrupt gate
+    g.load("""
+        mov ax, 0x30
+        ltr ax
+        push 0x23
+        push 0x6000
+        pushfq
+        push 0x2b
+        push 0x3000
+        iretq
+    """)
+    g.load("mov eax, 0x7\nint 0x80\nmov ebx, eax\nint 0x81", addr=0x3000)
+    g.load("add eax, 0x10\nmov rcx, rsp\niretq", addr=0x4000)
+    g.load("mov rdx, [rsp + 8]\nmov rsi, [rsp + 32]\nhlt", addr=0x5000)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[3] == 0x17
+    assert g.env.regs[1] == 0x9000 - 40          # SS RSP RFLAGS CS RIP on the RSP0 stack
+    assert g.env.regs[2] == 0x2B and g.env.regs[6] == 0x23
+    assert g.env.cpl == 0 and g.env.tr.selector == 0x30
+    assert (g.mem.read(0x1700 + 8 * 6 + 5, 1) & 0xF) == 0xB      # busy 64-bit TSS
+
+
+def test_syscall_and_sysret() -> None:
+    g = Guest(64)
+    g.env.star = (0x20 << 48) | (0x18 << 32)
+    g.env.lstar = 0x4000
+    g.env.fmask = IF_MASK
+    g.load("""
+        mov ecx, 0xC0000080
+        rdmsr
+        or eax, 0x1
+        wrmsr
+        sti
+        syscall
+        nop
+    """)
+    g.load("mov rsi, rcx\nmov rdi, r11\nmov rbx, rsp\n.byte 0x48, 0x0f, 0x07", addr=0x4000)
+    assert g.run(max_insns=10) == EXCP_BUDGET
+    assert g.env.regs[6] == CODE + 15            # RCX: the instruction after SYSCALL
+    assert g.env.regs[7] & IF_MASK               # R11: RFLAGS before
+    assert g.env.rip == CODE + 15                # 10 instructions: 6 + the handler's 4
+    assert g.env.segs[1].selector == 0x33 and g.env.segs[2].selector == 0x2B
+    assert g.env.cpl == 3 and g.env.eflags & IF_MASK

@@ -88,6 +88,9 @@ CASES = [
     ("bsf finds lowest", 32, "bsf ecx, eax", {"eax": 0x50, "ecx": 7}, CC_Z, {"ecx": 4}, 0, CC_Z),
     ("bsr of zero sets ZF, keeps dest", 32, "bsr ecx, eax", {"eax": 0, "ecx": 7}, 0,
      {"ecx": 7}, CC_Z, CC_Z),
+    ("popcnt", 64, "popcnt rax, rbx", {"rbx": 0xF0F0_0000_0000_0001}, CC_C | CC_O,
+     {"rax": 9}, 0, ALL),
+    ("popcnt of 0", 32, "popcnt eax, ebx", {"ebx": 0, "eax": 5}, 0, {"eax": 0}, CC_Z, ALL),
     ("bswap", 32, "bswap eax", {"eax": 0x11223344}, 0, {"eax": 0x44332211}, 0, 0),
     # moves and conversions
     ("movsx byte", 32, "movsx eax, bl", {"bl": 0x80}, 0, {"eax": 0xFFFFFF80}, 0, 0),
