@@ -41,6 +41,20 @@ def rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int, 
         R[i] = v if adsize >= 4 else (R[i] & ~0xFFFF) | v
 
     while count:
+        if rep and step > 0 and kind in ("movs", "stos") and count > 1:
+            n = _bulk(core, kind, size, count, (src_base + (R[6] & am)) & lam,
+                      (dst_base + (R[7] & am)) & lam, R[0] & amask)
+            if n:
+                if kind == "movs":
+                    put(6, ((R[6] & am) + n * size) & am)
+                put(7, ((R[7] & am) + n * size) & am)
+                count -= n
+                put(1, count)
+                done += n
+                if count and kick.exit_request:
+                    core.icount += done
+                    return
+                continue
         si, di = R[6] & am, R[7] & am
         if kind == "movs":
             st((dst_base + di) & lam, ld((src_base + si) & lam))
@@ -83,3 +97,37 @@ def rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int, 
             return                       # RIP stays on the instruction: it resumes
     core.icount += max(done - 1, 0)
     env.rip = next_ip
+
+
+def _bulk(core: "InterpCore", kind: str, size: int, count: int, src: int, dst: int,
+          acc: int) -> int:
+    """Forward REP MOVS/STOS over RAM pages already in the TLB, as one slice copy.
+
+    Returns how many elements were done (0: take the one-at-a-time path, which also
+    fills the TLB).  Limited to what stays inside one source and one destination page,
+    and for MOVS to non-overlapping ranges (an overlapping forward REP MOVSB replicates
+    bytes, which a slice copy would not).  Pages holding translated code have no write
+    entry, so stores to code still go through the invalidating slow path.
+    """
+    wt = core.mmu.tlb_w.get(dst >> 12)
+    if wt is None:
+        return 0
+    room = (4096 - (dst & 0xFFF)) // size
+    if kind == "movs":
+        rt = core.mmu.tlb_r.get(src >> 12)
+        if rt is None:
+            return 0
+        room = min(room, (4096 - (src & 0xFFF)) // size)
+    n = min(count, room, POLL)
+    if n < 2:
+        return 0
+    nbytes = n * size
+    d = dst + wt[1]
+    if kind == "stos":
+        wt[0][d:d + nbytes] = acc.to_bytes(size, "little") * n
+        return n
+    if src < dst + nbytes and dst < src + nbytes:
+        return 0
+    s = src + rt[1]
+    wt[0][d:d + nbytes] = rt[0][s:s + nbytes]
+    return n

@@ -206,3 +206,30 @@ def test_legacy_32_bit_paging_4k_and_4m_pages() -> None:
     assert g.mem.read(0x5000, 4) == 0x77
     assert g.mem.read(pt, 4) & 0x60 == 0x20           # accessed, not dirty (read only)
     assert g.mem.read(pd + 8, 4) & 0x60 == 0x60       # accessed and dirty
+
+
+def test_rep_stos_and_movs_across_pages_and_overlap() -> None:
+    """Long REP STOSD/MOVSB cross page boundaries (bulk path) and an overlapping forward
+    MOVSB replicates its first byte, as the one-element-at-a-time definition says."""
+    g = Guest(32)
+    g.mem.write_bytes(0x30000, b"xyz")
+    g.load("""
+        mov edi, 0x10ff0
+        mov eax, 0x11223344
+        mov ecx, 0x1000
+        rep stosd
+        mov esi, 0x10ff0
+        mov edi, 0x20ffd
+        mov ecx, 0x4000
+        rep movsb
+        mov esi, 0x30000
+        mov edi, 0x30001
+        mov ecx, 0x10
+        rep movsb
+        hlt
+    """)
+    assert g.run() == EXCP_HLT
+    assert g.mem.read_bytes(0x10FF0, 0x4000) == bytes.fromhex("44332211") * 0x1000
+    assert g.mem.read_bytes(0x20FFD, 0x4000) == bytes.fromhex("44332211") * 0x1000
+    assert g.mem.read_bytes(0x30000, 0x11) == b"x" * 0x11
+    assert g.env.reg("ecx") == 0 and g.env.reg("edi") == 0x30011
