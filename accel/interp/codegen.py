@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from accel.interp import flags as F
 from accel.interp.errors import UnimplementedInstruction
-from hw.i386.cpu_state import GPR_PARTS, R_CS, R_DS, R_FS, R_GS, R_SS, SEG_NAMES
+from hw.i386.cpu_state import R_DS, R_FS, R_GS, R_SS
 
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000, 8: 0x8000000000000000}
@@ -157,7 +157,7 @@ class Ctx:
         return f"({name} & {MASK[size]:#x})"
 
     def reg_write(self, op: Op, value: str) -> None:
-        """Write a masked ``value`` to a register operand (32-bit writes zero-extend, SDM 3.4.1.1)."""
+        """Write a masked ``value`` to a register (32-bit writes zero-extend, SDM 3.4.1.1)."""
         self.regs.add(op.reg)
         name = f"g{op.reg}"
         self.written.add(op.reg)
@@ -294,7 +294,8 @@ class Ctx:
         for size in sizes:
             la = self.t("la")
             self.may_fault()
-            self.emit(f"{la} = {self.linear(R_SS, f'({sp} + {off}) & {m:#x}' if off else f'{sp} & {m:#x}')}")
+            top = f"({sp} + {off}) & {m:#x}" if off else f"{sp} & {m:#x}"
+            self.emit(f"{la} = {self.linear(R_SS, top)}")
             vals.append(self.load(la, size))
             off += size
         new = self.t("sp")
@@ -497,13 +498,4 @@ class Ctx:
         return "\n".join(pro + lines + handler) + "\n"
 
 
-def seg_index(name: str) -> int:
-    return SEG_NAMES.index(name)
-
-
-def gpr_info(name: str) -> tuple[int, int, int] | None:
-    """capstone register name -> (index, shift, width in bits) for general registers."""
-    return GPR_PARTS.get(name)
-
-
-__all__ = ["Ctx", "Insn", "Mode", "Op", "MASK", "SIGN", "R_CS", "seg_index", "gpr_info"]
+__all__ = ["Ctx", "Insn", "Mode", "Op", "MASK", "SIGN"]

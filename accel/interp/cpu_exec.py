@@ -29,7 +29,7 @@ from accel.interp import excp, seg, string_rt
 from accel.interp.codegen import Mode
 from accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumentError,
                                  TripleFault)
-from accel.interp.flags import ARITH_MASK, PARITY, TEMPLATES, LazyFlags
+from accel.interp.flags import ARITH_MASK, PARITY, LazyFlags
 from accel.interp.mmu import Mmu
 from accel.interp.table import RUNTIME, load_families
 from accel.interp.translate import MAX_BLOCK_INSNS, TranslationBlock, Translator
@@ -55,7 +55,8 @@ class InterpCore:
                  cpuid: CpuidFn | None = None, *, kick: Any = None,
                  on_triple_fault: Callable[[], None] | None = None) -> None:
         if not isinstance(env, CPUX86State):
-            raise InterpArgumentError(f"interp: env must be a CPUX86State, not {type(env).__name__}")
+            raise InterpArgumentError(
+                f"interp: env must be a CPUX86State, not {type(env).__name__}")
         if mem is None or not hasattr(mem, "lookup"):
             raise InterpArgumentError("interp: mem must be an AddressSpace")
         self.env = env
@@ -85,11 +86,11 @@ class InterpCore:
         self.globals: dict[str, Any] = {
             "S": self, "env": env, "R": env.regs, "SB": self.segbase, "PARITY": PARITY,
             "Fault": Fault, "CpuStop": CpuStop, "IOR": self.io_read, "IOW": self.io_write,
-            "CPUID": self.cpuid, "KICK": self.kick, "__builtins__": __builtins__, **self.mmu.helpers, **RUNTIME,
+            "CPUID": self.cpuid, "KICK": self.kick, "__builtins__": __builtins__,
+            **self.mmu.helpers, **RUNTIME,
         }
         for (kind, width), fn in self.lazy.eval.items():
             self.globals[f"EV_{kind}_{width}"] = fn
-        assert set(TEMPLATES)  # every kind has evaluators
         self.translator = Translator(self)
         self.mode: Mode = self._compute_mode()
         self.tbs: dict[int, TranslationBlock] = {}
@@ -160,7 +161,7 @@ class InterpCore:
         return tb
 
     def invalidate_page(self, ppage: int) -> None:
-        """A store hit a page holding translated code: drop its blocks (``tb_invalidate_phys_page``)."""
+        """A store hit a page of translated code: drop its blocks (``tb_invalidate_phys_page``)."""
         for key, rip, single in self.code_pages.pop(ppage, ()):
             caches = self.tb1_caches if single else self.tb_caches
             caches.get(key, {}).pop(rip, None)

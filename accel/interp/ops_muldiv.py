@@ -71,7 +71,8 @@ def gen_mul(c: Ctx, i: Insn) -> None:
         c.emit(f"{b} = {c.read(src)}")
         c.emit(f"{a} = {c.gpr_read(RAX, size)}")
         if signed:
-            c.emit(f"{p} = ({_signed(a, size)} * {_signed(b, size)}) & {MASK[size] << (size * 8) | MASK[size]:#x}")
+            double = MASK[size] << (size * 8) | MASK[size]
+            c.emit(f"{p} = ({_signed(a, size)} * {_signed(b, size)}) & {double:#x}")
         else:
             c.emit(f"{p} = {a} * {b}")
         c.emit(f"{lo} = {p} & {MASK[size]:#x}")

@@ -10,8 +10,10 @@ larger counts we compute the same expression (the SDM leaves it undefined, see
 
 from __future__ import annotations
 
+from typing import Callable
+
 from accel.interp.codegen import MASK, Ctx, Insn, Op
-from accel.interp.flags import ARITH_MASK, FLAG_BITS
+from accel.interp.flags import FLAG_BITS
 from accel.interp.table import op
 
 # Each template computes r (result) and, where the kind defines them, cf and of,
@@ -54,7 +56,7 @@ def _count(c: Ctx, i: Insn) -> tuple[str, int | None]:
     return n, None
 
 
-def _apply(c: Ctx, static: int | None, n: str, body: "callable[[], None]",  # type: ignore[valid-type]
+def _apply(c: Ctx, static: int | None, n: str, body: Callable[[], None],
            dst: Op | None = None) -> None:
     """Run ``body`` directly for a known nonzero count, under ``if n:`` for CL.
 

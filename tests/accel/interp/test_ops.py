@@ -131,7 +131,8 @@ def test_instruction(name: str, bits: int, code: str, regs: dict[str, int], efla
 
 
 def test_stack_16_bit_push_pop_pusha_popa() -> None:
-    g = run(16, "mov sp, 0x7000\n.byte 0x68, 0x34, 0x12\npusha\nmov ax, 0\npopa\npop bx\npushf\npop cx",
+    g = run(16, "mov sp, 0x7000\n.byte 0x68, 0x34, 0x12\npusha\nmov ax, 0x0\npopa\npop bx\n"
+                "pushf\npop cx",
             {"ax": 0xAAAA, "di": 0x5555})
     assert g.env.reg("bx") == 0x1234 and g.env.reg("ax") == 0xAAAA
     assert g.env.reg("di") == 0x5555 and g.env.reg("sp") == 0x7000
