@@ -102,6 +102,7 @@ class Ctx:
         self.insn: Insn | None = None
         self.ended = False
         self.stored = False
+        self.ncells = 0                      # chaining link cells of the exits
         self.alias: dict[int, str] = {}      # register -> local standing in for it (POP [rsp])
         self.loop_rip: int | None = None     # set by the translator when a self-loop may chain
         self.looped = False
@@ -396,8 +397,13 @@ class Ctx:
         for i in sorted(self.written):
             self.emit(f"R[{i}] = g{i}")
 
-    def exit(self, rip: str, done: int | None = None) -> None:
+    def exit(self, rip: str, done: int | None = None, stop: str | None = None) -> None:
         """Leave the block with RIP = ``rip`` after ``done`` (default: this one too) instructions.
+
+        A constant target is chained (QEMU's ``tb_add_jump``): the exit returns the next
+        block's function from a link cell, filled on first use by ``LINK`` from the block
+        cache and cleared when that block is invalidated; the exec loop then calls it
+        without looking anything up.  ``stop`` raises instead (HLT).
 
         A jump back to the block's own start (a tight loop) becomes a ``continue`` of a
         ``while`` around the body instead (block chaining to itself): registers stay in
@@ -423,7 +429,14 @@ class Ctx:
             self.emit(line)
         self.emit(f"env.rip = {rip}")
         self.emit(f"S.icount += {self.k + 1 if done is None else done}")
-        self.emit("return")
+        if stop is not None:
+            self.emit(f"raise {stop}")
+        elif rip.startswith("0x"):
+            cell = f"L{self.ncells}"
+            self.ncells += 1
+            self.emit(f"return {cell}[0] or LINK({cell}, {rip})")
+        else:
+            self.emit("return None")
 
     def sync(self, rip: str) -> None:
         """Write everything back before a helper that sees the whole state (ends the block)."""
@@ -470,6 +483,13 @@ class Ctx:
         return out
 
     def source(self, name: str) -> str:
+        """``def make_<name>(L0, L1, ...)`` returning the block function (cells as closures)."""
+        inner = self._source(name)
+        cells = ", ".join(f"L{j}" for j in range(self.ncells))
+        body = "".join("    " + line + "\n" for line in inner.splitlines())
+        return f"def make_{name}({cells}):\n{body}    return {name}\n"
+
+    def _source(self, name: str) -> str:
         lines = self._resolve(self.lines)
         if self.looped:
             lines = ["        while True:"] + ["    " + line for line in lines]

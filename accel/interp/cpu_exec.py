@@ -86,7 +86,8 @@ class InterpCore:
         self.globals: dict[str, Any] = {
             "S": self, "env": env, "R": env.regs, "SB": self.segbase, "PARITY": PARITY,
             "Fault": Fault, "CpuStop": CpuStop, "IOR": self.io_read, "IOW": self.io_write,
-            "CPUID": self.cpuid, "KICK": self.kick, "__builtins__": __builtins__,
+            "CPUID": self.cpuid, "KICK": self.kick, "LINK": self.link,
+            "__builtins__": __builtins__,
             **self.mmu.helpers, **RUNTIME,
         }
         for (kind, width), fn in self.lazy.eval.items():
@@ -143,6 +144,11 @@ class InterpCore:
     # -- translation blocks -------------------------------------------------------------
     def tb_flush(self) -> None:
         """Drop every translated block (``tb_flush``): after code was written behind our back."""
+        for caches in (self.tb_caches, self.tb1_caches):
+            for cache in caches.values():
+                for tb in cache.values():
+                    for cell in tb.cells:
+                        cell[0] = None
         self.tb_caches.clear()
         self.tb1_caches.clear()
         self.code_pages.clear()
@@ -164,8 +170,25 @@ class InterpCore:
         """A store hit a page of translated code: drop its blocks (``tb_invalidate_phys_page``)."""
         for key, rip, single in self.code_pages.pop(ppage, ()):
             caches = self.tb1_caches if single else self.tb_caches
-            caches.get(key, {}).pop(rip, None)
+            tb = caches.get(key, {}).pop(rip, None)
+            if tb is not None:
+                for cell in tb.incoming:      # unchain it (``tb_jmp_unlink``)
+                    cell[0] = None
+                tb.incoming.clear()
         self.smc = True       # a block that stored checks this and ends right after the store
+
+    def link(self, cell: list[Any], rip: int) -> Callable[[], Any] | None:
+        """``LINK`` in generated code: chain an exit to the cached block at ``rip``, if any.
+
+        Never translates (that could fault inside the calling block); the exec loop
+        translates on its next lookup and the exit links on its next pass.
+        """
+        tb = self.tbs.get(rip)
+        if tb is None:
+            return None
+        cell[0] = tb.fn
+        tb.incoming.append(cell)
+        return tb.fn
 
     # -- the exec loop ---------------------------------------------------------------------
     def run(self, max_insns: int | None = None) -> int:
@@ -186,6 +209,8 @@ class InterpCore:
         bps = self.breakpoints
         tracer = trace.tracer
         try:
+            if limit is None and not bps and not tracer._enabled:
+                return self._run_chained()
             while True:
                 if kick.exit_request:
                     kick.exit_request = False
@@ -225,6 +250,28 @@ class InterpCore:
             return EXCP_SHUTDOWN
         finally:
             self.sync_flags()
+
+    def _run_chained(self) -> int:
+        """The fast loop (no budget, no breakpoints, no trace): chained blocks return the
+        next block's function, so a lookup happens only where a chain ends."""
+        env = self.env
+        kick = self.kick
+        fn: Callable[[], Any] | None = None
+        while True:
+            if kick.exit_request:
+                kick.exit_request = False
+                return EXCP_INTERRUPT
+            try:
+                if fn is None:
+                    pc = env.rip
+                    tb = self.tbs.get(pc)
+                    if tb is None:
+                        tb = self._tb_gen(pc, False)
+                    fn = tb.fn
+                fn = fn()
+            except Fault as f:
+                fn = None
+                excp.deliver(self, f)
 
     def step(self) -> int:
         """Execute exactly one instruction (or deliver one fault); returns a stop reason."""

@@ -171,7 +171,5 @@ def gen_hlt(c: Ctx, i: Insn) -> None:
         c.emit(f"raise Fault({EXCP_GP}, 0, why='hlt at CPL {c.mode.cpl}')")
         c.end()
         return
-    c.exit(hex(i.next_ip))
-    c.lines.insert(len(c.lines) - 1, "    " * c.ind + f"raise CpuStop({EXCP_HLT})")
-    c.lines.pop()     # the 'return' after the raise is dead
+    c.exit(hex(i.next_ip), stop=f"CpuStop({EXCP_HLT})")
     c.end()

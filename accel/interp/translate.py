@@ -46,6 +46,8 @@ class TranslationBlock:
     ninsns: int
     pages: tuple[int, ...]       # physical pages its code came from
     source: str = field(repr=False, default="")
+    cells: list[list[Any]] = field(repr=False, default_factory=list)     # its exits' links
+    incoming: list[list[Any]] = field(repr=False, default_factory=list)  # links to it
 
 
 class Translator:
@@ -209,7 +211,9 @@ class Translator:
             self._trace_in_asm(la, md, data[:used_len], rip)
         ns: dict[str, Any] = {}
         exec(compile(src, f"<{name}>", "exec"), core.globals, ns)
-        return TranslationBlock(la, (rip,) + mode.key, ns[name], k, tuple(pages), src)
+        cells: list[list[Any]] = [[None] for _ in range(c.ncells)]
+        fn = ns[f"make_{name}"](*cells)
+        return TranslationBlock(la, (rip,) + mode.key, fn, k, tuple(pages), src, cells)
 
     def _trace_in_asm(self, la: int, md: capstone.Cs, code: bytes, rip: int) -> None:
         trace.event(f"IN: {la:#x}", "in_asm")
