@@ -53,6 +53,14 @@ TEMPLATES: dict[str, dict[str, str]] = {
     "SBB": {"C": "(((~{a} & {b}) | (~({a} ^ {b}) & {r})) >> {s} & 1)", **_SUB_AO, **_ZSP},
     # AND/OR/XOR/TEST: CF=OF=0; AF undefined, cleared as the hardware we compare with does.
     "LOGIC": {"C": "0", "A": "0", "O": "0", **_ZSP},
+    # Shifts by a constant nonzero count b (SDM vol. 2B, SAL/SAR/SHL/SHR "Operation"): CF is
+    # the last bit shifted out; OF as for a 1-bit shift (undefined otherwise); AF cleared.
+    "SHL": {"C": "({a} >> ({s} + 1 - {b}) & 1 if {b} <= {s} + 1 else 0)",
+            "O": "(({r} >> {s} & 1) ^ ({a} >> ({s} + 1 - {b}) & 1 if {b} <= {s} + 1 else 0))",
+            "A": "0", **_ZSP},
+    "SHR": {"C": "({a} >> ({b} - 1) & 1)", "O": "({a} >> {s} & 1)", "A": "0", **_ZSP},
+    "SAR": {"C": "((({a} ^ (1 << {s})) - (1 << {s})) >> ({b} - 1) & 1)", "O": "0", "A": "0",
+            **_ZSP},
     # INC/DEC leave CF alone (SDM vol. 2A, INC/DEC "Flags Affected").
     "INC": {**_ADD_AO, **_ZSP},
     "DEC": {**_SUB_AO, **_ZSP},

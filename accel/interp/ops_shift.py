@@ -119,13 +119,17 @@ def gen_shift(c: Ctx, i: Insn) -> None:
 
     def body() -> None:
         c.emit(f"{a} = {val}")
-        for line in SHIFTS[i.mnem]:
+        for line in SHIFTS[i.mnem] if static is None else SHIFTS[i.mnem][:1]:
             c.emit(line.format(**fmt))
         put(r)
         if static is None:
             _flags_into(c, fl, defs)
     _apply(c, static, n, body, dst)
-    _commit_flags(c, static, fl, defs)
+    if static is None:
+        _commit_flags(c, static, fl, defs)
+    else:
+        # A constant count: the flags stay lazy (flags.TEMPLATES["SHL"/"SHR"/"SAR"]).
+        c.set_cc("SHL" if i.mnem == "sal" else i.mnem.upper(), w, a, str(static), r)
 
 
 @op("rol", "ror")
