@@ -427,14 +427,21 @@ class Ctx:
         self.writeback()
         for line in self._flag_lines():
             self.emit(line)
-        self.emit(f"env.rip = {rip}")
         self.emit(f"S.icount += {self.k + 1 if done is None else done}")
-        if stop is not None:
-            self.emit(f"raise {stop}")
-        elif rip.startswith("0x"):
+        if stop is None and rip.startswith("0x"):
+            # Chained: RIP is not stored; the next block's function carries it (``.rip``)
+            # and whoever stops the chain (exit request, fault, helper) writes it.
             cell = f"L{self.ncells}"
             self.ncells += 1
-            self.emit(f"return {cell}[0] or LINK({cell}, {rip})")
+            self.emit(f"nx = {cell}[0]")
+            self.emit("if nx is not None:")
+            self.emit("    return nx")
+            self.emit(f"env.rip = {rip}")
+            self.emit(f"return LINK({cell}, {rip})")
+            return
+        self.emit(f"env.rip = {rip}")
+        if stop is not None:
+            self.emit(f"raise {stop}")
         else:
             self.emit("return None")
 

@@ -237,7 +237,9 @@ class InterpCore:
                         tb = self._tb_gen(pc, single)
                     if tracer._enabled:
                         self._trace_block(tb)
-                    tb.fn()
+                    nxt = tb.fn()
+                    if nxt is not None:
+                        env.rip = nxt.rip         # a chained exit leaves RIP to its successor
                 except Fault as f:
                     excp.deliver(self, f)
         except CpuStop as stop:
@@ -260,6 +262,8 @@ class InterpCore:
         while True:
             if kick.exit_request:
                 kick.exit_request = False
+                if fn is not None:
+                    env.rip = fn.rip              # the chain stops before this block
                 return EXCP_INTERRUPT
             try:
                 if fn is None:

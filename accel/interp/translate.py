@@ -213,6 +213,7 @@ class Translator:
         exec(compile(src, f"<{name}>", "exec"), core.globals, ns)
         cells: list[list[Any]] = [[None] for _ in range(c.ncells)]
         fn = ns[f"make_{name}"](*cells)
+        fn.rip = rip              # where a chain that stops before calling it must resume
         return TranslationBlock(la, (rip,) + mode.key, fn, k, tuple(pages), src, cells)
 
     def _trace_in_asm(self, la: int, md: capstone.Cs, code: bytes, rip: int) -> None:
