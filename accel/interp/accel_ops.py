@@ -29,7 +29,8 @@ LEAF1_EDX = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1
     | (1 << 15) | (1 << 16) | (1 << 19)          # CLFLUSH(19): no cache model, a no-op
 # Leaf 1 ECX: CX16(13), POPCNT(23), hypervisor(31: a guest does run under us); no SSE3..AVX.
 LEAF1_ECX = (1 << 13) | (1 << 23) | (1 << 31)
-EXT1_EDX = (1 << 11) | (1 << 20) | (1 << 29)    # SYSCALL (64-bit SYSCALL/SYSRET), NX, LM
+# SYSCALL(11: the 64-bit SYSCALL/SYSRET), NX(20), RDTSCP(27), LM(29)
+EXT1_EDX = (1 << 11) | (1 << 20) | (1 << 27) | (1 << 29)
 EXT1_ECX = 1                        # LAHF/SAHF in 64-bit mode
 SUPPORTED: dict[tuple[int, str], int] = {
     (1, "edx"): LEAF1_EDX, (1, "ecx"): LEAF1_ECX,

@@ -351,3 +351,20 @@ def gen_cmpxchg8b(c: Ctx, i: Insn) -> None:
     c.gpr_write(0, half, f"{c.gpr_read(0, half)} if {eq} else {lo}")
     c.gpr_write(2, half, f"{c.gpr_read(2, half)} if {eq} else {hi}")
     c.set_flag("Z", f"(1 if {eq} else 0)")
+
+
+@op("lds", "les", "lfs", "lgs", "lss")
+def gen_lds(c: Ctx, i: Insn) -> None:
+    """Load a far pointer: offset to the register, selector to the segment register, the
+    selector through the segment-load checks (SDM vol. 2A, LDS/LES/LFS/LGS/LSS)."""
+    dst, m = i.ops
+    seg = {"lds": 3, "les": 0, "lfs": 4, "lgs": 5, "lss": 2}[i.mnem]
+    la = c.addr(m)
+    off = c.load(la, dst.size)
+    sel = c.load(f"({la} + {dst.size}) & {MASK[8]:#x}", 2)
+    c.sync(hex(i.ip))
+    c.emit(f"S.load_seg({seg}, {sel})")
+    c.emit(f"R[{dst.reg}] = R[{dst.reg}] & ~{MASK[dst.size]:#x} | {off}" if dst.size < 4
+           else f"R[{dst.reg}] = {off}")
+    c.finish_after_helper(hex(i.next_ip))
+    c.end()

@@ -276,3 +276,67 @@ def gen_popcnt(c: Ctx, i: Insn) -> None:
     for f in "COSAP":
         c.set_flag(f, "0")
     c.set_flag("Z", f"({v} == 0)")
+
+
+@op("shld", "shrd")
+def gen_shld(c: Ctx, i: Insn) -> None:
+    """Double-precision shifts (SDM vol. 2B, SHLD, SHRD): the destination shifts, bits from
+    the source fill in; CF is the last bit shifted out of the destination; OF is defined
+    for a count of 1 (the sign changed); AF undefined (cleared); a masked count of 0
+    changes nothing.  A count above the operand size (16-bit forms) is undefined; we
+    shift through dst:src:dst as QEMU does."""
+    dst, src, cnt = i.ops
+    size, w = dst.size, dst.size * 8
+    val, put = c.rmw(dst)
+    cmask = 0x3F if size == 8 else 0x1F
+    if cnt.kind == "imm":
+        n, static = str(cnt.imm & cmask), cnt.imm & cmask
+    else:
+        n, static = c.t("n"), None
+        c.emit(f"{n} = {c.read(cnt)} & {cmask:#x}")
+    if static == 0:
+        _zero_count(c, dst)
+        return
+    a, b, x, r, cf, of, fl = (c.t(s) for s in ("a", "b", "x", "r", "cf", "of", "FL"))
+    m = MASK[size]
+    defs = {"C": cf, "P": f"PARITY[{r} & 0xFF]", "A": "0", "Z": f"({r} == 0)",
+            "S": f"({r} >> {w - 1} & 1)", "O": of}
+    if static is None:
+        c.emit(f"{fl} = {c.flags_value()}")
+
+    def body() -> None:
+        c.emit(f"{a} = {val}")
+        c.emit(f"{b} = {c.reg_read(src)}")
+        if w == 16:
+            # Intel's behaviour past 16: shift through dst:src:dst (48 bits), as QEMU does.
+            c.emit(f"{x} = ({a} << 32) | ({b} << 16) | {a}")
+            if i.mnem == "shld":
+                c.emit(f"{r} = ({x} << {n}) >> 32 & 0xFFFF")
+                c.emit(f"{cf} = {x} >> (48 - {n}) & 1")
+            else:
+                c.emit(f"{r} = ({x} >> {n}) & 0xFFFF")
+                c.emit(f"{cf} = {x} >> ({n} - 1) & 1")
+        elif i.mnem == "shld":
+            c.emit(f"{x} = ({a} << {w}) | {b}")
+            c.emit(f"{r} = ({x} << {n}) >> {w} & {m:#x}")
+            c.emit(f"{cf} = {a} >> ({w} - {n}) & 1")
+        else:
+            c.emit(f"{x} = ({b} << {w}) | {a}")
+            c.emit(f"{r} = ({x} >> {n}) & {m:#x}")
+            c.emit(f"{cf} = {a} >> ({n} - 1) & 1")
+        c.emit(f"{of} = (({a} ^ {r}) >> {w - 1}) & 1")
+        put(r)
+        if static is None:
+            _flags_into(c, fl, defs)
+    _apply(c, static, n, body, dst)
+    _commit_flags(c, static, fl, defs)
+
+
+@op("tzcnt", "lzcnt")
+def gen_tzcnt(c: Ctx, i: Insn) -> None:
+    """F3 0F BC/BD on a CPU that does not report BMI1/ABM (we report neither): the F3
+    prefix is ignored and the instruction is BSF/BSR (SDM vol. 2A, TZCNT/LZCNT: "on
+    processors that do not support TZCNT, the instruction byte encoding is executed
+    as BSF").  Compilers rely on this for ``rep bsf``."""
+    i.mnem = "bsf" if i.mnem == "tzcnt" else "bsr"
+    gen_bsf(c, i)

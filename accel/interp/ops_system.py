@@ -288,3 +288,30 @@ def gen_sysret(c: Ctx, i: Insn) -> None:
     c.emit(f"S.sysret({8 if i.rex_w else 4})")
     c.finish_after_helper(None)
     c.end()
+
+
+@op("swapgs")
+def gen_swapgs(c: Ctx, i: Insn) -> None:
+    """SWAPGS: exchange GS.base and IA32_KERNEL_GS_BASE; 64-bit mode, CPL 0 (SDM vol. 2B)."""
+    if c.mode.code != 64:
+        c.may_fault()
+        c.emit(f"raise Fault({EXCP_UD}, why='swapgs outside 64-bit mode')")
+        c.end()
+        return
+    if not _privileged(c, i):
+        return
+    c.sync(hex(i.ip))
+    c.emit("env.segs[5].base, env.kernelgsbase = env.kernelgsbase, env.segs[5].base")
+    c.emit("SB[5] = env.segs[5].base")
+    c.finish_after_helper(hex(i.next_ip))
+    c.end()
+
+
+@op("rdtscp")
+def gen_rdtscp(c: Ctx, i: Insn) -> None:
+    """RDTSCP: RDTSC plus ECX = IA32_TSC_AUX (SDM vol. 2B, RDTSCP)."""
+    t = c.t("tsc")
+    c.emit(f"{t} = S.rdtsc()")
+    c.gpr_write(0, 4, f"{t} & 0xFFFFFFFF")
+    c.gpr_write(2, 4, f"{t} >> 32 & 0xFFFFFFFF")
+    c.gpr_write(1, 4, "env.tsc_aux & 0xFFFFFFFF")

@@ -347,3 +347,30 @@ def test_blocks_with_flag_flow_match_unicorn(seq: tuple[int, list[str], int], re
     mask = ARITH_FLAGS & ~undefined
     tf = uc.reg_read(U.UC_X86_REG_EFLAGS)
     assert g.env.eflags & mask == tf & mask, f"{bits}-bit block {lines}: flags"
+
+
+@QUICK
+@given(ms=st.sampled_from([(16, 16), (16, 32), (32, 16), (32, 32), (64, 16), (64, 32), (64, 64)]),
+       mnem=st.sampled_from(["shld", "shrd"]), count=st.integers(0, 63), by_cl=st.booleans(),
+       regs=reg_values, flags=flag_values)
+def test_double_shifts_match_unicorn(ms: tuple[int, int], mnem: str, count: int, by_cl: bool,
+                                     regs: list[int], flags: int) -> None:
+    bits, size = ms
+    masked = count & (0x3F if size == 64 else 0x1F)
+    if size == 16 and masked > 16:
+        return                                   # undefined result (SDM vol. 2B, SHLD)
+    d, s = REGS[size][0], REGS[size][1]
+    if by_cl:
+        regs[1] = (regs[1] & ~0xFF) | count
+        text = f"{mnem} {d}, {s}, cl"
+    else:
+        text = f"{mnem} {d}, {s}, {hex(count)}"
+    undef = 0 if masked == 0 else CC_AF_OF(masked)
+    if mnem == "shld" and size == 16 and masked == 16 or masked > size:
+        undef |= 0x1
+    check(bits, text, regs, flags, undef)
+
+
+def CC_AF_OF(count: int) -> int:
+    """AF is undefined for any nonzero count, OF unless the count is 1 (SDM vol. 2B, SHLD)."""
+    return 0x10 | (0 if count == 1 else 0x800)

@@ -234,3 +234,25 @@ def test_rep_stos_and_movs_across_pages_and_overlap() -> None:
     assert g.mem.read_bytes(0x20FFD, 0x4000) == bytes.fromhex("44332211") * 0x1000
     assert g.mem.read_bytes(0x30000, 0x11) == b"x" * 0x11
     assert g.env.reg("ecx") == 0 and g.env.reg("edi") == 0x30011
+
+
+def test_les_loads_offset_and_segment_in_real_mode() -> None:
+    g = Guest(16)
+    g.mem.write(0x500, 0x1234 | (0x2000 << 16), 4)       # far pointer 2000:1234
+    g.load("les bx, [0x500]\nmov al, byte ptr es:[bx]\nhlt")
+    g.mem.write(0x21234, 0x5A, 1)
+    assert g.run() == EXCP_HLT
+    assert g.env.reg("bx") == 0x1234 and g.env.segs[0].selector == 0x2000
+    assert g.env.segs[0].base == 0x20000 and g.env.reg("al") == 0x5A
+
+
+def test_swapgs_rdtscp_and_tzcnt_as_bsf() -> None:
+    """TZCNT's encoding runs as BSF on a CPU without BMI1 (which we do not report)."""
+    g = Guest(64)
+    g.env.kernelgsbase = 0x1000
+    g.env.tsc_aux = 0x7
+    g.load("swapgs\nrdtscp\nmov rsi, 0x8\ntzcnt rdi, rsi\nhlt")
+    assert g.run() == EXCP_HLT
+    assert g.env.segs[5].base == 0x1000 and g.env.kernelgsbase == 0
+    assert g.env.reg("ecx") == 7
+    assert g.env.reg("rdi") == 3
