@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 
 from tests.support import require_accel, vcpu_threads
+from util import trace
 
 
 @pytest.fixture(params=["interp", "kvm"])
@@ -22,3 +25,14 @@ def no_vcpu_thread_left() -> object:
         t.join(5)
     left = [t.name for t in vcpu_threads()]
     assert not left, f"vCPU threads left running: {left}"
+
+
+@pytest.fixture
+def lifecycle() -> Iterator[list[str]]:
+    """The lines of the lifecycle trace emitted while the test runs."""
+    lines: list[str] = []
+    sink = trace.add_sink({"lifecycle"}, lines.append)
+    try:
+        yield lines
+    finally:
+        trace.remove_sink(sink)

@@ -61,16 +61,6 @@ def register_device(log: list[str], fail: Callable[[], bool] = lambda: False,
     return base, leaf
 
 
-@pytest.fixture
-def lifecycle() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink = trace.add_sink({"lifecycle"}, lines.append)
-    try:
-        yield lines
-    finally:
-        trace.remove_sink(sink)
-
-
 def test_setting_realized_calls_realize_then_reset(lifecycle: list[str]) -> None:
     log: list[str] = []
     base, _ = register_device(log)

@@ -114,16 +114,6 @@ def clean_featurestr() -> Iterator[None]:
 
 
 @pytest.fixture
-def lifecycle() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink = trace.add_sink({"lifecycle"}, lines.append)
-    try:
-        yield lines
-    finally:
-        trace.remove_sink(sink)
-
-
-@pytest.fixture
 def realized() -> Iterator[list[X86CPU]]:
     """CPUs appended here are unrealized (threads joined) at the end of the test."""
     cpus: list[X86CPU] = []
