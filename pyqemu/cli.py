@@ -9,7 +9,6 @@ problem and exits 1; a guest shutdown ends the process with QEMU's exit status
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from dataclasses import dataclass, field

@@ -26,7 +26,7 @@ from hw.core.machine import (MachineState, find_machine_class, machine_run_board
                              parse_mem_size, parse_smp)
 from hw.i386.cpu_state import CPUX86State
 from pyqemu.errors import MachineStateError
-from qom import (container_get, object_get_root, object_new, object_property_add_child,
+from qom import (object_get_root, object_new, object_property_add_child,
                  object_unparent, object_unref)
 from system import cpus as cpus_mod
 from system.cpus import qemu_global_mutex

@@ -16,7 +16,7 @@ parent's.  Casts are by QOM type name, not Python class, as in QEMU.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from qom.errors import (AbstractTypeError, CastError, PathError, PropertyAccessError,

@@ -22,7 +22,7 @@ L1d 32 KiB 8-way, L1i 32 KiB 8-way, L2 2 MiB 8-way, 64-byte lines, no L3.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from hw.i386.cpu_features import CPUID_EXT2_AMD_ALIASES, FEATURE_WORDS, WORDS
 from hw.i386.cpu_models import CPUID_VENDOR_AMD

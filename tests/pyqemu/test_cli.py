@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pyqemu.images import GuestProgram
-from tests.support import GUEST_DIR, require_accel
+from tests.support import GUEST_DIR
 
 DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=0x04"
 

@@ -37,7 +37,7 @@ from accel.kvm.binding import (
 from accel.kvm.errors import KvmError, KvmUnavailableError
 from util.error import PyQemuError
 
-from tests.accel.kvm.kvm_support import GuestRam, asm, require_cap, setup_long_mode, setup_real_mode
+from tests.accel.kvm.kvm_support import asm, require_cap, setup_long_mode, setup_real_mode
 
 ffi = abi.ffi
 

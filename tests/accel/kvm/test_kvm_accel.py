@@ -8,20 +8,15 @@ not on a board.  Every wait has a timeout.
 from __future__ import annotations
 
 import struct
-import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from accel.kvm import kvm_abi as abi
-from accel.kvm import kvm_all
 from accel.kvm.binding import CpuidEntry, FailEntry, InternalError, Unsupported
 from accel.kvm.errors import KvmError
 from accel.kvm.kvm_all import (
-    EXCP_HLT,
     KVMState,
-    KvmCpuState,
     KvmExitError,
     kvm_cpuid_entries,
     kvm_handle_exit,

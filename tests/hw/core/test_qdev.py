@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
 
@@ -16,7 +16,6 @@ from hw.core.qdev import (TYPE_DEVICE, DeviceClass, DeviceState, Property,
 from qom import (ObjectClass, PropertyAccessError, PropertyValueError, TypeInfo,
                  object_get_canonical_path, object_property_get_bool, object_property_set_bool,
                  type_register_static)
-from util import trace
 
 _ids = itertools.count()
 
