@@ -72,6 +72,7 @@ class InterpCore:
         self.lazy = LazyFlags(env)
         self.segbase = [s.base for s in env.segs]
         self.code_pages: dict[int, set[tuple[Any, ...]]] = {}
+        self.code_snap: dict[int, bytes] = {}   # page -> its bytes when first translated
         self.tb_caches: dict[tuple[Any, ...], dict[int, TranslationBlock]] = {}
         self.tb1_caches: dict[tuple[Any, ...], dict[int, TranslationBlock]] = {}
         self.smc = False
@@ -127,6 +128,12 @@ class InterpCore:
         self.mmu.flush()
         self.mmu.check_version()
         self.mode_changed()
+        # Code written behind our back between runs (a loader, a debugger, a test writing
+        # guest RAM directly) does not pass our store path: compare the pages we translated.
+        for pp, snap in list(self.code_snap.items()):
+            if self.mem.read_bytes(pp << 12, 4096) != snap:
+                self.invalidate_page(pp)
+        self.smc = False
 
     # -- lazy flags ----------------------------------------------------------------------
     def get_flags(self) -> int:
@@ -152,6 +159,7 @@ class InterpCore:
         self.tb_caches.clear()
         self.tb1_caches.clear()
         self.code_pages.clear()
+        self.code_snap.clear()
         self.tbs = self.tb_caches.setdefault(self.mode.key, {})
         self.mmu.flush()
 
@@ -163,11 +171,14 @@ class InterpCore:
         cache[rip] = tb
         for pp in tb.pages:
             self.code_pages.setdefault(pp, set()).add((mode.key, rip, single))
+            if pp not in self.code_snap:
+                self.code_snap[pp] = self.mem.read_bytes(pp << 12, 4096)
             self.mmu.drop_write_entries(pp)
         return tb
 
     def invalidate_page(self, ppage: int) -> None:
         """A store hit a page of translated code: drop its blocks (``tb_invalidate_phys_page``)."""
+        self.code_snap.pop(ppage, None)
         for key, rip, single in self.code_pages.pop(ppage, ()):
             caches = self.tb1_caches if single else self.tb_caches
             tb = caches.get(key, {}).pop(rip, None)

@@ -491,3 +491,14 @@ def test_syscall_and_sysret() -> None:
     assert g.env.rip == CODE + 15                # 10 instructions: 6 + the handler's 4
     assert g.env.segs[1].selector == 0x33 and g.env.segs[2].selector == 0x2B
     assert g.env.cpl == 3 and g.env.eflags & IF_MASK
+
+
+def test_code_rewritten_between_runs_is_retranslated() -> None:
+    """A host-side write (no guest store, no tb_flush) to translated code is noticed at the
+    next run: the page no longer matches what was translated."""
+    g = Guest(32)
+    g.load("mov eax, 0x1\nhlt")
+    assert g.run() == EXCP_HLT and g.env.regs[0] == 1
+    g.mem.write(CODE + 1, 0x2, 4)                  # mov eax, 0x2
+    g.env.rip = CODE
+    assert g.run() == EXCP_HLT and g.env.regs[0] == 2
