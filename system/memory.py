@@ -165,6 +165,20 @@ class FlatRange:
 IoHook = Callable[[str, int, int, int, bool], None]  # (space, addr, size, value, is_write)
 
 
+class IoReplay(Protocol):
+    """Stands in for the devices of an :class:`AddressSpace` (``AddressSpace.replay``).
+
+    Cross-checking (:mod:`pyqemu.lockstep`) runs one guest on two machines; only the
+    first one's devices see the accesses.  The second one's reads return what the
+    first one's returned and its writes are checked against the first one's, never
+    sent to a device again (a device must see each access once).
+    """
+
+    def read(self, space: str, addr: int, size: int) -> int: ...
+
+    def write(self, space: str, addr: int, size: int, value: int) -> None: ...
+
+
 class AddressSpace:
     """``AddressSpace``: a root region flattened for lookups; dispatch to devices."""
 
@@ -176,6 +190,9 @@ class AddressSpace:
         self._starts: list[int] = []
         self.version = 0
         self.hooks: list[IoHook] = []
+        #: when set, consulted instead of the devices for every port/MMIO access (the
+        #: hooks still see the access, with the replayed value); see :class:`IoReplay`.
+        self.replay: IoReplay | None = None
         self.listeners: list[Callable[["AddressSpace"], None]] = []
         root._address_spaces.append(self)
         self.update_topology()
@@ -288,7 +305,9 @@ class AddressSpace:
 
     def _dispatch_read(self, r: FlatRange | None, addr: int, size: int) -> int:
         with qemu_global_mutex:
-            if r is None or r.mr.ops is None:
+            if self.replay is not None:
+                value = self.replay.read(self.name, addr, size) & ((1 << (8 * size)) - 1)
+            elif r is None or r.mr.ops is None:
                 # Unassigned: ports float high (unassigned_io_read), memory reads 0.
                 value = (1 << (8 * size)) - 1 if self.is_io else 0
             else:
@@ -305,7 +324,9 @@ class AddressSpace:
                 hook(self.name, addr, size, value, True)
             if trace.enabled("ioport"):
                 trace.event(f"{self.name} write {addr:#06x}/{size} <- {value:#x}", "ioport")
-            if r is not None and r.mr.ops is not None:
+            if self.replay is not None:
+                self.replay.write(self.name, addr, size, value)
+            elif r is not None and r.mr.ops is not None:
                 r.mr.ops.write(addr - r.start + r.offset, value, size)
 
 
