@@ -63,3 +63,25 @@ def test_breakpoint_stops_the_machine_for_the_debugger() -> None:
             ops.remove_breakpoint(cpu, 0, 0x7C03, 1)
         assert m.run(timeout=20).reason == "halted"
         assert m.reg_read("ax") == 2
+
+
+def test_machine_single_step_runs_one_instruction_per_step() -> None:
+    with Machine(accel="interp", memory="16M") as m:
+        m.load_asm("mov ax, 0x1\nadd ax, ax\nadd ax, ax\nhlt", 0x7C00, "real")
+        for ip, ax in ((0x7C03, 1), (0x7C05, 2), (0x7C07, 4)):
+            assert m.step().reason == "debug"
+            assert (m.reg_read("ip"), m.reg_read("ax")) == (ip, ax)
+        assert m.run(timeout=20).reason == "halted"
+
+
+def test_cpu_exec_of_a_halted_vcpu_returns_halted_at_once() -> None:
+    from hw.core.cpu import EXCP_HALTED
+    from system.cpus import qemu_global_mutex
+    with Machine(accel="interp", memory="16M") as m:
+        m.load_asm("hlt", 0x7C00, "real")
+        assert m.run(timeout=20).reason == "halted"
+        cpu = m.cpu(0)
+        assert cpu.halted
+        with qemu_global_mutex:
+            assert cpu.accel_ops.cpu_exec(cpu) == EXCP_HALTED
+        assert m.reg_read("ip") == 0x7C01
