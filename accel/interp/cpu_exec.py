@@ -253,6 +253,10 @@ class InterpCore:
                         env.rip = nxt.rip         # a chained exit leaves RIP to its successor
                 except Fault as f:
                     excp.deliver(self, f)
+                    if limit is not None:
+                        # Delivering an event is a step of its own (a single-step stops
+                        # on the handler's first instruction, as on hardware with TF).
+                        limit -= 1
         except CpuStop as stop:
             return stop.reason
         except TripleFault as tf:
@@ -289,7 +293,8 @@ class InterpCore:
                 excp.deliver(self, f)
 
     def step(self) -> int:
-        """Execute exactly one instruction (or deliver one fault); returns a stop reason."""
+        """Execute exactly one instruction, or deliver the fault it raises (then RIP is the
+        handler's first instruction); returns a stop reason (EXCP_BUDGET normally)."""
         return self.run(1)
 
     def _trace_block(self, tb: TranslationBlock) -> None:
@@ -309,7 +314,10 @@ class InterpCore:
 
     def io_write(self, port: int, value: int, size: int) -> None:
         if self.io is not None:
+            a20 = self.env.a20_mask
             self.io.write(port, value, size)
+            if self.env.a20_mask != a20:      # port 92h / the keyboard controller moved A20
+                self.mmu.flush()
 
     def rdtsc(self) -> int:
         return (time.monotonic_ns() - self.tsc_epoch + self.env.tsc_offset) & 0xFFFFFFFFFFFFFFFF

@@ -86,8 +86,9 @@ class Mmu:
             if top != 0 and top != 0x1FFFF:
                 raise Fault(EXCP_GP, 0, why=f"non-canonical address {la:#x}")
         if not env.cr[0] & CR0_PG:
-            return la & 0xFFFFFFFF if not env.efer & EFER_LMA else la
-        return self._walk(la, access)
+            # The A20 gate masks physical bit 20 when closed (``env.a20_mask``).
+            return (la & 0xFFFFFFFF if not env.efer & EFER_LMA else la) & env.a20_mask
+        return self._walk(la, access) & env.a20_mask
 
     def _walk(self, la: int, access: int) -> int:
         env = self.env

@@ -502,3 +502,23 @@ def test_code_rewritten_between_runs_is_retranslated() -> None:
     g.mem.write(CODE + 1, 0x2, 4)                  # mov eax, 0x2
     g.env.rip = CODE
     assert g.run() == EXCP_HLT and g.env.regs[0] == 2
+
+
+def test_step_onto_a_fault_stops_at_the_handler() -> None:
+    g = Guest(16)
+    g.mem.write(6 * 4, 0x0000_2000, 4)          # IVT[6] (#UD) -> 0000:2000
+    g.env.regs[4] = 0x7000
+    g.load("ud2")
+    g.load("hlt", addr=0x2000)
+    assert g.core.step() == EXCP_BUDGET
+    assert g.env.rip == 0x2000 and g.core.icount == 0
+    assert g.mem.read(0x7000 - 6, 2) == CODE   # the fault's IP: UD2 itself
+
+
+def test_closed_a20_gate_wraps_at_one_mebibyte() -> None:
+    g = Guest(16)
+    g.env.a20_mask = ~(1 << 20)
+    g.mem.write(0x10, 0x77, 1)
+    g.load("mov ax, 0xffff\nmov ds, ax\nmov al, byte ptr [0x20]\nhlt")
+    assert g.run() == EXCP_HLT
+    assert g.env.reg("al") == 0x77              # FFFF:0020 = 0x100010 -> 0x000010
