@@ -12,10 +12,11 @@ Names follow QEMU's vocabulary for the lifecycle and Unicorn's for inspection
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import hw.char.serial_isa  # noqa: F401  registers isa-serial
 import hw.i386.cpu  # noqa: F401  registers the x86 CPU types
@@ -340,17 +341,39 @@ class Machine:
         self._require_stopped("single-step")
         c = self._debug_ops(cpu)
         rc = self.runctl
+        # Inside single_stepping() the vCPU stays in single-step mode between steps.
+        toggle = not c.singlestep_enabled
         with qemu_global_mutex:
-            c.singlestep_enabled = True
-            c.accel_ops.update_guest_debug(c)
+            if toggle:
+                c.singlestep_enabled = True
+                c.accel_ops.update_guest_debug(c)
             rc.state = RunState.RUNNING
             cpus_mod.resume_all_vcpus([c])
         try:
             return self.wait(timeout)
         finally:
-            with qemu_global_mutex:
-                c.singlestep_enabled = False
-                c.accel_ops.update_guest_debug(c)
+            if toggle:
+                with qemu_global_mutex:
+                    c.singlestep_enabled = False
+                    c.accel_ops.update_guest_debug(c)
+
+    @contextlib.contextmanager
+    def single_stepping(self, cpu: int = 0) -> Iterator[None]:
+        """Keep ``cpu`` in single-step mode for a series of :meth:`step` calls: one
+        ``update_guest_debug`` (KVM_SET_GUEST_DEBUG) on entry and one on exit instead of
+        two per step (lockstep's inner loop)."""
+        self._require_stopped("single-step")
+        c = self._debug_ops(cpu)
+        with qemu_global_mutex:
+            c.singlestep_enabled = True
+            c.accel_ops.update_guest_debug(c)
+        try:
+            yield
+        finally:
+            if not self._closed:
+                with qemu_global_mutex:
+                    c.singlestep_enabled = False
+                    c.accel_ops.update_guest_debug(c)
 
     def breakpoint_insert(self, addr: int, cpu: int | None = None) -> None:
         """A software breakpoint at guest address ``addr`` (every vCPU unless ``cpu``):
