@@ -26,6 +26,7 @@ OPTIONS: dict[str, bool] = {
     "-no-reboot": False, "-no-shutdown": False, "-d": True, "-D": True, "-display": True,
     "-monitor": True, "-vga": True, "-S": False, "-name": True, "-version": False,
     "-h": False, "-help": False, "-timeout": True,
+    "-lockstep": False, "-lockstep-max-steps": True,
 }
 
 USAGE = f"""\
@@ -48,6 +49,9 @@ usage: {PROG} [options]          (QEMU's options, single dash)
 -d ITEM[,...]        log items (lifecycle, exec, in_asm, cpu, int, ioport); 'help' lists them
 -D FILE              write the -d log to FILE instead of stderr
 -timeout SECONDS     pyqemu: stop the guest after SECONDS (exit status 124)
+-lockstep [-lockstep-max-steps N]
+                     pyqemu: run the guest on kvm and interp side by side, compare
+                     after every instruction; report the first divergence (exit 2)
 -version             print the version
 """
 
@@ -73,6 +77,8 @@ class Options:
     log: str | None = None
     logfile: str | None = None
     timeout: float | None = None
+    lockstep: bool = False
+    lockstep_max_steps: int = 1_000_000
     helps: list[str] = field(default_factory=list)
 
 
@@ -157,6 +163,15 @@ def parse_args(argv: Sequence[str]) -> Options:
                 o.timeout = float(val)
             except ValueError:
                 raise UsageError(f"-timeout: '{val}' is not a number of seconds") from None
+        elif opt == "-lockstep":
+            o.lockstep = True
+        elif opt == "-lockstep-max-steps":
+            try:
+                o.lockstep_max_steps = int(val, 0)
+            except ValueError:
+                raise UsageError(f"-lockstep-max-steps: '{val}' is not a number") from None
+            if o.lockstep_max_steps <= 0:
+                raise UsageError("-lockstep-max-steps: give a positive number")
         elif opt in ("-display", "-vga", "-monitor"):
             if val not in ("none",):
                 raise UsageError(f"{opt} {val}: pyqemu has no display or monitor; "
@@ -277,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for what in o.helps:
                 print_help(what)
             return 0
+        if o.lockstep:
+            from pyqemu.lockstep import lockstep_main
+            return lockstep_main(o)
         return run_machine(o)
     except PyQemuError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
