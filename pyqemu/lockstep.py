@@ -428,6 +428,8 @@ class Lockstep:
     :meth:`load_asm` if it has no ``bios``/``kernel``, then :meth:`run`.
     ``on_step(lockstep, step)`` is called after both machines executed instruction
     ``step`` and before they are compared (tests use it to plant a divergence).
+    A step that takes longer than ``step_timeout`` seconds means the accelerator
+    gave no single-step trap (the run ends "unsupported").
     """
 
     def __init__(self, machine: str = "pc", cpu: str | None = None, memory: str | int | None = None,
@@ -435,7 +437,8 @@ class Lockstep:
                  devices: Sequence[str] = (), serial: str | None = "memory",
                  leader_accel: str = "kvm", follower_accel: str = "interp",
                  on_step: StepHook | None = None,
-                 ram_check_interval: int = _RAM_CHECK_INTERVAL) -> None:
+                 ram_check_interval: int = _RAM_CHECK_INTERVAL,
+                 step_timeout: float = 5.0) -> None:
         from hw.i386.cpu import x86_cpu_filtered_feature_names
         self.on_step = on_step
         self.ram_check_interval = ram_check_interval
@@ -464,6 +467,8 @@ class Lockstep:
         self.steps = 0
         self._passthrough: bool | None = None
         self._overshoot_noted = False
+        #: seconds one step may take before the accelerator is taken not to trap
+        self.step_timeout = step_timeout
 
     @staticmethod
     def _default_model(machine: str) -> str:
@@ -492,12 +497,12 @@ class Lockstep:
     def _step_one(self, m: Machine, pre_rip: int, insn: Insn | None) -> RunResult:
         """One instruction; a REP string instruction the accelerator steps per iteration
         (or that stops on itself with RF set) is stepped until RIP leaves it."""
-        r = m.step()
+        r = m.step(timeout=self.step_timeout)
         if insn is not None and insn.rep:
             for _ in range(1 << 22):
                 if r.reason != "debug" or m.env().rip != pre_rip:
                     break
-                r = m.step()
+                r = m.step(timeout=self.step_timeout)
         return r
 
     def _catch_up(self, rf: RunResult) -> RunResult:
@@ -538,6 +543,11 @@ class Lockstep:
             except PyQemuError as e:
                 reason, extra = "unsupported", (
                     f"the host's KVM could not execute {_describe(insn, pre)}: {e}")
+                break
+            if rl.reason == "timeout":
+                reason, extra = "unsupported", (
+                    f"the host's KVM gave no single-step trap within {self.step_timeout:g}s "
+                    f"after {_describe(insn, pre)} at CPL{pre.cpl}: it cannot step this code")
                 break
             if rl.reason == "shutdown" and rl.cause != "guest-shutdown" and pre.cpl == 3:
                 reason, extra = "unsupported", (
@@ -767,7 +777,8 @@ def lockstep(*, machine: str = "pc", cpu: str | None = None, memory: str | int |
              mode: str = "real", setup: Callable[[Machine], None] | None = None,
              max_steps: int = 100_000, serial: str | None = "memory",
              on_step: StepHook | None = None,
-             ram_check_interval: int = _RAM_CHECK_INTERVAL) -> LockstepResult:
+             ram_check_interval: int = _RAM_CHECK_INTERVAL,
+             step_timeout: float = 5.0) -> LockstepResult:
     """Run one guest on kvm (leader) and interp (follower) in lockstep; see the module.
 
     The guest is ``bios``/``kernel`` (as ``-bios``/``-kernel``), or ``asm`` assembled
@@ -775,7 +786,7 @@ def lockstep(*, machine: str = "pc", cpu: str | None = None, memory: str | int |
     """
     with Lockstep(machine, cpu, memory, bios=bios, kernel=kernel, append=append,
                   devices=devices, serial=serial, on_step=on_step,
-                  ram_check_interval=ram_check_interval) as ls:
+                  ram_check_interval=ram_check_interval, step_timeout=step_timeout) as ls:
         if asm is not None:
             ls.load_asm(asm, load, mode)
         if setup is not None:
