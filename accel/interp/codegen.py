@@ -394,8 +394,10 @@ class Ctx:
 
     # -- leaving the block -----------------------------------------------------------------
     def writeback(self) -> None:
-        for i in sorted(self.written):
-            self.emit(f"R[{i}] = g{i}")
+        """Store the registers written so far; in a looping block, every register the
+        block writes (a later iteration reaches this exit with all of them changed).
+        Resolved in :meth:`source`, when both sets are known."""
+        self.emit("#WB:" + ",".join(str(i) for i in sorted(self.written)) + "#")
 
     def exit(self, rip: str, done: int | None = None, stop: str | None = None) -> None:
         """Leave the block with RIP = ``rip`` after ``done`` (default: this one too) instructions.
@@ -485,6 +487,10 @@ class Ctx:
                     out.append(pad + "FE = S.get_flags()")
             elif stripped == "#WRITEBACK#":
                 out += [pad + f"R[{i}] = g{i}" for i in sorted(self.written)]
+            elif stripped.startswith("#WB:"):
+                regs = sorted(self.written) if self.looped else [
+                    int(x) for x in stripped[4:-1].split(",") if x]
+                out += [pad + f"R[{i}] = g{i}" for i in regs]
             else:
                 out.append(line)
         return out

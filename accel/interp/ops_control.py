@@ -37,12 +37,14 @@ def _target(c: Ctx, i: Insn) -> str:
 
 
 def _branch(c: Ctx, cond: str, target: str, i: Insn) -> None:
+    """A conditional branch is a side exit: the taken path leaves the block, the
+    fall-through goes on translating (a superblock; QEMU ends its TBs here, but a
+    Python block pays a fixed cost per call, so longer blocks run faster).  Nothing of
+    the state changes on the fall-through path, so the block's bookkeeping holds."""
     c.emit(f"if {cond}:")
     c.ind += 1
     c.exit(target)
     c.ind -= 1
-    c.exit(hex(i.next_ip))
-    c.end()
 
 
 @op("jmp")

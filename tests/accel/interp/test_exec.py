@@ -522,3 +522,34 @@ def test_closed_a20_gate_wraps_at_one_mebibyte() -> None:
     g.load("mov ax, 0xffff\nmov ds, ax\nmov al, byte ptr [0x20]\nhlt")
     assert g.run() == EXCP_HLT
     assert g.env.reg("al") == 0x77              # FFFF:0020 = 0x100010 -> 0x000010
+
+
+def test_looping_block_with_a_side_exit_writes_back_later_registers() -> None:
+    """A block that loops to itself and leaves through an earlier side exit must store the
+    registers the *previous iteration* wrote after that exit (here EDI)."""
+    g = Guest(64)
+    g.load("""
+        mov eax, 0x5
+        mov edi, 0x8
+    bit_loop:
+        shr eax, 0x1
+        jnc no_xor
+        xor eax, 0xedb88320
+    no_xor:
+        dec edi
+        jnz bit_loop
+        hlt
+    """)
+    eax = 5
+    for _ in range(8):
+        cf, eax = eax & 1, eax >> 1
+        eax ^= 0xEDB88320 if cf else 0
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[0] == eax and g.env.regs[7] == 0
+    xors = 0
+    v = 5
+    for _ in range(8):
+        cf, v = v & 1, v >> 1
+        xors += cf
+        v ^= 0xEDB88320 if cf else 0
+    assert g.core.icount == 2 + 8 * 4 + xors + 1      # movs, loop body, taken XORs, HLT
