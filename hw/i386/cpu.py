@@ -461,10 +461,10 @@ def _proc_cpuinfo() -> dict[str, str]:
     return out
 
 
-#: Flags a model loses under kvm unless the user asks for them (QEMU's
-#: ``kvm_default_props``): KVM never offers nested SVM, ACPI thermal or MONITOR to
-#: a guest of this kind, so filtering them would only warn on every run.
-KVM_DEFAULT_OFF = ("svm", "acpi", "monitor")
+#: Flags a model loses unless the user asks for them (QEMU's ``kvm_default_props``):
+#: neither accelerator offers nested SVM, ACPI thermal control or MONITOR/MWAIT to
+#: a guest, so filtering them would only warn on every run.
+ACCEL_DEFAULT_OFF = ("svm", "acpi", "monitor")
 
 
 def _apply_accel_defaults(cpu: X86CPU, off: tuple[str, ...]) -> None:
@@ -496,8 +496,8 @@ def x86_cpu_expand_features(cpu: X86CPU) -> None:
             named = sum(1 << b for b, n in enumerate(w.names) if n is not None)
             user = cpu.user_features.get(w.word, 0)
             cpu.features[w.word] = (sup & named & ~user) | (cpu.features[w.word] & user)
-    elif accel.name == "kvm":
-        _apply_accel_defaults(cpu, KVM_DEFAULT_OFF)
+    else:
+        _apply_accel_defaults(cpu, ACCEL_DEFAULT_OFF)
     for name in cpu.plus_features:
         cpu.property_set(name, True)
     for name in cpu.minus_features:
@@ -543,13 +543,31 @@ def x86_cpu_filter_features(cpu: X86CPU, verbose: bool) -> list[str]:
             continue
         cpu.features[w.word] = have & sup
         cpu.filtered_features[w.word] = cpu.filtered_features.get(w.word, 0) | missing
-        for bit in range(32):
-            if missing >> bit & 1:
-                label = _filter_label(w, bit)
-                dropped.append(label)
-                if verbose:
-                    report_warning(f"{who} doesn't support requested feature: {label}")
+        dropped += [_filter_label(w, bit) for bit in range(32) if missing >> bit & 1]
+    if verbose and dropped:
+        _report_filtered(cpu, who, dropped)
     return dropped
+
+
+def _report_filtered(cpu: X86CPU, who: str, dropped: list[str]) -> None:
+    """The filter warnings, once per machine (every vCPU of a machine has the same model).
+
+    Under kvm one line per flag, as QEMU prints them; under interp, whose gaps
+    are the same on every host (no x87/SSE yet), one line listing them all.
+    """
+    ms = getattr(cpu, "machine", None)
+    seen: set[str] = getattr(ms, "_filter_warnings", set()) if ms is not None else set()
+    if who != "interp":
+        lines = [f"{who} doesn't support requested feature: {label}" for label in dropped]
+    else:
+        names = " ".join(label.split(".", 2)[-1].split(" ")[0] for label in dropped)
+        lines = [f"{who} doesn't support requested features: {names}"]
+    for line in lines:
+        if line not in seen:
+            report_warning(line)
+            seen.add(line)
+    if ms is not None:
+        ms._filter_warnings = seen
 
 
 def cpu_exec_realizefn(cs: X86CPU) -> None:
