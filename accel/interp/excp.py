@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from accel.interp.errors import (EXCP_DF, EXCP_GP, EXCP_NP, HAS_ERROR_CODE, VECTOR_NAMES, Fault,
                                  InterpError, TripleFault)
-from accel.interp.seg import cache_from, protected, read_descriptor
+from accel.interp.seg import cache_from, mark_accessed, protected, read_descriptor
 from hw.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
                                DESC_P_MASK, EFER_LMA, IF_MASK, IOPL_MASK, NT_MASK, R_CS, R_SS,
                                RF_MASK, TF_MASK, VM_MASK, SegmentCache)
@@ -115,7 +115,7 @@ def _target_cs(core: "InterpCore", sel: int) -> tuple[SegmentCache, int]:
     new_cpl = core.env.cpl if hi & DESC_C_MASK or dpl >= core.env.cpl else dpl
     if dpl > core.env.cpl:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"interrupt target {sel:#x} DPL > CPL")
-    return cache_from((sel & ~3) | new_cpl, lo, hi), new_cpl
+    return cache_from((sel & ~3) | new_cpl, lo, mark_accessed(core, sel, hi)), new_cpl
 
 
 def _tss_stack32(core: "InterpCore", cpl: int) -> tuple[int, int]:
@@ -136,7 +136,7 @@ def _protected(core: "InterpCore", vector: int, error_code: int | None, ret_ip: 
     if new_cpl < env.cpl:
         ss_sel, esp = _tss_stack32(core, new_cpl)
         lo, hi = read_descriptor(core, ss_sel)
-        env.segs[R_SS] = cache_from(ss_sel, lo, hi)
+        env.segs[R_SS] = cache_from(ss_sel, lo, mark_accessed(core, ss_sel, hi))
         core.segbase[R_SS] = env.segs[R_SS].base
         env.regs[4] = esp
         core.mode_changed()
@@ -214,7 +214,7 @@ def iret(core: "InterpCore", size: int) -> None:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"iret to {sel:#x}")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"iret to {sel:#x}: not present")
-    cache = cache_from(sel, lo, hi)
+    cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
     if long64 or rpl > cpl:
         if not long64:
             (sp, ss), new_sp = core.pop_rt([size, size], 0, start=new_sp)
@@ -223,7 +223,7 @@ def iret(core: "InterpCore", size: int) -> None:
         _set_flags(core, flags, size)
         if ss & 0xFFFC:
             slo, shi = read_descriptor(core, ss)
-            env.segs[R_SS] = cache_from(ss, slo, shi)
+            env.segs[R_SS] = cache_from(ss, slo, mark_accessed(core, ss, shi))
         else:
             env.segs[R_SS] = SegmentCache(ss, 0, 0, 0)
         core.segbase[R_SS] = env.segs[R_SS].base

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_UD, Fault, InterpError
-from hw.i386.cpu_state import (CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
+from hw.i386.cpu_state import (CR0_PE, DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
                                DESC_G_MASK, DESC_L_MASK, DESC_P_MASK, DESC_R_MASK, DESC_S_MASK,
                                DESC_W_MASK, R_CS, R_SS, VM_MASK, SegmentCache)
 
@@ -43,6 +43,17 @@ def read_descriptor_hi64(core: "InterpCore", sel: int) -> int:
     env = core.env
     raw = core.mmu.read_bytes(env.gdt.base + (sel & ~7) + 8, 8)
     return int.from_bytes(raw[:4], "little")
+
+
+def mark_accessed(core: "InterpCore", sel: int, hi: int) -> int:
+    """Set the descriptor's accessed bit in memory when a load finds it clear; returns ``hi``
+    with it set (SDM vol. 3A, 3.4.5.1: the processor sets A whenever it loads the selector
+    of a code or data segment into a segment register; QEMU's helper_load_seg does too)."""
+    if not hi & DESC_A_MASK:
+        hi |= DESC_A_MASK
+        table = core.env.ldt if sel & 4 else core.env.gdt
+        core.mmu.write_bytes_linear(table.base + (sel & ~7) + 4, hi.to_bytes(4, "little"))
+    return hi
 
 
 def cache_from(sel: int, lo: int, hi: int) -> SegmentCache:
@@ -88,7 +99,7 @@ def load_seg(core: "InterpCore", seg: int, sel: int) -> None:
                     raise Fault(EXCP_GP, sel & 0xFFFC, why=f"segment {sel:#x} privilege")
                 if not hi & DESC_P_MASK:
                     raise Fault(EXCP_NP, sel & 0xFFFC, why=f"segment {sel:#x} not present")
-            env.segs[seg] = cache_from(sel, lo, hi)
+            env.segs[seg] = cache_from(sel, lo, mark_accessed(core, sel, hi))
     core.segbase[seg] = env.segs[seg].base
     core.mode_changed()     # SS sets the stack size; any of ES CS SS DS may end flatness
 
@@ -113,7 +124,7 @@ def code_descriptor(core: "InterpCore", sel: int) -> tuple[SegmentCache, int]:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"code segment {sel:#x} privilege")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"code segment {sel:#x} not present")
-    cache = cache_from((sel & ~3) | cpl, lo, hi)
+    cache = cache_from((sel & ~3) | cpl, lo, mark_accessed(core, sel, hi))
     return cache, cpl
 
 
