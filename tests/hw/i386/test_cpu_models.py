@@ -469,7 +469,8 @@ def test_properties_are_frozen_after_realize(realized: list[X86CPU]) -> None:
 def test_filter_features_warns_naming_each_withheld_feature(
         capsys: pytest.CaptureFixture[str], realized: list[X86CPU]) -> None:
     accel = FakeAccel(withheld={(1, 0, "ecx"): 1 << 20, (0x80000001, 0, "ecx"): 1 << 2})
-    x86_cpu_parse_featurestr("qemu64-x86_64-cpu", "+sse4.2")
+    # svm is off by default (ACCEL_DEFAULT_OFF): ask for it, so it is requested and withheld.
+    x86_cpu_parse_featurestr("qemu64-x86_64-cpu", "+sse4.2,+svm")
     cpu = new_cpu("qemu64", machine=fake_machine(accel))
     object_property_set_bool(cpu, "realized", True)
     realized.append(cpu)
@@ -485,6 +486,7 @@ def test_filter_features_warns_naming_each_withheld_feature(
 def test_filter_features_is_silent_with_check_off(capsys: pytest.CaptureFixture[str],
                                                   realized: list[X86CPU]) -> None:
     accel = FakeAccel(withheld={(0x80000001, 0, "ecx"): 1 << 2})
+    x86_cpu_parse_featurestr("qemu64-x86_64-cpu", "+svm")
     cpu = new_cpu("qemu64", machine=fake_machine(accel))
     cpu.property_set("check", False)
     object_property_set_bool(cpu, "realized", True)
