@@ -65,17 +65,23 @@ class Translator:
 
     # -- fetching -----------------------------------------------------------------
     def _fetch(self, la: int) -> tuple[bytes, list[int], Fault | None]:
-        """Bytes from ``la`` to its page end plus what the next page can give (<= 15).
+        """Bytes from ``la`` to its page end plus, when ``la`` is within one instruction's
+        length of that end, what the next page can give (<= 15).
 
         Returns the bytes, the physical page of each fetched page, and the fault
         of the next page if it could not be read (raised only if an instruction
-        really needs those bytes).
+        really needs those bytes).  The next page is walked only then because the
+        walk sets accessed bits (SDM vol. 3A, 4.8), which the hardware leaves clear
+        on a page it does not fetch from: an instruction that straddles the page
+        end later in a block ends the block and starts one of its own here.
         """
         mmu = self.core.mmu
         pa = mmu.translate(la, ACC_EXEC)
         n = PAGE - (la & 0xFFF)
         data = self.core.mem.read_bytes(pa, n)
         pages = [pa >> 12]
+        if n >= MAX_INSN_LEN:
+            return data, pages, None
         nxt = (la + n) & self.core.la_mask
         try:
             pa2 = mmu.translate(nxt, ACC_EXEC)
