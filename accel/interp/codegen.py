@@ -252,7 +252,11 @@ class Ctx:
             return self.reg_read(op), lambda v: self.reg_write(op, v)
         if op.kind == "mem":
             la = self.addr(op)
-            val = self.load(la, op.size)
+            # A read-modify-write reads with write intent: a #PF on the read already
+            # reports W=1, as the processor does (checked against the CPU at CPL3).
+            self.may_fault()
+            val = self.t()
+            self.emit(f"{val} = lw{op.size}({la})")
             return val, lambda v: self.store(la, op.size, v)
         raise self.unimplemented()
 

@@ -22,6 +22,7 @@ IA32_TIME_STAMP_COUNTER adjusts the offset).
 
 from __future__ import annotations
 
+import struct
 import time
 from typing import Any, Callable
 
@@ -30,7 +31,7 @@ from accel.interp.codegen import Mode
 from accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumentError,
                                  TripleFault)
 from accel.interp.flags import ARITH_MASK, PARITY, LazyFlags
-from accel.interp.mmu import Mmu
+from accel.interp.mmu import ACC_WRITE, Mmu
 from accel.interp.table import RUNTIME, load_families
 from accel.interp.translate import MAX_BLOCK_INSNS, TranslationBlock, Translator
 from hw.core.cpu import EXCP_DEBUG, EXCP_INTERRUPT, EXCP_SHUTDOWN
@@ -82,6 +83,7 @@ class InterpCore:
         self.la_mask = 0xFFFFFFFF
         self.mmu = Mmu(self)
         self.ld = {n: self.mmu.helpers[f"ld{n}"] for n in (1, 2, 4, 8)}
+        rmw_loads = {f"lw{n}": self._make_rmw_load(n) for n in (1, 2, 4, 8)}
         self.st = {n: self.mmu.helpers[f"st{n}"] for n in (1, 2, 4, 8)}
         load_families()         # fills RUNTIME with the families' helpers
         self.globals: dict[str, Any] = {
@@ -89,7 +91,7 @@ class InterpCore:
             "Fault": Fault, "CpuStop": CpuStop, "IOR": self.io_read, "IOW": self.io_write,
             "CPUID": self.cpuid, "KICK": self.kick, "LINK": self.link,
             "__builtins__": __builtins__,
-            **self.mmu.helpers, **RUNTIME,
+            **self.mmu.helpers, **rmw_loads, **RUNTIME,
         }
         for (kind, width), fn in self.lazy.eval.items():
             self.globals[f"EV_{kind}_{width}"] = fn
@@ -97,6 +99,27 @@ class InterpCore:
         self.mode: Mode = self._compute_mode()
         self.tbs: dict[int, TranslationBlock] = {}
         self.mode_changed()
+
+    def _make_rmw_load(self, size: int) -> Callable[[int], int]:
+        """``lwN``: the read of a read-modify-write, through the *write* TLB, so that a
+        fault reports a write access (SDM vol. 3A, 4.7: the access that caused the
+        fault; an RMW instruction's read is checked for write)."""
+        get = self.mmu.tlb_w.get
+        unpack = struct.Struct({1: "<B", 2: "<H", 4: "<I", 8: "<Q"}[size]).unpack_from
+        limit = 4096 - size
+        mmu, mem = self.mmu, self.mem
+
+        def load(la: int) -> int:
+            e = get(la >> 12)
+            if e is not None and la & 0xFFF <= limit:
+                return unpack(e[0], la + e[1])[0]
+            if (la & 0xFFF) + size > 4096:
+                lo = 4096 - (la & 0xFFF)
+                pa1, pa2 = mmu.fill(la, ACC_WRITE), mmu.fill(la + lo, ACC_WRITE)
+                raw = mem.read_bytes(pa1, lo) + mem.read_bytes(pa2, size - lo)
+                return int.from_bytes(raw, "little")
+            return int(mem.read(mmu.fill(la, ACC_WRITE), size))
+        return load
 
     # -- state derived from env ---------------------------------------------------------
     def _compute_mode(self) -> Mode:

@@ -219,8 +219,10 @@ def gen_bt(c: Ctx, i: Insn) -> None:
     bit = c.t("bit")
     if src.kind == "imm":
         c.emit(f"{bit} = {src.imm & (w - 1)}")
-        if dst.kind == "mem":
+        if dst.kind == "mem" and i.mnem != "bt":
             val, put = c.rmw(dst)
+        elif dst.kind == "mem":
+            val, put = c.read(dst), (lambda v: None)        # BT only reads
         else:
             val, put = c.reg_read(dst), (lambda v: c.reg_write(dst, v))
     else:
@@ -234,7 +236,11 @@ def gen_bt(c: Ctx, i: Insn) -> None:
             base = c.linear(c.default_seg(dst), c.ea(dst))
             c.emit(f"{la} = ({base} + ((({off} ^ {sign:#x}) - {sign:#x}) >> {(w).bit_length() - 1})"
                    f" * {size}) & {MASK[8 if c.mode.code == 64 else 4]:#x}")
-            val = c.load(la, size)
+            if i.mnem == "bt":
+                val = c.load(la, size)
+            else:
+                val = c.t()
+                c.emit(f"{val} = lw{size}({la})")      # read with write intent
             put = (lambda v: c.store(la, size, v))
         else:
             val, put = c.reg_read(dst), (lambda v: c.reg_write(dst, v))

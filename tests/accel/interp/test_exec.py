@@ -553,3 +553,16 @@ def test_looping_block_with_a_side_exit_writes_back_later_registers() -> None:
         xors += cf
         v ^= 0xEDB88320 if cf else 0
     assert g.core.icount == 2 + 8 * 4 + xors + 1      # movs, loop body, taken XORs, HLT
+
+
+def test_read_modify_write_fault_reports_a_write_access() -> None:
+    """INC [m] on a read-only page faults with W=1 even though its first access is the
+    read (the CPU checks an RMW read for write; error code P|W here)."""
+    g = _long_guest_with_idt()
+    idt64_gate(g, 0x6000, 14, 0x4000)
+    g.mem.write(0x100000 + 0x2000 + 8, (1 << 21) | 0x85, 8)   # 2 MiB page 1: no RW
+    g.env.cr[0] |= 1 << 16                                    # CR0.WP
+    g.load("mov rsp, 0x8000\nmov rcx, 0x200100\ninc dword ptr [rcx]\nhlt")
+    g.load("mov rbx, [rsp]\nhlt", addr=0x4000)
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[3] == 0b011
