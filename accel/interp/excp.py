@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from accel.interp.errors import (EXCP_DF, EXCP_GP, EXCP_NP, HAS_ERROR_CODE, VECTOR_NAMES, Fault,
-                                 InterpError, TripleFault)
+from accel.interp.errors import (EXCP_DB, EXCP_DF, EXCP_GP, EXCP_NP, HAS_ERROR_CODE,
+                                 VECTOR_NAMES, Fault, InterpError, TripleFault)
 from accel.interp.seg import cache_from, mark_accessed, protected, read_descriptor
 from hw.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
                                DESC_P_MASK, EFER_LMA, IF_MASK, IOPL_MASK, NT_MASK, R_CS, R_SS,
@@ -32,7 +32,16 @@ if TYPE_CHECKING:
 
 
 def deliver(core: "InterpCore", fault: Fault) -> None:
-    """Deliver an exception raised at ``env.rip`` (a fault: RIP is the faulting instruction)."""
+    """Deliver an exception raised at ``env.rip`` (a fault: RIP is the faulting instruction).
+
+    The EFLAGS image pushed for a fault-class exception has RF set, so that returning
+    to the instruction does not hit an instruction breakpoint again (SDM vol. 3B,
+    17.3.1.1 "Instruction-Breakpoint Exception Condition": "For any fault-class
+    exception except a debug exception generated in response to an instruction
+    breakpoint, the value pushed for RF is 1").  The handler starts with RF clear.
+    """
+    if fault.vector != EXCP_DB:
+        core.env.eflags |= RF_MASK
     try:
         do_interrupt(core, fault.vector, fault.error_code, core.env.rip, soft=False, cr2=fault.cr2)
     except Fault as second:

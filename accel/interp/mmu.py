@@ -78,8 +78,13 @@ class Mmu:
             del self.w_ppage[vp]
 
     # -- translation -------------------------------------------------------------------
-    def translate(self, la: int, access: int) -> int:
-        """Linear -> physical address for ``access``; raises #PF/#GP as the SDM says."""
+    def translate(self, la: int, access: int, supervisor: bool = False) -> int:
+        """Linear -> physical address for ``access``; raises #PF/#GP as the SDM says.
+
+        ``supervisor`` marks an implicit supervisor-mode access (the GDT, LDT, IDT or
+        TSS read or written while delivering an event or loading a segment): it is
+        checked as at CPL0 whatever the CPL (SDM vol. 3A, 4.6 "Access Rights").
+        """
         env = self.env
         if env.efer & EFER_LMA:
             top = la >> 47
@@ -88,11 +93,11 @@ class Mmu:
         if not env.cr[0] & CR0_PG:
             # The A20 gate masks physical bit 20 when closed (``env.a20_mask``).
             return (la & 0xFFFFFFFF if not env.efer & EFER_LMA else la) & env.a20_mask
-        return self._walk(la, access) & env.a20_mask
+        return self._walk(la, access, supervisor) & env.a20_mask
 
-    def _walk(self, la: int, access: int) -> int:
+    def _walk(self, la: int, access: int, supervisor: bool = False) -> int:
         env = self.env
-        cpl3 = env.cpl == 3
+        cpl3 = env.cpl == 3 and not supervisor
         wp = bool(env.cr[0] & CR0_WP)
         nxe = bool(env.efer & EFER_NXE)
         rd = self.mem.read
@@ -213,19 +218,22 @@ class Mmu:
         self.mem.write_bytes(pa, data)
 
     def read_bytes(self, la: int, n: int) -> bytes:
-        """Read guest-linear bytes (descriptor tables, code fetch for the translator)."""
+        """Read guest-linear bytes of a system structure (GDT, LDT, IDT, TSS): implicit
+        supervisor-mode accesses, allowed on supervisor pages at CPL3 (SDM vol. 3A, 4.6)."""
         out = bytearray()
         while n > 0:
             chunk = min(n, PAGE - (la & 0xFFF))
-            out += self.mem.read_bytes(self.translate(la, ACC_READ), chunk)
+            out += self.mem.read_bytes(self.translate(la, ACC_READ, supervisor=True), chunk)
             la += chunk
             n -= chunk
         return bytes(out)
 
     def write_bytes_linear(self, la: int, data: bytes) -> None:
-        """Write guest-linear bytes through the store path (descriptor busy bits, A/D bits)."""
+        """Write guest-linear bytes of a system structure (descriptor accessed and busy
+        bits): implicit supervisor-mode writes (SDM vol. 3A, 4.6), so no TLB entry is
+        made for them (a user-mode store must not reuse it)."""
         for k, b in enumerate(data):
-            self.slow_store(la + k, 1, b)
+            self._phys_store(self.translate(la + k, ACC_WRITE, supervisor=True), bytes([b]))
 
     # -- the helpers generated code calls ------------------------------------------------
     def _make_helpers(self) -> dict[str, Callable[..., Any]]:
