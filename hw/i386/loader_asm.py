@@ -131,9 +131,9 @@ def assemble(source: str, mode: str, addr: int = 0, *, syntax: str = "intel") ->
         raise LoaderError(f"assemble: unknown mode '{mode}' (real, prot32, long64)")
     if syntax not in ("intel", "nasm"):
         raise LoaderError(f"assemble: unknown syntax '{syntax}' (intel, nasm)")
-    ks = ks_mod.Ks(ks_mod.KS_ARCH_X86, ks_modes[mode])
     if syntax == "nasm":
-        ks.syntax = ks_mod.KS_OPT_SYNTAX_NASM
+        return _assemble_nasm_isolated(source, mode, addr)
+    ks = ks_mod.Ks(ks_mod.KS_ARCH_X86, ks_modes[mode])
     try:
         encoding, _ = ks.asm(source, addr)
     except ks_mod.KsError as e:
@@ -141,6 +141,35 @@ def assemble(source: str, mode: str, addr: int = 0, *, syntax: str = "intel") ->
     if not encoding:
         raise LoaderError(f"assemble ({mode}): the source assembled to nothing")
     return bytes(encoding)
+
+
+_NASM_CHILD = """\
+import sys, keystone as k
+modes = {"real": k.KS_MODE_16, "prot32": k.KS_MODE_32, "long64": k.KS_MODE_64}
+ks = k.Ks(k.KS_ARCH_X86, modes[sys.argv[1]])
+ks.syntax = k.KS_OPT_SYNTAX_NASM
+try:
+    sys.stdout.write(bytes(ks.asm(sys.stdin.read(), int(sys.argv[2]))[0] or b"").hex())
+except k.KsError as e:
+    sys.stderr.write(str(e))
+    sys.exit(1)
+"""
+
+
+def _assemble_nasm_isolated(source: str, mode: str, addr: int) -> bytes:
+    """NASM syntax in a child process.  Once a process has assembled anything in
+    keystone's NASM syntax, keystone 0.9.2 reads bare numbers as hex in *every* later
+    assembly of that process, whatever the syntax option: a guest written in Intel
+    syntax with decimal constants would silently change."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", _NASM_CHILD, mode, str(addr)], input=source,
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise LoaderError(f"assemble ({mode}, nasm): {r.stderr.strip() or 'keystone failed'}")
+    if not r.stdout:
+        raise LoaderError(f"assemble ({mode}, nasm): the source assembled to nothing")
+    return bytes.fromhex(r.stdout)
 
 
 def _locate_error(ks: object, source: str, addr: int) -> str:

@@ -7,8 +7,6 @@ tested by guest code in test_modes.py.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from functools import lru_cache
 
 from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, Ks
@@ -44,14 +42,8 @@ def asm(src: str, bits: int, addr: int = CODE, nasm: bool = False) -> bytes:
 
 
 def _asm_nasm_isolated(src: str, bits: int, addr: int) -> bytes:
-    prog = ("import sys, keystone as k\n"
-            "ks = k.Ks(k.KS_ARCH_X86, {16: k.KS_MODE_16, 32: k.KS_MODE_32, 64: k.KS_MODE_64}"
-            "[int(sys.argv[1])])\n"
-            "ks.syntax = k.KS_OPT_SYNTAX_NASM\n"
-            "sys.stdout.write(bytes(ks.asm(sys.stdin.read(), int(sys.argv[2]))[0]).hex())\n")
-    out = subprocess.run([sys.executable, "-c", prog, str(bits), str(addr)], input=src,
-                         capture_output=True, text=True, timeout=60, check=True)
-    return bytes.fromhex(out.stdout)
+    from hw.i386.loader_asm import assemble
+    return assemble(src, {16: "real", 32: "prot32", 64: "long64"}[bits], addr, syntax="nasm")
 
 
 class Guest:
