@@ -353,6 +353,13 @@ class Gen:
         sets = "CPAZSO" if m in ("cmps", "scas") and not (rep and count == 0) else ""
         # 16-bit code addresses through SI/DI unless prefixed: take ESI/EDI (0x67).
         a32 = ".byte 0x67\n" if self.bits == 16 else ""
+        if suffix == "d" and m in ("movs", "cmps"):
+            # keystone reads MOVSD/CMPSD as the SSE2 instructions: encode A5/A7 directly.
+            pre = ([0x66] if self.bits == 16 else []) + \
+                ({"rep ": [0xF3], "repe ": [0xF3], "repne ": [0xF2]}.get(rep, []))
+            op = pre + [0xA5 if m == "movs" else 0xA7]
+            self.emit(a32 + ".byte " + ", ".join(f"{b:#x}" for b in op), "", sets)
+            return
         self.emit(f"{a32}{rep}{m}{suffix}", "", sets)
 
     def misc(self, size: int) -> None:
@@ -538,3 +545,14 @@ def test_rmw_page_fault_reports_a_write() -> None:
     # through the write TLB).
     assert _interp_run(64, "xchg byte ptr [rbx], al", {3: 0x600010}).fault == (14, 6)
     assert _interp_run(64, "add byte ptr [0x600000], al").fault == (14, 6)
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed yet: interp wraps the BT bit-offset address "
+                   "to 16 bits in 16-bit code even with an address-size (0x67) prefix")
+def test_bt_register_offset_with_32bit_address_in_16bit_code() -> None:
+    # Found by the deep profile (minimal program): in 16-bit code, `bt word ptr [ebx], ax`
+    # with AX=0x7f reads the word at EBX+14 (SDM vol. 2A, BT: the bit offset selects a
+    # word relative to the 32-bit effective address).  Hardware: no fault, CF=bit 15 of
+    # that word.  interp: #PF(5) at a wrapped 16-bit address.
+    out = _interp_run(16, "bt word ptr [ebx], ax", {0: 0x7F, 3: DATA + WINDOW})
+    assert out.fault is None
