@@ -106,6 +106,7 @@ class Ctx:
         self.alias: dict[int, str] = {}      # register -> local standing in for it (POP [rsp])
         self.loop_rip: int | None = None     # set by the translator when a self-loop may chain
         self.looped = False
+        self.has_store = False               # the prologue sets SMC (see store)
 
 
     # -- bookkeeping --------------------------------------------------------------------
@@ -224,16 +225,39 @@ class Ctx:
         self.emit(f"{name} = {self.linear(self.default_seg(op), self.ea(op))}")
         return name
 
-    def load(self, la: str, size: int) -> str:
+    def load(self, la: str, size: int, tlb: str = "TR", slow: str = "ld") -> str:
+        """Load ``size`` bytes at linear ``la`` (a local): the TLB hit is inline (a dict
+        get and an unpack, no call of a Python helper); a miss, a page-straddling access
+        or MMIO calls ``ldN`` (``lwN`` with ``tlb="TW"``: an RMW's read)."""
         self.may_fault()
         name = self.t()
-        self.emit(f"{name} = ld{size}({la})")
+        self.emit(f"_e = {tlb}({la} >> 12)")
+        self.emit(f"if _e is not None and {la} & 0xFFF <= {4096 - size}:")
+        if size == 1:
+            self.emit(f"    {name} = _e[0][{la} + _e[1]]")
+        else:
+            self.emit(f"    {name} = U{size}(_e[0], {la} + _e[1])[0]")
+        self.emit("else:")
+        self.emit(f"    {name} = {slow}{size}({la})")
         return name
 
     def store(self, la: str, size: int, value: str) -> None:
+        """Store to linear ``la``: the TLB hit is inline.  Pages holding translated code
+        have no write entry, so only the slow path (``stN``) can hit one: it alone
+        copies the core's SMC flag into the block's local ``SMC``, which the check
+        after the instruction reads (:meth:`smc_check`)."""
         self.may_fault()
         self.stored = True
-        self.emit(f"st{size}({la}, {value})")
+        self.has_store = True
+        self.emit(f"_e = TW({la} >> 12)")
+        self.emit(f"if _e is not None and {la} & 0xFFF <= {4096 - size}:")
+        if size == 1:
+            self.emit(f"    _e[0][{la} + _e[1]] = ({value}) & 0xFF")
+        else:
+            self.emit(f"    P{size}(_e[0], {la} + _e[1], ({value}) & {MASK[size]:#x})")
+        self.emit("else:")
+        self.emit(f"    st{size}({la}, {value})")
+        self.emit("    SMC = S.smc")
 
     # -- operands -----------------------------------------------------------------------------
     def read(self, op: Op, size: int | None = None) -> str:
@@ -254,9 +278,7 @@ class Ctx:
             la = self.addr(op)
             # A read-modify-write reads with write intent: a #PF on the read already
             # reports W=1, as the processor does (checked against the CPU at CPL3).
-            self.may_fault()
-            val = self.t()
-            self.emit(f"{val} = lw{op.size}({la})")
+            val = self.load(la, op.size, "TW", "lw")
             return val, lambda v: self.store(la, op.size, v)
         raise self.unimplemented()
 
@@ -421,9 +443,12 @@ class Ctx:
             for line in self._flag_lines():
                 self.emit(line)
             self.emit("#FE-RELOAD#")
-            self.emit(f"S.icount += {self.k + 1}")
-            self.emit("if S.icount >= S.limit or KICK.exit_request:")
+            # The instruction count lives in the local IC while the block loops (stored
+            # back at every way out: the exits, the fault handler, a helper's sync).
+            self.emit(f"IC += {self.k + 1}")
+            self.emit("if IC >= LIM or KICK.exit_request:")
             self.ind += 1
+            self.emit("S.icount = IC")
             self.emit("#WRITEBACK#")
             self.emit(f"env.rip = {rip}")
             self.emit("return")
@@ -433,7 +458,7 @@ class Ctx:
         self.writeback()
         for line in self._flag_lines():
             self.emit(line)
-        self.emit(f"S.icount += {self.k + 1 if done is None else done}")
+        self.emit(f"#IC+{self.k + 1 if done is None else done}#")
         if stop is None and rip.startswith("0x"):
             # Chained: RIP is not stored; the next block's function carries it (``.rip``)
             # and whoever stops the chain (exit request, fault, helper) writes it.
@@ -445,6 +470,13 @@ class Ctx:
             self.emit(f"env.rip = {rip}")
             self.emit(f"return LINK({cell}, {rip})")
             return
+        if stop is None:
+            # A computed target (RET, indirect JMP/CALL): look the next block up here, in
+            # the block cache of this mode (QEMU's lookup_and_goto_ptr), instead of
+            # returning to the exec loop for it.
+            self.emit(f"nx = JC({rip})")
+            self.emit("if nx is not None:")
+            self.emit("    return nx")
         self.emit(f"env.rip = {rip}")
         if stop is not None:
             self.emit(f"raise {stop}")
@@ -456,7 +488,7 @@ class Ctx:
         self.writeback()
         self.sync_flags()
         self.emit(f"env.rip = {rip}")
-        self.emit(f"S.icount += {self.k}")
+        self.emit(f"#IC+{self.k}#")
         self.emit("n = -1")
         self.n_set = -1
 
@@ -470,7 +502,7 @@ class Ctx:
     def smc_check(self, next_ip: int) -> None:
         """After a store: if it hit a page of translated code, leave before running
         stale code (the one check per store; the TLB keeps code pages off the fast path)."""
-        self.emit("if S.smc:")
+        self.emit("if SMC:")
         self.ind += 1
         self.emit("S.smc = False")
         self.exit(hex(next_ip))
@@ -491,6 +523,10 @@ class Ctx:
                     out.append(pad + "FE = S.get_flags()")
             elif stripped == "#WRITEBACK#":
                 out += [pad + f"R[{i}] = g{i}" for i in sorted(self.written)]
+            elif stripped.startswith("#IC+"):
+                k = stripped[4:-1]
+                out.append(pad + (f"S.icount = IC + {k}" if self.looped
+                                  else f"S.icount += {k}"))
             elif stripped.startswith("#WB:"):
                 regs = sorted(self.written) if self.looped else [
                     int(x) for x in stripped[4:-1].split(",") if x]
@@ -502,7 +538,7 @@ class Ctx:
     def source(self, name: str) -> str:
         """``def make_<name>(L0, L1, ...)`` returning the block function (cells as closures)."""
         inner = self._source(name)
-        cells = ", ".join(f"L{j}" for j in range(self.ncells))
+        cells = "".join(f"L{j}, " for j in range(self.ncells)) + "JC"
         body = "".join("    " + line + "\n" for line in inner.splitlines())
         return f"def make_{name}({cells}):\n{body}    return {name}\n"
 
@@ -517,6 +553,11 @@ class Ctx:
             pro.append(f"    sg{s} = SB[{s}]")
         if self.need_fe:
             pro.append("    FE = S.get_flags()")
+        if self.has_store:
+            pro.append("    SMC = False")
+        if self.looped:
+            pro.append("    IC = S.icount")
+            pro.append("    LIM = S.limit")
         if not self.fault_snaps:
             body = [line[4:] for line in lines]
             return "\n".join(pro + body) + "\n"
@@ -530,7 +571,7 @@ class Ctx:
                 handler.append(f"            if n == {k}:")
                 handler += ["                " + line for line in flag_lines]
         handler.append(f"            env.rip = {tuple(self.ips)!r}[n]")
-        handler.append("            S.icount += n")
+        handler.append("            S.icount = IC + n" if self.looped else "            S.icount += n")
         handler.append("        raise")
         return "\n".join(pro + lines + handler) + "\n"
 

@@ -42,6 +42,8 @@ from util import trace
 #: run() stopped because ``max_insns`` instructions ran (not an exit request).
 EXCP_BUDGET = 0x10101
 
+_FMT = {2: "H", 4: "I", 8: "Q"}
+
 CpuidFn = Callable[[int, int], tuple[int, int, int, int]]
 
 
@@ -76,6 +78,9 @@ class InterpCore:
         self.code_snap: dict[int, bytes] = {}   # page -> its bytes when first translated
         self.tb_caches: dict[tuple[Any, ...], dict[int, TranslationBlock]] = {}
         self.tb1_caches: dict[tuple[Any, ...], dict[int, TranslationBlock]] = {}
+        # mode key -> {rip: block function}: the blocks of tb_caches, for computed jumps
+        # in generated code (``JC``); emptied in place, never replaced (blocks bind .get).
+        self.jump_caches: dict[tuple[Any, ...], dict[int, Callable[[], Any]]] = {}
         self.smc = False
         self.breakpoints: set[int] = set()
         self.bp_skip: int | None = None
@@ -92,6 +97,10 @@ class InterpCore:
             "CPUID": self.cpuid, "KICK": self.kick, "LINK": self.link,
             "__builtins__": __builtins__,
             **self.mmu.helpers, **rmw_loads, **RUNTIME,
+            # The TLB fast paths generated code inlines (Codegen.load/store).
+            "TR": self.mmu.tlb_r.get, "TW": self.mmu.tlb_w.get,
+            **{f"U{n}": struct.Struct(f"<{c}").unpack_from for n, c in _FMT.items()},
+            **{f"P{n}": struct.Struct(f"<{c}").pack_into for n, c in _FMT.items()},
         }
         for (kind, width), fn in self.lazy.eval.items():
             self.globals[f"EV_{kind}_{width}"] = fn
@@ -181,6 +190,8 @@ class InterpCore:
                         cell[0] = None
         self.tb_caches.clear()
         self.tb1_caches.clear()
+        for jc in self.jump_caches.values():
+            jc.clear()
         self.code_pages.clear()
         self.code_snap.clear()
         self.tbs = self.tb_caches.setdefault(self.mode.key, {})
@@ -192,6 +203,8 @@ class InterpCore:
                                        self.breakpoints)
         cache = (self.tb1_caches.setdefault(mode.key, {}) if single else self.tbs)
         cache[rip] = tb
+        if not single:
+            self.jump_caches.setdefault(mode.key, {})[rip] = tb.fn
         for pp in tb.pages:
             self.code_pages.setdefault(pp, set()).add((mode.key, rip, single))
             if pp not in self.code_snap:
@@ -206,10 +219,16 @@ class InterpCore:
             caches = self.tb1_caches if single else self.tb_caches
             tb = caches.get(key, {}).pop(rip, None)
             if tb is not None:
+                if not single:
+                    self.jump_caches.get(key, {}).pop(rip, None)
                 for cell in tb.incoming:      # unchain it (``tb_jmp_unlink``)
                     cell[0] = None
                 tb.incoming.clear()
         self.smc = True       # a block that stored checks this and ends right after the store
+
+    def jump_cache(self, key: tuple[Any, ...]) -> Callable[[int], Any]:
+        """``JC`` of the blocks of mode ``key``: rip -> the cached block's function or None."""
+        return self.jump_caches.setdefault(key, {}).get
 
     def link(self, cell: list[Any], rip: int) -> Callable[[], Any] | None:
         """``LINK`` in generated code: chain an exit to the cached block at ``rip``, if any.

@@ -218,7 +218,7 @@ class Translator:
         ns: dict[str, Any] = {}
         exec(compile(src, f"<{name}>", "exec"), core.globals, ns)
         cells: list[list[Any]] = [[None] for _ in range(c.ncells)]
-        fn = ns[f"make_{name}"](*cells)
+        fn = ns[f"make_{name}"](*cells, core.jump_cache(mode.key))
         fn.rip = rip              # where a chain that stops before calling it must resume
         return TranslationBlock(la, (rip,) + mode.key, fn, k, tuple(pages), src, cells)
 
