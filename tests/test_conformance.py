@@ -123,3 +123,28 @@ def test_interp_matches_kvm(path: Path, tmp_path: Path) -> None:
         first = next(i for i in range(COMPARED_RAM) if sw.ram[i] != hw.ram[i])
         pytest.fail(f"RAM differs first at {first:#x}: kvm {hw.ram[first:first + 16].hex()} "
                     f"interp {sw.ram[first:first + 16].hex()}")
+
+
+# Guests this host's KVM cannot run (legacy 32-bit or PAE paging without long mode) name
+# Unicorn as their second reference (``#! reference: unicorn``): 32-bit multiboot guests.
+UNICORN_GUESTS = [p for p in GUESTS
+                  if GuestProgram.from_file(p).meta.get("reference") == "unicorn"]
+
+
+@pytest.mark.parametrize("path", UNICORN_GUESTS, ids=_ids(UNICORN_GUESTS))
+def test_interp_matches_unicorn(path: Path, tmp_path: Path) -> None:
+    """interp ends as Unicorn (QEMU's TCG core) ends, from the same loader state: serial
+    output, exit status, general registers (tests/unicorn_ref.py lists what the harness
+    does in Unicorn's place, with the SDM sections)."""
+    unicorn_ref = pytest.importorskip("tests.unicorn_ref")
+    prog = GuestProgram.from_file(path)
+    image = tmp_path / f"{prog.name}.img"
+    image.write_bytes(prog.image())
+    ref = unicorn_ref.run_unicorn(prog, str(image))
+    assert ref.error is None, f"Unicorn run failed: {ref.error}"
+    sw = run_guest(prog, "interp", tmp_path)
+    diff = {k: (hex(v), hex(sw.regs[k] & 0xFFFFFFFF)) for k, v in ref.regs.items()
+            if v != sw.regs[k] & 0xFFFFFFFF}
+    assert sw.serial == ref.serial
+    assert sw.exit_code == ref.exit_code
+    assert not diff, f"registers differ (unicorn, interp): {diff}"

@@ -20,7 +20,8 @@ import struct
 from typing import TYPE_CHECKING, Any, Callable
 
 from accel.interp.errors import EXCP_GP, EXCP_PF, Fault
-from hw.i386.cpu_state import (CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE)
+from hw.i386.cpu_state import (CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA,
+                               EFER_NXE)
 
 if TYPE_CHECKING:
     from accel.interp.cpu_exec import InterpCore
@@ -165,9 +166,13 @@ class Mmu:
         return pa
 
     def _pf(self, la: int, access: int, cpl3: bool, present: bool) -> None:
+        # I/D: a fetch, with CR4.SMEP=1 or with CR4.PAE=1 and EFER.NXE=1 (SDM vol. 3A,
+        # 4.7): 32-bit paging never sets it, even with EFER.NXE=1 (paging32_mb.s).
+        env = self.env
         code = (PFEC_P if present else 0) | (PFEC_W if access == ACC_WRITE else 0) \
             | (PFEC_U if cpl3 else 0) \
-            | (PFEC_I if access == ACC_EXEC and self.env.efer & EFER_NXE else 0)
+            | (PFEC_I if access == ACC_EXEC and (env.cr[4] & CR4_SMEP or (
+                env.cr[4] & CR4_PAE and env.efer & EFER_NXE)) else 0)
         raise Fault(EXCP_PF, code, cr2=la, why=f"page fault at {la:#x}")
 
     def fill(self, la: int, access: int) -> int:
