@@ -156,10 +156,11 @@ class Mmu:
             self._pf(la, access, cpl3, present=True)
         if access == ACC_EXEC and noexec:
             self._pf(la, access, cpl3, present=True)
-        # Accessed bits on every level, dirty on the leaf for a write (SDM 4.8).
-        for i, (addr, value, size) in enumerate(entries):
+        # Accessed bits on every level, dirty on the leaf for a write (SDM 4.8); not in
+        # PAE PDPTEs, whose bit 5 is reserved (SDM 4.4.1, Table 4-8; pae32_mb.s).
+        for i, (addr, value, size) in enumerate(eff):
             new = value | PTE_A
-            if i == len(entries) - 1 and access == ACC_WRITE:
+            if i == len(eff) - 1 and access == ACC_WRITE:
                 new |= PTE_D
             if new != value:
                 wr(addr, new, size)
