@@ -55,6 +55,19 @@ def rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int, 
                     core.icount += done
                     return
                 continue
+        if rep == "repne" and kind == "scas" and size == 1 and step > 0 and count > 1:
+            n, equal = _bulk_scasb(core, count, dst_base, R[7] & am, am, R[0] & 0xFF)
+            if n:
+                put(7, ((R[7] & am) + n) & am)
+                count -= n
+                put(1, count)
+                done += n
+                if equal:
+                    break                # REPNE stops on "equal"
+                if count and kick.exit_request:
+                    core.icount += done
+                    return
+                continue
         si, di = R[6] & am, R[7] & am
         if kind == "movs":
             st((dst_base + di) & lam, ld((src_base + si) & lam))
@@ -131,3 +144,29 @@ def _bulk(core: "InterpCore", kind: str, size: int, count: int, src: int, dst: i
     s = src + rt[1]
     wt[0][d:d + nbytes] = rt[0][s:s + nbytes]
     return n
+
+
+def _bulk_scasb(core: "InterpCore", count: int, base: int, di: int, am: int,
+                al: int) -> tuple[int, bool]:
+    """Forward REPNE SCASB over a RAM page already in the TLB: one ``bytes.find``.
+
+    Returns (elements done, whether the last one compared equal); (0, False) takes
+    the one-at-a-time path (which also fills the TLB).  Stays inside one page and
+    below the address-size wrap of rDI; leaves the flags of the last comparison
+    pending, as the iteration-by-iteration path does.
+    """
+    la = (base + di) & core.la_mask
+    rt = core.mmu.tlb_r.get(la >> 12)
+    if rt is None:
+        return 0, False
+    n = min(count, 4096 - (la & 0xFFF), am + 1 - di, POLL)
+    if n < 2:
+        return 0, False
+    s = la + rt[1]
+    j = bytes(rt[0][s:s + n]).find(al)
+    if j >= 0:
+        n, last = j + 1, al
+    else:
+        last = rt[0][s + n - 1]
+    core.cc = (core.lazy.eval["SUB", 8], al, last, (al - last) & 0xFF, None)
+    return n, j >= 0
