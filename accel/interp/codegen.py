@@ -301,15 +301,20 @@ class Ctx:
         """
         sp = self.r(4)
         m = self.stack_mask()
+        total = sum(size for _, size in values)
+        new = self.t("sp")
+        self.emit(f"{new} = ({sp} - {total}) & {m:#x}")
         off = 0
         for value, size in values:
             off += size
-            la = self.t("la")
             self.may_fault()
-            self.emit(f"{la} = {self.linear(R_SS, f'({sp} - {off}) & {m:#x}')}")
+            top = new if off == total else f"({new} + {total - off}) & {m:#x}"
+            la = self.linear(R_SS, top)
+            if la != new:                 # a segment base to add: into a local
+                name = self.t("la")
+                self.emit(f"{name} = {la}")
+                la = name
             self.store(la, size, value)
-        new = self.t("sp")
-        self.emit(f"{new} = ({sp} - {off}) & {m:#x}")
         return new
 
     def pop(self, sizes: list[int], extra: int = 0) -> tuple[list[str], str]:
@@ -321,7 +326,9 @@ class Ctx:
         for size in sizes:
             la = self.t("la")
             self.may_fault()
-            top = f"({sp} + {off}) & {m:#x}" if off else f"{sp} & {m:#x}"
+            # A 64-bit register needs no mask (registers hold 0 .. 2**64 - 1).
+            top = (f"({sp} + {off}) & {m:#x}" if off else sp if m == MASK[8]
+                   else f"{sp} & {m:#x}")
             self.emit(f"{la} = {self.linear(R_SS, top)}")
             vals.append(self.load(la, size))
             off += size
