@@ -216,7 +216,9 @@ class Ctx:
         base = self.seg_base(seg)
         if base is None:
             return ea
-        return f"({base} + ({ea})) & {MASK[8 if self.mode.code == 64 else 4]:#x}"
+        # Parenthesized as a whole: callers embed it in larger expressions (BT's bit
+        # offset adds to it; `&` binds looser than `+`).
+        return f"(({base} + ({ea})) & {MASK[8 if self.mode.code == 64 else 4]:#x})"
 
     def addr(self, op: Op) -> str:
         """Emit the operand's linear address into a local; returns its name."""

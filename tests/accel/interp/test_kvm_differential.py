@@ -547,12 +547,22 @@ def test_rmw_page_fault_reports_a_write() -> None:
     assert _interp_run(64, "add byte ptr [0x600000], al").fault == (14, 6)
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: interp wraps the BT bit-offset address "
-                   "to 16 bits in 16-bit code even with an address-size (0x67) prefix")
 def test_bt_register_offset_with_32bit_address_in_16bit_code() -> None:
     # Found by the deep profile (minimal program): in 16-bit code, `bt word ptr [ebx], ax`
     # with AX=0x7f reads the word at EBX+14 (SDM vol. 2A, BT: the bit offset selects a
     # word relative to the 32-bit effective address).  Hardware: no fault, CF=bit 15 of
     # that word.  interp: #PF(5) at a wrapped 16-bit address.
+    # Cause: Ctx.linear returned `(base + ea) & mask` unparenthesized, and gen_bt appended
+    # `+ delta`, so `&` (looser than `+`) made it `(base + ea) & (mask + delta)`.
     out = _interp_run(16, "bt word ptr [ebx], ax", {0: 0x7F, 3: DATA + WINDOW})
     assert out.fault is None
+    assert out.rflags & 1 == 0
+    # BTS/BTC set bit 15 of the word at EBX+14 (bit 7 of byte +15); BTR on it clears it.
+    for text, byte in (("bts", 0x80), ("btc", 0x80), ("btr", 0x00)):
+        out = _interp_run(16, f"{text} word ptr [ebx], ax", {0: 0x7F, 3: DATA + WINDOW})
+        assert out.fault is None, text
+        assert out.data[WINDOW + 14:WINDOW + 16] == bytes([0, byte]), text
+        assert sum(out.data) == byte, text
+    out = _interp_run(16, "bts word ptr [ebx], ax\nbt word ptr [ebx], ax",
+                      {0: 0x7F, 3: DATA + WINDOW})
+    assert (out.fault, out.rflags & 1) == (None, 1)
