@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING
 from accel.interp.errors import (EXCP_DB, EXCP_DF, EXCP_GP, EXCP_NP, HAS_ERROR_CODE,
                                  VECTOR_NAMES, Fault, InterpError, TripleFault)
 from accel.interp.seg import cache_from, mark_accessed, protected, read_descriptor
-from hw.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
-                               DESC_P_MASK, EFER_LMA, IF_MASK, IOPL_MASK, NT_MASK, R_CS, R_SS,
-                               RF_MASK, TF_MASK, VM_MASK, SegmentCache)
+from hw.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK,
+                               DESC_DPL_SHIFT, DESC_P_MASK, EFER_LMA, IF_MASK, IOPL_MASK, NT_MASK,
+                               R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, RF_MASK, TF_MASK, VM_MASK,
+                               SegmentCache)
 from util import trace
 
 if TYPE_CHECKING:
@@ -240,6 +241,8 @@ def iret(core: "InterpCore", size: int) -> None:
         core.segbase[R_CS] = cache.base
         env.regs[4] = sp if size == 8 or env.segs[R_SS].flags & DESC_B_MASK else (
             env.regs[4] & ~0xFFFF | sp & 0xFFFF)
+        if rpl > cpl:
+            _null_outer_data_segs(core, rpl, long64)
     else:
         _set_flags(core, flags, size)
         env.segs[R_CS] = cache
@@ -247,6 +250,26 @@ def iret(core: "InterpCore", size: int) -> None:
         core.set_sp_rt(new_sp)
     env.rip = ip if size != 2 else ip & 0xFFFF
     core.mode_changed()
+
+
+def _null_outer_data_segs(core: "InterpCore", new_cpl: int, long64: bool) -> None:
+    """Return to an outer privilege level: ES, DS, FS and GS that hold a data or
+    non-conforming code segment with DPL < the new CPL are loaded with a null selector
+    (SDM vol. 2A, IRET "RETURN-TO-OUTER-PRIVILEGE-LEVEL"; the same rule as RET far).
+    A register already null is left alone (FS/GS keep a 64-bit base set by WRMSR).
+    IRETQ from 64-bit code leaves FS and GS alone: that is what KVM does on this
+    project's reference host (tests/guests/exceptions64_mb.s keeps FS=GS=0x18, a DPL0
+    data selector, across IRETQ to ring 3), against the SDM's pseudo-code."""
+    env = core.env
+    for seg in (R_ES, R_DS) if long64 else (R_ES, R_DS, R_FS, R_GS):
+        cache = env.segs[seg]
+        if cache.selector & 0xFFFC == 0:
+            continue
+        flags = cache.flags
+        conforming_code = flags & DESC_CS_MASK and flags & DESC_C_MASK
+        if not conforming_code and (flags >> DESC_DPL_SHIFT) & 3 < new_cpl:
+            env.segs[seg] = SegmentCache(0, 0, 0, 0)
+            core.segbase[seg] = 0
 
 
 def _set_flags(core: "InterpCore", value: int, size: int) -> None:

@@ -470,6 +470,60 @@ def test_user_mode_interrupt_switches_to_the_tss_stack_and_back() -> None:
     assert (g.mem.read(0x1700 + 8 * 6 + 5, 1) & 0xF) == 0xB      # busy 64-bit TSS
 
 
+def test_iretq_to_outer_level_nulls_segments_more_privileged_than_the_new_cpl() -> None:
+    """IRETQ from CPL0 to CPL3 loads a null selector into DS, ES, FS, GS holding a data or
+    non-conforming code segment with DPL < 3 (SDM vol. 2A, IRET, "RETURN-TO-OUTER-
+    PRIVILEGE-LEVEL"); a DPL3 data segment stays, and so does a null FS with its base.
+    FS/GS are not nulled by IRETQ from 64-bit code: KVM keeps them (exceptions64_mb)."""
+    g = _user_mode_guest()
+    g.load("""
+        mov ax, 0x23
+        mov es, ax
+        mov ax, 0x10
+        mov ds, ax
+        mov gs, ax
+        xor eax, eax
+        mov fs, ax
+        mov ecx, 0xC0000100
+        mov eax, 0x12340
+        xor edx, edx
+        wrmsr
+        push 0x23
+        push 0x6000
+        pushfq
+        push 0x2b
+        push 0x3000
+        iretq
+    """)
+    g.load("mov ebx, 1\njmp 0x3005", addr=0x3000)
+    assert g.run(max_insns=40) == EXCP_BUDGET
+    env = g.env
+    assert env.cpl == 3 and env.regs[3] == 1
+    assert env.segs[3].selector == 0          # DS: DPL0 data -> null
+    assert env.segs[5].selector == 0x10       # GS: kept by IRETQ from 64-bit code (KVM)
+    assert env.segs[0].selector == 0x23       # ES: DPL3 data, kept
+    assert env.segs[4].selector == 0 and env.segs[4].base == 0x12340   # FS: null, base kept
+    assert env.segs[1].selector == 0x2B and env.segs[2].selector == 0x23
+
+
+def test_iretq_at_the_same_level_keeps_data_segments() -> None:
+    g = _user_mode_guest()
+    g.load("""
+        mov ax, 0x10
+        mov ds, ax
+        mov rax, rsp
+        push 0x10
+        push rax
+        pushfq
+        push 0x18
+        push 0x3000
+        iretq
+    """)
+    g.load("mov ebx, 1\njmp 0x3005", addr=0x3000)
+    assert g.run(max_insns=40) == EXCP_BUDGET
+    assert g.env.cpl == 0 and g.env.regs[3] == 1 and g.env.segs[3].selector == 0x10
+
+
 def test_syscall_and_sysret() -> None:
     g = Guest(64)
     g.env.star = (0x20 << 48) | (0x18 << 32)
