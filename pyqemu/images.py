@@ -7,6 +7,7 @@ never binary blobs.  A source file may carry metadata in ``#!`` comment lines::
     #! load: 0x7c00          (real/prot32/long64: where to load and enter)
     #! exit: 0x21            (the value the guest writes to isa-debug-exit)
     #! serial: Hello         (text the guest prints on the UART)
+    #! include: lib/uart32.inc  (routines appended to the source; several allowed)
 
 ``bios`` sources are 16-bit code placed at the start of a 64 KiB ROM whose
 reset vector (offset 0xFFF0, executed at 0xFFFFFFF0 after reset: Intel SDM
@@ -92,7 +93,16 @@ class GuestProgram:
             text = p.read_text()
         except OSError as e:
             raise LoaderError(f"cannot read guest program '{p}': {e.strerror}") from None
-        meta = dict(m.groups() for m in re.finditer(r"^#!\s*([\w-]+):\s*(.*?)\s*$", text, re.M))
+        pairs = [m.groups() for m in re.finditer(r"^#!\s*([\w-]+):\s*(.*?)\s*$", text, re.M)]
+        meta = dict(pairs)
+        for key, name in pairs:
+            if key == "include":
+                # Shared routines (the UART output code, say) live once, beside the guests.
+                try:
+                    text += "\n" + (p.parent / name).read_text()
+                except OSError as e:
+                    raise LoaderError(f"guest program '{p}': cannot include '{name}': "
+                                      f"{e.strerror}") from None
         if "mode" not in meta:
             raise LoaderError(f"guest program '{p}' has no '#! mode:' line")
         return cls(name=p.stem, source=text, mode=meta["mode"],

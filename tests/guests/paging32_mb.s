@@ -13,6 +13,7 @@
 # This host's KVM (PVM) refuses CR0.PG without long mode, so the second reference is
 # Unicorn (tests/unicorn_ref.py, test_interp_matches_unicorn).
 #! mode: multiboot
+#! include: lib/uart32.inc
 #! exit: 0x2c
 #! kvm: legacy 32-bit paging
 #! reference: unicorn
@@ -285,67 +286,6 @@ print_log_loop:
     dec edi
     jnz print_log_loop
     ret
-
-# puts: print the NUL-terminated string at ESI.
-puts:
-    lodsb
-    test al, al
-    jz puts_done
-    call putc
-    jmp puts
-puts_done:
-    ret
-
-putc:
-    push edx
-    push eax
-    mov dx, 0x3fd
-putc_wait:
-    in al, dx
-    test al, 0x20
-    jz putc_wait
-    pop eax
-    mov dx, 0x3f8
-    out dx, al
-    pop edx
-    ret
-
-# puthex8: EAX as 8 hex digits; puthexn: the low ECX digits of EAX (upper case).
-puthex8:
-    mov ecx, 0x8
-puthexn:
-    push edx
-    push ecx
-    push eax
-    mov edx, ecx
-    shl ecx, 0x2
-    ror eax, cl
-puthex_loop:
-    rol eax, 0x4
-    push eax
-    and al, 0xf
-    cmp al, 0x9
-    jbe puthex_digit
-    add al, 0x7
-puthex_digit:
-    add al, 0x30
-    call putc
-    pop eax
-    dec edx
-    jnz puthex_loop
-    pop eax
-    pop ecx
-    pop edx
-    ret
-
-# putkv: print the string at ESI, then EAX in hex, then a space.
-putkv:
-    push eax
-    call puts
-    pop eax
-    call puthex8
-    mov al, 0x20
-    jmp putc
 
     .align 8
 gdt:
