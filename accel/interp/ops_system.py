@@ -1,6 +1,6 @@
 """System and miscellaneous instructions: IN OUT, CLI STI CLD STD CLC STC CMC, CPUID RDTSC,
 RDMSR WRMSR, LGDT LIDT SGDT SIDT, MOV to/from CRn/DRn/Sreg, POP Sreg, INVLPG, CLTS, SMSW,
-WBINVD/INVD, UD2.
+WBINVD/INVD, UD2, LMSW, LAR LSL VERR VERW, SYSENTER SYSEXIT.
 
 Intel SDM vol. 2A/2B, the instruction pages of those names; privilege checks
 from vol. 3A, 5.9 (privileged instructions: CPL 0) and 20.2.x / 18.2 (I/O
@@ -12,10 +12,12 @@ block has written its state back, and ends the block.
 from __future__ import annotations
 
 from accel.interp.codegen import MASK, Ctx, Insn
-from accel.interp.errors import EXCP_GP, EXCP_UD
+from accel.interp.errors import EXCP_DB, EXCP_GP, EXCP_UD
 from accel.interp.ops_move import stack_size
 from accel.interp.table import op
-from hw.i386.cpu_state import CR0_TS, DF_MASK, IF_MASK
+from hw.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK
+
+CR4_UMIP = 1 << 11
 
 
 def _privileged(c: Ctx, i: Insn) -> bool:
@@ -163,12 +165,11 @@ def gen_mov_system(c: Ctx, i: Insn) -> None:
         return
     if not _privileged(c, i):
         return
-    if src.kind in ("cr", "dr"):
-        table = "cr" if src.kind == "cr" else "dr"
-        c.reg_write(dst, f"env.{table}[{src.reg}] & {MASK[dst.size]:#x}")
+    if src.kind == "dr" or dst.kind == "dr":
+        _mov_dr(c, i)
         return
-    if dst.kind == "dr":
-        c.emit(f"env.dr[{dst.reg}] = {c.read(src)}")
+    if src.kind == "cr":
+        c.reg_write(dst, f"env.cr[{src.reg}] & {MASK[dst.size]:#x}")
         return
     v = c.t("v")
     c.emit(f"{v} = {c.read(src)}")
@@ -176,6 +177,38 @@ def gen_mov_system(c: Ctx, i: Insn) -> None:
     c.emit(f"S.write_cr({dst.reg}, {v})")
     c.finish_after_helper(hex(i.next_ip))
     c.end()
+
+
+def _mov_dr(c: Ctx, i: Insn) -> None:
+    """MOV to/from DR0-DR7 at CPL 0 (SDM vol. 2A, "MOV - Move to/from Debug Registers";
+    vol. 3B, 18.2).  DR4/DR5 alias DR6/DR7 unless CR4.DE, which makes them #UD; with
+    DR7.GD set any access is a #DB fault with DR6.BD set and DR7.GD cleared (18.2.4);
+    in 64-bit mode a write of DR6/DR7 with any of bits 63:32 set is #GP(0).  DR6 reads
+    its reserved bits 4-11 and 16-31 as 1 and bit 12 as 0; DR7 bit 10 as 1 and bits
+    11, 12, 14, 15 as 0 (QEMU's DR6_FIXED_1/DR7_FIXED_1)."""
+    dst, src = i.ops
+    n = dst.reg if dst.kind == "dr" else src.reg
+    c.may_fault()
+    if n in (4, 5):
+        c.emit(f"if env.cr[4] & {CR4_DE:#x}: raise Fault({EXCP_UD}, why='mov dr{n} with CR4.DE')")
+        n += 2
+    c.emit("if env.dr[7] & 0x2000:")
+    c.emit("    env.dr[6] = env.dr[6] & ~0xF | 0x2000; env.dr[7] &= ~0x2000")
+    c.emit(f"    raise Fault({EXCP_DB}, why='debug register access with DR7.GD')")
+    if src.kind == "dr":
+        c.reg_write(dst, f"env.dr[{n}] & {MASK[dst.size]:#x}")
+        return
+    v = c.t("v")
+    c.emit(f"{v} = {c.read(src)}")
+    if n == 6 or n == 7:
+        if c.mode.code == 64:
+            c.emit(f"if {v} >> 32: raise Fault({EXCP_GP}, 0, why='mov dr{n}: bits 63:32 set')")
+        if n == 6:
+            c.emit(f"env.dr[6] = {v} & ~0x1000 | 0xFFFF0FF0")
+        else:
+            c.emit(f"env.dr[7] = {v} & ~0xD800 | 0x400")
+    else:
+        c.emit(f"env.dr[{n}] = {v}")
 
 
 def gen_pop_seg(c: Ctx, i: Insn) -> None:
@@ -208,9 +241,27 @@ def gen_clts(c: Ctx, i: Insn) -> None:
         c.emit(f"env.cr[0] &= ~{CR0_TS:#x}")
 
 
+@op("lmsw")
+def gen_lmsw(c: Ctx, i: Insn) -> None:
+    """LMSW: CR0[3:0] from the source's low bits; PE can be set but not cleared (SDM vol. 2A,
+    LMSW: "CR0[0:3] := SRC[0:3]" ... "cannot be used to switch back to real-address mode")."""
+    if not _privileged(c, i):
+        return
+    v = c.t("v")
+    c.emit(f"{v} = env.cr[0] & ~0xE | {c.read(i.ops[0], 2)} & 0xF")
+    c.sync(hex(i.ip))
+    c.emit(f"S.write_cr(0, {v})")
+    c.finish_after_helper(hex(i.next_ip))
+    c.end()
+
+
 @op("smsw")
 def gen_smsw(c: Ctx, i: Insn) -> None:
+    """SMSW: not privileged unless CR4.UMIP, then #GP(0) at CPL > 0 (SDM vol. 2B, SMSW)."""
     (dst,) = i.ops
+    if c.mode.pe and c.mode.cpl:
+        c.may_fault()
+        c.emit(f"if env.cr[4] & {CR4_UMIP:#x}: raise Fault({EXCP_GP}, 0, why='smsw with CR4.UMIP')")
     if dst.kind == "mem":
         c.store(c.addr(dst), 2, "env.cr[0] & 0xFFFF")
     else:

@@ -1,0 +1,168 @@
+"""System instructions: LMSW SMSW CLTS, MOV to/from DRn, LAR LSL VERR VERW, SYSENTER
+SYSEXIT, BOUND, INTO.  Expected values worked out by hand from the Intel SDM (vol. 2A/2B
+instruction pages, "Operation" and the exception lists); faults are observed through
+an IDT whose handler for vector v sets EDI = v and halts.
+"""
+
+from __future__ import annotations
+
+from hw.core.cpu import EXCP_HLT
+from hw.i386.cpu_state import CR0_ET, CR0_MP, CR0_PE, CR0_TS, CR4_DE, SegmentCache
+from tests.accel.interp.harness import CODE, Guest
+from tests.accel.interp.test_exec import put_gdt
+
+IDT = 0x6000
+HANDLERS = 0x3000
+STACK = 0x8000
+
+
+def guest(bits: int = 32) -> Guest:
+    """A flat 32-bit (or 64-bit) guest whose exception vectors 0-31 each set EDI and halt."""
+    g = Guest(bits)
+    put_gdt(g)
+    for v in range(32):
+        target = HANDLERS + 16 * v
+        g.load(f"mov edi, {v}\nhlt", addr=target)
+        if bits == 64:
+            lo = (target & 0xFFFF) | (0x18 << 16) | (0x8E00 << 32) | ((target >> 16) << 48)
+            g.mem.write(IDT + 16 * v, lo, 8)
+            g.mem.write(IDT + 16 * v + 8, 0, 8)
+        else:
+            lo = (target & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((target >> 16) << 48)
+            g.mem.write(IDT + 8 * v, lo, 8)
+    g.env.idt.base, g.env.idt.limit = IDT, (16 if bits == 64 else 8) * 32 - 1
+    if bits == 64:
+        g.env.segs[1].selector = 0x18
+    g.env.regs[7] = 0xFFFF
+    g.env.regs[4] = STACK
+    return g
+
+
+def user(g: Guest) -> Guest:
+    """Drop a 32-bit guest to CPL 3 (CS.RPL, SS.DPL); a 32-bit TSS gives the handlers
+    ESP0 = STACK, SS0 = 0x10 (SDM vol. 3A, 6.12.1).  The HLT ending a test is then #GP
+    too: tests look at the faulting EIP."""
+    g.env.segs[2].flags |= 3 << 13
+    g.env.segs[1].selector |= 3
+    g.env.regs[4] = 0x7800
+    g.env.tr = SegmentCache(0x28, 0x7000, 0x67, 0x8B00)
+    g.mem.write(0x7004, STACK, 4)
+    g.mem.write(0x7008, 0x10, 4)
+    return g
+
+
+def run(g: Guest, code: str, **regs: int) -> Guest:
+    g.load(code + "\nhlt")
+    for name, v in regs.items():
+        g.env.set_reg(name, v)
+    assert g.run() == EXCP_HLT
+    return g
+
+
+def vector(g: Guest) -> int | None:
+    """The exception taken (EDI set by its handler), or None."""
+    return None if g.env.regs[7] == 0xFFFF else g.env.regs[7]
+
+
+def frame(g: Guest, index: int) -> int:
+    size = 8 if g.bits == 64 else 4
+    return g.mem.read(g.env.regs[4] + size * index, size)
+
+
+# -- LMSW SMSW CLTS (SDM vol. 2A LMSW, CLTS; vol. 2B SMSW) ---------------------------------
+
+def test_lmsw_loads_cr0_low_four_bits_but_cannot_clear_pe() -> None:
+    g = run(guest(), "lmsw ax", eax=CR0_MP | CR0_TS | 0xFFF0)     # PE clear in the source
+    assert vector(g) is None
+    assert g.env.cr[0] == CR0_PE | CR0_ET | CR0_MP | CR0_TS        # PE kept, ET kept, no high bits
+
+
+def test_lmsw_sets_pe_in_real_mode() -> None:
+    g = Guest(16)
+    g.load("mov ax, 0x1\nlmsw ax\nsmsw bx\nhlt")
+    assert g.run() == EXCP_HLT
+    assert g.env.cr[0] & CR0_PE and g.env.regs[3] & 1
+
+
+def test_lmsw_from_memory_and_smsw_to_memory() -> None:
+    g = guest()
+    g.mem.write(0x5000, CR0_TS | CR0_MP, 2)
+    run(g, "lmsw word ptr [0x5000]\nsmsw word ptr [0x5002]\nsmsw ecx")
+    assert g.mem.read(0x5002, 2) == (CR0_PE | CR0_ET | CR0_TS | CR0_MP)
+    assert g.env.regs[1] == g.env.cr[0]
+
+
+def test_lmsw_and_clts_are_privileged() -> None:
+    for code in ("lmsw ax", "clts"):
+        g = run(user(guest()), code)
+        assert vector(g) == 13 and frame(g, 0) == 0 and frame(g, 1) == CODE
+
+
+def test_smsw_at_cpl3_is_allowed_unless_umip() -> None:
+    g = run(user(guest()), "smsw eax")
+    assert vector(g) == 13 and frame(g, 1) == CODE + 3     # the HLT after it faulted
+    assert g.env.regs[0] == g.env.cr[0]
+    g = user(guest())
+    g.env.cr[4] |= 1 << 11                               # CR4.UMIP
+    run(g, "smsw eax")
+    assert vector(g) == 13 and frame(g, 1) == CODE
+
+
+def test_clts_clears_ts() -> None:
+    g = guest()
+    g.env.cr[0] |= CR0_TS
+    run(g, "clts")
+    assert not g.env.cr[0] & CR0_TS
+
+
+# -- MOV DRn (SDM vol. 2A, MOV-Move to/from Debug Registers; vol. 3B, 18.2) ----------------
+
+def test_mov_dr_round_trip_and_fixed_bits() -> None:
+    g = run(guest(), """
+        mov dr0, eax
+        mov ebx, dr0
+        mov dr6, ecx
+        mov esi, dr6
+        mov dr7, edx
+        mov ebp, dr7
+    """, eax=0x12345678, ecx=0, edx=0xFFFFFFFF & ~0x2000)
+    assert vector(g) is None
+    assert g.env.regs[3] == 0x12345678
+    assert g.env.regs[6] == 0xFFFF0FF0            # DR6 reserved bits 4-11, 16-31 read 1
+    assert g.env.regs[5] == 0xFFFF07FF            # DR7 bit 10 = 1; bits 11 12 14 15 = 0; 13 (GD) written 0
+
+
+def test_mov_dr4_dr5_alias_dr6_dr7_without_cr4_de() -> None:
+    g = guest()
+    g.env.dr[7] = 0x401
+    run(g, "mov eax, dr5\nmov dr4, ebx", ebx=0x1)
+    assert vector(g) is None and g.env.regs[0] == 0x401
+    assert g.env.dr[6] == 0xFFFF0FF1
+
+
+def test_mov_dr4_is_ud_with_cr4_de() -> None:
+    g = guest()
+    g.env.cr[4] |= CR4_DE
+    run(g, "mov eax, dr4")
+    assert vector(g) == 6
+
+
+def test_mov_dr_at_cpl3_is_gp() -> None:
+    g = run(user(guest()), "mov eax, dr0")
+    assert vector(g) == 13 and frame(g, 1) == CODE
+
+
+def test_mov_dr_with_dr7_gd_is_db_fault() -> None:
+    g = guest()
+    g.env.dr[7] = 0x2400
+    run(g, "mov eax, dr0")
+    assert vector(g) == 1
+    assert frame(g, 0) == CODE                    # a fault: EIP of the MOV
+    assert g.env.dr[6] & 0x2000 and not g.env.dr[7] & 0x2000
+
+
+def test_mov_dr7_high_bits_in_64_bit_mode_is_gp() -> None:
+    g = run(guest(64), "mov dr7, rax", rax=1 << 32)
+    assert vector(g) == 13
+    g = run(guest(64), "mov dr0, rax\nmov rbx, dr0", rax=0xFFFF800000001000)
+    assert vector(g) is None and g.env.regs[3] == 0xFFFF800000001000
