@@ -388,6 +388,9 @@ class InterpCore:
     def load_system_seg(self, which: str, sel: int) -> None:
         seg.load_system_seg(self, which, sel)
 
+    def check_selector(self, which: str, sel: int) -> int | None:
+        return seg.check_selector(self, which, sel)
+
     def syscall(self, next_ip: int) -> None:
         seg.syscall(self, next_ip)
 

@@ -15,7 +15,7 @@ from accel.interp.codegen import MASK, Ctx, Insn
 from accel.interp.errors import EXCP_DB, EXCP_GP, EXCP_UD
 from accel.interp.ops_move import stack_size
 from accel.interp.table import op
-from hw.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK
+from hw.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK, VM_MASK
 
 CR4_UMIP = 1 << 11
 
@@ -366,3 +366,33 @@ def gen_rdtscp(c: Ctx, i: Insn) -> None:
     c.gpr_write(0, 4, f"{t} & 0xFFFFFFFF")
     c.gpr_write(2, 4, f"{t} >> 32 & 0xFFFFFFFF")
     c.gpr_write(1, 4, "env.tsc_aux & 0xFFFFFFFF")
+
+
+@op("lar", "lsl", "verr", "verw")
+def gen_lar(c: Ctx, i: Insn) -> None:
+    """LAR/LSL load access rights / segment limit into a register and VERR/VERW test
+    readability/writability, each setting ZF when the selector passes the checks of
+    :func:`accel.interp.seg.check_selector` (SDM vol. 2A LAR, LSL; vol. 2B VERR, VERW).
+    Only ZF changes; with ZF = 0 the destination keeps its value.  #UD in real-address
+    and virtual-8086 mode."""
+    c.may_fault()
+    if not c.mode.pe:
+        c.emit(f"raise Fault({EXCP_UD}, why='{i.mnem} in real mode')")
+        c.end()
+        return
+    c.emit(f"if env.eflags & {VM_MASK:#x}: raise Fault({EXCP_UD}, why='{i.mnem} in v8086 mode')")
+    src = i.ops[-1]
+    sel = c.t("sel")
+    c.emit(f"{sel} = {c.read(src)} & 0xFFFF")
+    c.may_fault()
+    v = c.t("v")
+    c.emit(f"{v} = S.check_selector({i.mnem!r}, {sel})")
+    zf = c.t("zf")
+    c.emit(f"{zf} = 0 if {v} is None else 1")
+    if i.mnem in ("lar", "lsl"):
+        dst = i.ops[0]
+        c.emit(f"if {zf}:")
+        c.ind += 1
+        c.reg_write(dst, f"{v} & {MASK[min(dst.size, 4)]:#x}")
+        c.ind -= 1
+    c.set_flag("Z", zf)

@@ -252,3 +252,48 @@ def sysret(core: "InterpCore", size: int) -> None:
     env.eflags = (env.regs[11] & 0x3C7FD7) | 2
     core.cc = None
     core.mode_changed()
+
+
+#: System descriptor types LAR/LSL accept (SDM vol. 2A, LAR Table 3-57, LSL Table 3-61):
+#: legacy mode, then IA-32e mode (only LDT, 64-bit TSS available/busy, 64-bit call gate).
+_LAR_TYPES = ({1, 2, 3, 4, 5, 9, 0xB, 0xC}, {2, 9, 0xB, 0xC})
+_LSL_TYPES = ({1, 2, 3, 9, 0xB}, {2, 9, 0xB})
+
+
+def check_selector(core: "InterpCore", which: str, sel: int) -> int | None:
+    """LAR, LSL, VERR, VERW (SDM vol. 2A LAR/LSL, vol. 2B VERR/VERW, "Operation"): the
+    access rights (LAR: descriptor bytes 4-7 masked 00F0FF00H), the scaled limit (LSL) or 1
+    (VERR/VERW), or None where the instruction clears ZF: a null selector, an offset past
+    the GDT/LDT limit, a type the instruction does not accept, or (except a conforming
+    code segment) DPL < CPL or DPL < RPL.  Presence is not checked; nothing faults but a
+    read of the descriptor table itself (#PF)."""
+    env = core.env
+    if sel & 0xFFFC == 0:
+        return None
+    table = env.ldt if sel & 4 else env.gdt
+    if (sel & ~7) + 7 > table.limit:
+        return None
+    raw = core.mmu.read_bytes(table.base + (sel & ~7), 8)
+    lo, hi = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:], "little")
+    dpl = (hi >> DESC_DPL_SHIFT) & 3
+    conforming = hi & (DESC_S_MASK | DESC_CS_MASK | DESC_C_MASK) == (
+        DESC_S_MASK | DESC_CS_MASK | DESC_C_MASK)
+    if not hi & DESC_S_MASK:
+        ia32e = bool(env.efer & 0x400)
+        types = (_LAR_TYPES if which == "lar" else _LSL_TYPES)[ia32e]
+        if which in ("verr", "verw") or (hi >> 8) & 0xF not in types:
+            return None
+    elif which == "verr":
+        if hi & DESC_CS_MASK and not hi & DESC_R_MASK:
+            return None                                   # execute-only code
+    elif which == "verw":
+        if hi & DESC_CS_MASK or not hi & DESC_W_MASK:
+            return None                                   # code, or read-only data
+    if not conforming and (dpl < env.cpl or dpl < (sel & 3)):
+        return None
+    if which == "lar":
+        return hi & 0x00F0FF00
+    if which == "lsl":
+        limit = (lo & 0xFFFF) | (hi & 0xF0000)
+        return (limit << 12) | 0xFFF if hi & DESC_G_MASK else limit
+    return 1

@@ -166,3 +166,113 @@ def test_mov_dr7_high_bits_in_64_bit_mode_is_gp() -> None:
     assert vector(g) == 13
     g = run(guest(64), "mov dr0, rax\nmov rbx, dr0", rax=0xFFFF800000001000)
     assert vector(g) is None and g.env.regs[3] == 0xFFFF800000001000
+
+
+# -- LAR LSL VERR VERW (SDM vol. 2A LAR, LSL; vol. 2B VERR, VERW) ----------------------------
+
+EXTRA_GDT = {
+    0x20: 0x00CFF2000000FFFF,     # data RW, DPL 3, 4 GiB (G)
+    0x28: 0x0000100000001234,     # data read-only, DPL 0, not present, byte limit 0x1234
+    0x30: 0x004098000000FFFF,     # code execute-only, DPL 0
+    0x38: 0x00409E000000FFFF,     # code conforming readable, DPL 0
+    0x40: 0x00008C0000080000,     # 32-bit call gate, DPL 0
+    0x48: 0x0000810000000067,     # 16-bit TSS available, DPL 0, limit 0x67
+    0x50: 0x0000800000000000,     # type 0: reserved
+}
+ZF = 0x40
+
+
+def sel_guest(bits: int = 32) -> Guest:
+    g = guest(bits)
+    for sel, d in EXTRA_GDT.items():
+        g.mem.write(0x1700 + sel, d, 8)
+    g.env.gdt.limit = 0x57
+    return g
+
+
+def check(code: str, sel: int, bits: int = 32, cpl3: bool = False,
+          before: int = 0xDEADBEEF) -> tuple[int, int]:
+    """Run ``code`` with EBX = sel, EAX = before and ZF set; returns (RAX, ZF)."""
+    g = sel_guest(bits)
+    if cpl3:
+        user(g)
+    g.env.eflags = 2 | ZF
+    run(g, code, rax=before, rbx=sel)
+    assert vector(g) == (13 if cpl3 else None)       # at CPL 3, only the closing HLT faults
+    return g.env.regs[0], g.env.eflags & ZF
+
+
+def test_lar_access_rights() -> None:
+    assert check("lar eax, ebx", 0x20) == (0x00C0F200, ZF)
+    assert check("lar eax, ebx", 0x28) == (0x00001000, ZF)       # not present: still loaded
+    assert check("lar eax, ebx", 0x40) == (0x00008C00, ZF)       # call gate: valid for LAR
+    assert check("lar eax, ebx", 0x48) == (0x00008100, ZF)
+    assert check("lar ax, bx", 0x20) == (0xDEADF200, ZF)         # 16-bit: bytes 5 only
+    assert check("lar eax, ebx", 0x50) == (0xDEADBEEF, 0)        # reserved type
+    assert check("lar eax, ebx", 0x0) == (0xDEADBEEF, 0)         # null selector
+    assert check("lar eax, ebx", 0x58) == (0xDEADBEEF, 0)        # past the GDT limit: no #GP
+    assert check("lar eax, ebx", 0x2C) == (0xDEADBEEF, 0)        # LDT with LDTR null
+    assert check("lar eax, ebx", 0x2B) == (0xDEADBEEF, 0)        # RPL 3 > DPL 0
+
+
+def test_lar_privilege_at_cpl3() -> None:
+    assert check("lar eax, ebx", 0x23, cpl3=True) == (0x00C0F200, ZF)
+    assert check("lar eax, ebx", 0x10, cpl3=True) == (0xDEADBEEF, 0)    # DPL 0 < CPL 3
+    assert check("lar eax, ebx", 0x38, cpl3=True) == (0x00409E00, ZF)   # conforming: no check
+
+
+def test_lar_from_memory() -> None:
+    g = sel_guest()
+    g.mem.write(0x5000, 0x20, 2)
+    run(g, "lar eax, word ptr [0x5000]")
+    assert g.env.regs[0] == 0x00C0F200 and g.env.eflags & ZF
+
+
+def test_lsl_segment_limit() -> None:
+    assert check("lsl eax, ebx", 0x20) == (0xFFFFFFFF, ZF)       # G: (limit << 12) | 0xFFF
+    assert check("lsl eax, ebx", 0x28) == (0x1234, ZF)
+    assert check("lsl ax, bx", 0x20) == (0xDEADFFFF, ZF)
+    assert check("lsl eax, ebx", 0x48) == (0x67, ZF)             # TSS: valid for LSL
+    assert check("lsl eax, ebx", 0x40) == (0xDEADBEEF, 0)        # call gate: not for LSL
+    assert check("lsl eax, ebx", 0x10, cpl3=True) == (0xDEADBEEF, 0)
+
+
+def test_lar_lsl_in_64_bit_mode() -> None:
+    rex_w_lar = ".byte 0x48, 0x0f, 0x02, 0xc3"                   # lar rax, bx
+    assert check(rex_w_lar, 0x20, bits=64, before=1 << 63) == (0x00C0F200, ZF)
+    assert check("lsl eax, ebx", 0x20, bits=64, before=1 << 63) == (0xFFFFFFFF, ZF)
+    # IA-32e mode takes only LDT, 64-bit TSS and 64-bit call gate system descriptors.
+    assert check(rex_w_lar, 0x48, bits=64, before=5) == (5, 0)
+
+
+def test_verr_verw() -> None:
+    assert check("verr bx", 0x20)[1] == ZF
+    assert check("verw bx", 0x20)[1] == ZF
+    assert check("verr bx", 0x28)[1] == ZF          # read-only data, not present
+    assert check("verw bx", 0x28)[1] == 0
+    assert check("verr bx", 0x30)[1] == 0           # execute-only code
+    assert check("verr bx", 0x08)[1] == ZF          # readable code
+    assert check("verw bx", 0x08)[1] == 0           # code is never writable
+    assert check("verr bx", 0x40)[1] == 0           # system descriptor
+    assert check("verr bx", 0x00)[1] == 0
+    assert check("verr bx", 0x58)[1] == 0
+    assert check("verw bx", 0x10, cpl3=True)[1] == 0
+    assert check("verw bx", 0x23, cpl3=True)[1] == ZF
+    assert check("verr bx", 0x38, cpl3=True)[1] == ZF   # conforming readable code
+
+
+def test_verw_memory_operand_keeps_other_flags() -> None:
+    g = sel_guest()
+    g.mem.write(0x5000, 0x20, 2)
+    run(g, "stc\nverw word ptr [0x5000]\nsetc cl\nsetz dl")
+    assert g.env.regs[1] & 0xFF == 1 and g.env.regs[2] & 0xFF == 1
+
+
+def test_lar_and_verr_are_ud_in_real_mode() -> None:
+    for code in ("lar ax, bx", "verr bx"):
+        g = Guest(16)
+        g.mem.write(6 * 4, 0x3000, 4)                  # IVT[6] = 0000:3000
+        g.load("mov di, 0x6\nhlt", addr=0x3000)
+        g.load(code + "\nhlt")
+        assert g.run() == EXCP_HLT
+        assert g.env.regs[7] & 0xFFFF == 6 and g.mem.read(0x8000 - 6, 2) == CODE
