@@ -391,6 +391,12 @@ class InterpCore:
     def check_selector(self, which: str, sel: int) -> int | None:
         return seg.check_selector(self, which, sel)
 
+    def sysenter(self) -> None:
+        seg.sysenter(self)
+
+    def sysexit(self, size: int) -> None:
+        seg.sysexit(self, size)
+
     def syscall(self, next_ip: int) -> None:
         seg.syscall(self, next_ip)
 

@@ -396,3 +396,21 @@ def gen_lar(c: Ctx, i: Insn) -> None:
         c.reg_write(dst, f"{v} & {MASK[min(dst.size, 4)]:#x}")
         c.ind -= 1
     c.set_flag("Z", zf)
+
+
+@op("sysenter")
+def gen_sysenter(c: Ctx, i: Insn) -> None:
+    """SYSENTER: to CPL 0 at IA32_SYSENTER_EIP (SDM vol. 2B, SYSENTER; :func:`seg.sysenter`)."""
+    c.sync(hex(i.ip))
+    c.emit("S.sysenter()")
+    c.finish_after_helper(None)
+    c.end()
+
+
+@op("sysexit", "sysexitq")
+def gen_sysexit(c: Ctx, i: Insn) -> None:
+    """SYSEXIT: to CPL 3 at EDX/RDX with ESP/RSP = ECX/RCX (SDM vol. 2B, SYSEXIT)."""
+    c.sync(hex(i.ip))
+    c.emit(f"S.sysexit({8 if i.rex_w or i.mnem == 'sysexitq' else 4})")
+    c.finish_after_helper(None)
+    c.end()

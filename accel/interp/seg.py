@@ -297,3 +297,63 @@ def check_selector(core: "InterpCore", which: str, sel: int) -> int | None:
         limit = (lo & 0xFFFF) | (hi & 0xF0000)
         return (limit << 12) | 0xFFF if hi & DESC_G_MASK else limit
     return 1
+
+
+def sysenter(core: "InterpCore") -> None:
+    """SYSENTER (SDM vol. 2B, SYSENTER, Operation): #GP(0) in real mode or with
+    IA32_SYSENTER_CS[15:2] = 0; clears VM IF RF; flat CPL-0 CS = SYSENTER_CS & FFFCH
+    (64-bit code in IA-32e mode, else 32-bit) and SS = CS + 8; RSP/RIP from
+    IA32_SYSENTER_ESP/EIP, truncated to 32 bits outside IA-32e mode."""
+    env = core.env
+    if not env.cr[0] & CR0_PE:
+        raise Fault(EXCP_GP, 0, why="sysenter in real mode")
+    if not env.sysenter_cs & 0xFFFC:
+        raise Fault(EXCP_GP, 0, why="sysenter with IA32_SYSENTER_CS null")
+    ia32e = bool(env.efer & 0x400)
+    env.eflags = core.get_flags() & ~(VM_MASK | 0x200 | 0x10000)     # VM, IF, RF
+    core.cc = None
+    sel = env.sysenter_cs & 0xFFFC
+    code = DESC_G_MASK | DESC_P_MASK | DESC_S_MASK | 0xB00 | (DESC_L_MASK if ia32e else DESC_B_MASK)
+    env.segs[R_CS] = SegmentCache(sel, 0, 0xFFFFFFFF, code)
+    env.segs[R_SS] = SegmentCache(sel + 8, 0, 0xFFFFFFFF,
+                                  DESC_G_MASK | DESC_B_MASK | DESC_P_MASK | DESC_S_MASK | 0x300)
+    mask = 0xFFFFFFFFFFFFFFFF if ia32e else 0xFFFFFFFF
+    env.regs[4] = env.sysenter_esp & mask
+    env.rip = env.sysenter_eip & mask
+    core.segbase[R_CS] = core.segbase[R_SS] = 0
+    core.mode_changed()
+
+
+def _canonical(a: int) -> bool:
+    return a < 0x800000000000 or a >= 0xFFFF800000000000
+
+
+def sysexit(core: "InterpCore", size: int) -> None:
+    """SYSEXIT (SDM vol. 2B, SYSEXIT, Operation): #GP(0) in real mode, at CPL > 0 or with
+    IA32_SYSENTER_CS[15:2] = 0; CPL-3 flat CS = (SYSENTER_CS + 32) | 3 for a 64-bit
+    return (REX.W; #GP(0) for a non-canonical RCX or RDX), else (SYSENTER_CS + 16) | 3;
+    SS = CS + 8; RSP = RCX, RIP = RDX (ECX/EDX zero-extended).  RFLAGS unchanged."""
+    env = core.env
+    if not env.cr[0] & CR0_PE or env.cpl:
+        raise Fault(EXCP_GP, 0, why="sysexit outside CPL 0 protected mode")
+    if not env.sysenter_cs & 0xFFFC:
+        raise Fault(EXCP_GP, 0, why="sysexit with IA32_SYSENTER_CS null")
+    rcx, rdx = env.regs[1], env.regs[2]
+    if size == 8:
+        if not (_canonical(rcx) and _canonical(rdx)):
+            raise Fault(EXCP_GP, 0, why="sysexit to a non-canonical RCX/RDX")
+        sel = ((env.sysenter_cs + 32) & 0xFFFF) | 3
+        code = DESC_L_MASK
+    else:
+        rcx, rdx = rcx & 0xFFFFFFFF, rdx & 0xFFFFFFFF
+        sel = ((env.sysenter_cs + 16) & 0xFFFF) | 3
+        code = DESC_B_MASK
+    dpl3 = 3 << DESC_DPL_SHIFT
+    env.segs[R_CS] = SegmentCache(sel, 0, 0xFFFFFFFF,
+                                  DESC_G_MASK | DESC_P_MASK | DESC_S_MASK | dpl3 | 0xB00 | code)
+    env.segs[R_SS] = SegmentCache((sel + 8) & 0xFFFF, 0, 0xFFFFFFFF, DESC_G_MASK | DESC_B_MASK
+                                  | DESC_P_MASK | DESC_S_MASK | dpl3 | 0x300)
+    env.regs[4] = rcx
+    env.rip = rdx
+    core.segbase[R_CS] = core.segbase[R_SS] = 0
+    core.mode_changed()

@@ -276,3 +276,79 @@ def test_lar_and_verr_are_ud_in_real_mode() -> None:
         g.load(code + "\nhlt")
         assert g.run() == EXCP_HLT
         assert g.env.regs[7] & 0xFFFF == 6 and g.mem.read(0x8000 - 6, 2) == CODE
+
+
+# -- SYSENTER SYSEXIT (SDM vol. 2B, SYSENTER, SYSEXIT) -------------------------------------
+
+def test_sysenter_and_sysexit_32_bit() -> None:
+    g = user(guest())
+    g.env.sysenter_cs, g.env.sysenter_esp, g.env.sysenter_eip = 0x08, 0x9000, 0x2000
+    g.env.eflags = 2 | 0x200 | 0x10000                  # IF RF
+    g.load("mov eax, 0x7\nsysenter")
+    g.load("mov ebx, esp\nmov ecx, 0x7000\nmov edx, 0x2100\nsysexit", addr=0x2000)
+    g.load("mov esi, 0x1\nl: jmp l", addr=0x2100)
+    g.run(max_insns=20)
+    env = g.env
+    assert vector(g) is None
+    assert env.regs[3] == 0x9000                        # ESP = IA32_SYSENTER_ESP at CPL 0
+    assert env.segs[1].selector == 0x1B and env.segs[2].selector == 0x23   # SYSENTER_CS+16|3, +24|3
+    assert env.cpl == 3 and env.regs[4] == 0x7000 and env.regs[6] == 1
+    assert env.segs[1].flags & (3 << 13) == 3 << 13 and not env.segs[1].flags & (1 << 21)
+    assert not env.eflags & 0x200                       # SYSENTER cleared IF; SYSEXIT keeps it
+
+
+def test_sysenter_lands_at_cpl0() -> None:
+    g = user(guest())
+    g.env.sysenter_cs, g.env.sysenter_esp, g.env.sysenter_eip = 0x08, 0x9000, 0x2000
+    g.load("sysenter")
+    g.load("l: jmp l", addr=0x2000)
+    g.run(max_insns=5)
+    env = g.env
+    assert env.cpl == 0 and env.segs[1].selector == 0x08 and env.segs[2].selector == 0x10
+    assert env.regs[4] == 0x9000 and env.rip == 0x2000
+    assert env.segs[1].flags & (1 << 22) and env.segs[2].flags & (1 << 22)    # D/B = 1
+
+
+def test_sysenter_with_null_cs_msr_and_sysexit_at_cpl3_are_gp() -> None:
+    g = run(user(guest()), "sysenter")
+    assert vector(g) == 13 and frame(g, 0) == 0 and frame(g, 1) == CODE
+    g = user(guest())
+    g.env.sysenter_cs = 0x08
+    run(g, "sysexit")
+    assert vector(g) == 13 and frame(g, 1) == CODE
+
+
+def test_sysexit_with_null_cs_msr_is_gp() -> None:
+    g = run(guest(), "sysexit")
+    assert vector(g) == 13
+
+
+def test_sysenter_and_sysexitq_64_bit() -> None:
+    g = guest(64)
+    g.env.sysenter_cs, g.env.sysenter_esp, g.env.sysenter_eip = 0x10, 0xFFFF800000009000, 0x2000
+    g.mem.write(0x1700 + 0x10, 0x00AF9A000000FFFF, 8)   # a 64-bit code descriptor (not read)
+    g.load("sysenter")
+    g.load("mov rbx, rsp\nmov rcx, 0x7000\nmov rdx, 0x2100\nsysexit", addr=0x2000)   # REX.W
+    g.load("mov esi, 0x1\nl: jmp l", addr=0x2100)
+    g.run(max_insns=20)
+    env = g.env
+    assert vector(g) is None
+    assert env.regs[3] == 0xFFFF800000009000             # 64-bit RSP from the MSR
+    assert env.segs[1].selector == 0x33 and env.segs[2].selector == 0x3B   # +32|3, +40|3
+    assert env.segs[1].flags & (1 << 21) and env.regs[6] == 1 and env.cpl == 3
+
+
+def test_sysexit_to_compatibility_mode_and_noncanonical_rdx() -> None:
+    g = guest(64)
+    g.env.sysenter_cs = 0x10
+    g.load(".byte 0x0f, 0x35")                          # SYSEXIT without REX.W
+    g.load("l: jmp l", addr=0x2100)
+    g.env.regs[1], g.env.regs[2] = 0xAAAA00007000, 0xBBBB00002100
+    g.run(max_insns=5)
+    env = g.env
+    assert env.segs[1].selector == 0x23 and not env.segs[1].flags & (1 << 21)
+    assert env.regs[4] == 0x7000 and env.rip == 0x2100    # ECX/EDX zero-extended
+    g = guest(64)
+    g.env.sysenter_cs = 0x10
+    run(g, "sysexit", rcx=0x7000, rdx=0x0000800000000000)
+    assert vector(g) == 13 and frame(g, 1) == CODE
