@@ -1,6 +1,6 @@
 """System and miscellaneous instructions: IN OUT, CLI STI CLD STD CLC STC CMC, CPUID RDTSC,
 RDMSR WRMSR, LGDT LIDT SGDT SIDT, MOV to/from CRn/DRn/Sreg, POP Sreg, INVLPG, CLTS, SMSW,
-WBINVD/INVD, UD2, LMSW, LAR LSL VERR VERW, SYSENTER SYSEXIT.
+WBINVD/INVD, UD2, LMSW, LAR LSL VERR VERW, SYSENTER SYSEXIT, BOUND.
 
 Intel SDM vol. 2A/2B, the instruction pages of those names; privilege checks
 from vol. 3A, 5.9 (privileged instructions: CPL 0) and 20.2.x / 18.2 (I/O
@@ -11,8 +11,8 @@ block has written its state back, and ends the block.
 
 from __future__ import annotations
 
-from accel.interp.codegen import MASK, Ctx, Insn
-from accel.interp.errors import EXCP_DB, EXCP_GP, EXCP_UD
+from accel.interp.codegen import MASK, SIGN, Ctx, Insn
+from accel.interp.errors import EXCP_BR, EXCP_DB, EXCP_GP, EXCP_UD
 from accel.interp.ops_move import stack_size
 from accel.interp.table import op
 from hw.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK, VM_MASK
@@ -414,3 +414,20 @@ def gen_sysexit(c: Ctx, i: Insn) -> None:
     c.emit(f"S.sysexit({8 if i.rex_w or i.mnem == 'sysexitq' else 4})")
     c.finish_after_helper(None)
     c.end()
+
+
+@op("bound")
+def gen_bound(c: Ctx, i: Insn) -> None:
+    """BOUND: #BR (a fault) unless lower <= index <= upper, signed, the bounds being two
+    operand-size words at the memory operand (SDM vol. 2A, BOUND).  Invalid in 64-bit mode,
+    where 62H is EVEX and never decodes as BOUND."""
+    reg, m = i.ops
+    size = reg.size
+    la = c.addr(m)
+    lo = c.load(la, size)
+    hi = c.load(f"({la} + {size}) & {MASK[4]:#x}", size)
+    s = SIGN[size]
+    idx = c.t("idx")
+    c.emit(f"{idx} = ({c.reg_read(reg)} ^ {s:#x}) - {s:#x}")
+    c.emit(f"if {idx} < ({lo} ^ {s:#x}) - {s:#x} or {idx} > ({hi} ^ {s:#x}) - {s:#x}: "
+           f"raise Fault({EXCP_BR}, why='bound')")

@@ -352,3 +352,61 @@ def test_sysexit_to_compatibility_mode_and_noncanonical_rdx() -> None:
     g.env.sysenter_cs = 0x10
     run(g, "sysexit", rcx=0x7000, rdx=0x0000800000000000)
     assert vector(g) == 13 and frame(g, 1) == CODE
+
+
+# -- BOUND INTO (SDM vol. 2A, BOUND; INT n/INTO/INT3/INT1) -------------------------------------
+
+def test_bound_in_range_and_out_of_range() -> None:
+    for index, expect in ((5, None), (-3, None), (10, None), (-4, 5), (11, 5)):
+        g = guest()
+        g.mem.write(0x5000, -3 & 0xFFFFFFFF, 4)            # signed lower bound
+        g.mem.write(0x5004, 10, 4)
+        run(g, "bound eax, qword ptr [ebx]", eax=index & 0xFFFFFFFF, ebx=0x5000)
+        assert vector(g) == expect, index
+        if expect is not None:
+            assert frame(g, 0) == CODE                      # a fault: no error code, EIP of BOUND
+
+
+def test_bound_16_bit_operands() -> None:
+    for ax, expect in ((0xFFFF8000, None), (0x10, None), (0x11, 5), (0x7FFF, 5)):
+        g = guest()
+        g.mem.write(0x5000, 0x8000, 2)                      # lower -32768
+        g.mem.write(0x5002, 0x0010, 2)
+        run(g, "bound ax, dword ptr [ebx]", eax=ax, ebx=0x5000)
+        assert vector(g) == expect, hex(ax)
+
+
+def test_into_traps_only_with_of() -> None:
+    g = run(guest(), "into\nmov ecx, 0x1")
+    assert vector(g) is None and g.env.regs[1] == 1
+    g = guest()
+    g.env.eflags = 2 | 0x800                                # OF
+    run(g, "into")
+    assert vector(g) == 4 and frame(g, 0) == CODE + 1       # a trap: EIP after INTO
+
+
+def test_into_is_ud_in_64_bit_mode() -> None:
+    g = guest(64)
+    g.env.eflags = 2 | 0x800
+    run(g, ".byte 0xce")
+    assert vector(g) == 6 and frame(g, 0) == CODE
+
+
+def test_into_at_cpl3_through_a_dpl0_gate_is_gp() -> None:
+    """INTO checks the gate DPL like INT n: #GP(vector * 8 + 2) (SDM vol. 2A, INT n)."""
+    g = user(guest())
+    g.env.eflags = 2 | 0x800
+    run(g, "into")
+    assert vector(g) == 13 and frame(g, 0) == 4 * 8 + 2 and frame(g, 1) == CODE
+
+
+def test_bound_in_real_mode() -> None:
+    g = Guest(16)
+    g.mem.write(5 * 4, 0x3000, 4)                          # IVT[5] = 0000:3000
+    g.load("mov di, 0x5\nhlt", addr=0x3000)
+    g.mem.write(0x5000, 0x00200010, 4)                     # bounds 0x10 .. 0x20
+    g.load("mov bx, 0x5000\nmov ax, 0x20\nbound ax, dword ptr [bx]\ninc ax\n"
+           "bound ax, dword ptr [bx]\nhlt")
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[7] & 0xFFFF == 5 and g.env.regs[0] & 0xFFFF == 0x21
+    assert g.mem.read(0x8000 - 6, 2) == CODE + 9           # the second BOUND (3+3+2+1 bytes on)
