@@ -283,12 +283,10 @@ def check_selector(core: "InterpCore", which: str, sel: int) -> int | None:
         types = (_LAR_TYPES if which == "lar" else _LSL_TYPES)[ia32e]
         if which in ("verr", "verw") or (hi >> 8) & 0xF not in types:
             return None
-    elif which == "verr":
-        if hi & DESC_CS_MASK and not hi & DESC_R_MASK:
-            return None                                   # execute-only code
-    elif which == "verw":
-        if hi & DESC_CS_MASK or not hi & DESC_W_MASK:
-            return None                                   # code, or read-only data
+    elif which == "verr" and hi & DESC_CS_MASK and not hi & DESC_R_MASK:
+        return None                                       # execute-only code
+    elif which == "verw" and (hi & DESC_CS_MASK or not hi & DESC_W_MASK):
+        return None                                       # code, or read-only data
     if not conforming and (dpl < env.cpl or dpl < (sel & 3)):
         return None
     if which == "lar":
