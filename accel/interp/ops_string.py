@@ -48,16 +48,19 @@ def gen_string(c: Ctx, i: Insn) -> None:
     c.emit(f"{d} = {-size} if env.eflags & 0x400 else {size}")
     si, di = c.r(6), c.r(7)
     src = dst = None
-    if kind in ("movs", "lods", "cmps"):
-        la = c.t("la")
-        c.may_fault()
-        c.emit(f"{la} = {c.linear(seg, f'{si} & {am:#x}')}")
-        src = c.load(la, size)
+    # CMPS reads ES:[rDI] before DS:[rSI]: when both fault, the processor reports the
+    # destination's address in CR2 (measured on hardware by test_kvm_differential's
+    # deep profile: `cmpsb` with both operands on a not-present page).
     if kind in ("cmps", "scas"):
         la = c.t("la")
         c.may_fault()
         c.emit(f"{la} = {c.linear(R_ES, f'{di} & {am:#x}')}")
         dst = c.load(la, size)
+    if kind in ("movs", "lods", "cmps"):
+        la = c.t("la")
+        c.may_fault()
+        c.emit(f"{la} = {c.linear(seg, f'{si} & {am:#x}')}")
+        src = c.load(la, size)
     if kind in ("movs", "stos"):
         la = c.t("la")
         c.may_fault()

@@ -82,8 +82,8 @@ def rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int, 
             put(6, (si + step) & am)
         elif kind in ("cmps", "scas"):
             if kind == "cmps":
+                b = ld((dst_base + di) & lam)   # ES:[rDI] first, as the hardware faults
                 a = ld((src_base + si) & lam)
-                b = ld((dst_base + di) & lam)
                 put(6, (si + step) & am)
             else:
                 a = R[0] & amask

@@ -547,6 +547,19 @@ def test_rmw_page_fault_reports_a_write() -> None:
     assert _interp_run(64, "add byte ptr [0x600000], al").fault == (14, 6)
 
 
+def test_cmps_faults_on_the_destination_first() -> None:
+    # Found by the deep profile (minimal program): `cmpsb` with RSI = RBX and RDI = RBX+1
+    # both on a not-present page.  Hardware: #PF with CR2 = RDI (ES:[rDI] is read first);
+    # interp used to report RSI's address.
+    prog = "lea rsi, [rbx + 0x0]\nlea rdi, [rbx + 0x1]\ncmpsb"
+    out = _interp_run(64, prog, {3: 0x600010})
+    assert out.fault == (14, 4)
+    assert out.cr2 == 0x600011
+    rep = _interp_run(64, "lea rsi, [rbx + 0x0]\nlea rdi, [rbx + 0x1]\nmov rcx, 0x3\nrepe cmpsb",
+                      {3: 0x600010})
+    assert rep.fault == (14, 4) and rep.cr2 == 0x600011
+
+
 def test_bt_register_offset_with_32bit_address_in_16bit_code() -> None:
     # Found by the deep profile (minimal program): in 16-bit code, `bt word ptr [ebx], ax`
     # with AX=0x7f reads the word at EBX+14 (SDM vol. 2A, BT: the bit offset selects a
