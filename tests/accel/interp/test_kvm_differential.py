@@ -409,6 +409,21 @@ def programs(draw: st.DrawFn, families: tuple[str, ...] = Gen.FAMILIES) -> Progr
 
 
 # -- run and compare ------------------------------------------------------------------------
+#: Where this host's reference is not the processor, listed with what decides instead.
+#: In 32/16-bit compatibility mode this host's KVM (PVM) runs guest code through its own
+#: instruction emulator, not natively (it answers #UD to POPCNT there), and that
+#: emulator reads CMPS's DS:[rSI] before ES:[rDI]; the processor itself, measured in
+#: 64-bit mode where the code runs natively, faults on ES:[rDI] first (CR2 = rDI), and
+#: interp follows the processor in every mode (test_cmps_faults_on_the_destination_first).
+KNOWN_REFERENCE_ERRORS = {
+    "cmps-order": lambda prog: prog.bits != 64 and any("cmps" in ln for ln in prog.lines),
+}
+
+
+def _known_reference_error(prog: Program, name: str) -> bool:
+    return bool(KNOWN_REFERENCE_ERRORS[name](prog))
+
+
 def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
     """The differences that matter, one line each (empty: they agree)."""
     diffs = []
@@ -435,7 +450,7 @@ def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
         if hf != of:
             diffs.append(f"frame: kvm {[hex(x) for x in hw.frame]} "
                          f"interp {[hex(x) for x in ours.frame]} (flags mask {mask:#x})")
-        if hw.cr2 != ours.cr2:
+        if hw.cr2 != ours.cr2 and not _known_reference_error(prog, "cmps-order"):
             diffs.append(f"cr2: kvm {hw.cr2:#x} interp {ours.cr2:#x}")
     else:
         mask = (ARITH | DF) & ~prog.undefined
