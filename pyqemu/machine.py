@@ -7,14 +7,13 @@ far is released and the error is raised.  ``with Machine(...) as m:`` always
 releases threads, file descriptors and mappings.
 
 Names follow QEMU's vocabulary for the lifecycle and Unicorn's for inspection
-(``reg_read``, ``mem_read``, ``hook_add``).
+(``reg_read``, ``mem_read``, ``hook_add_io``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -164,7 +163,6 @@ class Machine:
         self._accel: AccelState | None = None
         self._trace_sink: Callable[[str], None] | None = None
         self.trace_lines: list[str] = []
-        self._lock = threading.Lock()
 
         try:
             if trace:
