@@ -156,7 +156,7 @@ def gen_int(c: Ctx, i: Insn) -> None:
     cond = c.cond("o") if i.mnem == "into" else None
     c.sync(hex(i.ip))
     if cond is not None:
-        c.emit(f"if not (env.eflags >> 11 & 1):")
+        c.emit("if not (env.eflags >> 11 & 1):")
         c.ind += 1
         c.finish_after_helper(hex(i.next_ip))
         c.ind -= 1
