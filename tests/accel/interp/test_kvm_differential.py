@@ -415,8 +415,12 @@ def programs(draw: st.DrawFn, families: tuple[str, ...] = Gen.FAMILIES) -> Progr
 #: emulator reads CMPS's DS:[rSI] before ES:[rDI]; the processor itself, measured in
 #: 64-bit mode where the code runs natively, faults on ES:[rDI] first (CR2 = rDI), and
 #: interp follows the processor in every mode (test_cmps_faults_on_the_destination_first).
+#: And PVM hands a #GP taken at CPL3 to that emulator, which does not know POPCNT: a
+#: POPCNT with a non-canonical memory operand gets #UD from this host, where the SDM
+#: (vol. 2B, POPCNT, 64-bit mode exceptions) and the processor give #GP(0).
 KNOWN_REFERENCE_ERRORS = {
     "cmps-order": lambda prog: prog.bits != 64 and any("cmps" in ln for ln in prog.lines),
+    "popcnt-gp-emulated": lambda prog: any("popcnt" in ln for ln in prog.lines),
 }
 
 
@@ -431,6 +435,9 @@ def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
         return [f"kvm: {hw.other or 'ok'}; interp: {ours.other or 'ok'}"] if \
             hw.other != ours.other else []
     cmps_order = _known_reference_error(prog, "cmps-order")
+    if (hw.fault == (6, None) and ours.fault == (13, 0)
+            and _known_reference_error(prog, "popcnt-gp-emulated")):
+        return []
     if hw.fault != ours.fault and not (cmps_order and hw.fault and ours.fault
                                        and hw.fault[0] == ours.fault[0]):
         # (With the CMPS order listed below, which operand faults first decides the
