@@ -23,6 +23,24 @@ POLL = 4096
 
 def rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int, rep: str,
                next_ip: int) -> None:
+    """REP string instructions, one element at a time (with bulk paths), restartable.
+
+    A fault in a later iteration leaves RCX/RSI/RDI at the progress made, as the SDM
+    says, and EFLAGS as they were before the instruction: the processor does not
+    commit the comparison flags of REPE/REPNE CMPS/SCAS iterations before a fault
+    (measured on hardware by test_kvm_differential's deep profile).
+    """
+    cc0 = core.cc
+    try:
+        _rep_string(core, kind, size, adsize, seg, rep, next_ip)
+    except BaseException:
+        if kind in ("cmps", "scas"):
+            core.cc = cc0
+        raise
+
+
+def _rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int, rep: str,
+                next_ip: int) -> None:
     env = core.env
     R = env.regs
     am = MASK[adsize]

@@ -587,6 +587,18 @@ def test_cmps_faults_on_the_destination_first() -> None:
     assert rep.fault == (14, 4) and rep.cr2 == 0x600011
 
 
+def test_rep_cmps_fault_keeps_the_flags_from_before_the_instruction() -> None:
+    # Found by the deep profile (minimal program): `rep cmpsb` with RCX=2 whose first
+    # element (0x5fffff) compares equal and whose second is on a not-present page.
+    # Hardware: the #PF frame holds RFLAGS as before the instruction (0x10202 with RF),
+    # not the first iteration's ZF/PF; RCX/RSI/RDI show the one iteration done.
+    prog = "lea rsi, [rbx - 0x11]\nlea rdi, [rbx - 0x11]\nmov ecx, 0x2\ncld\nrep cmpsb"
+    out = _interp_run(64, prog, {3: 0x600010}, rflags=0x602)
+    assert out.fault == (14, 4)
+    assert out.frame[2] == 0x10202
+    assert out.regs[1] == 1 and out.regs[6] == out.regs[7] == 0x600000
+
+
 def test_bt_register_offset_with_32bit_address_in_16bit_code() -> None:
     # Found by the deep profile (minimal program): in 16-bit code, `bt word ptr [ebx], ax`
     # with AX=0x7f reads the word at EBX+14 (SDM vol. 2A, BT: the bit offset selects a
