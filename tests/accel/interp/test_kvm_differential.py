@@ -1,6 +1,6 @@
 """Differential tests: interp against the real CPU (KVM at CPL3) on generated programs.
 
-Hypothesis draws a program of 1-5 instructions from every integer family (ALU in
+A generator draws programs of a few instructions from every integer family (ALU in
 register, immediate and memory forms, INC/DEC/NEG/NOT, shifts and rotates through
 carry, SHLD/SHRD, MUL/IMUL/DIV/IDIV with #DE, BT*/BSF/BSR/POPCNT, SETcc/CMOVcc/Jcc,
 XCHG/XADD/CMPXCHG with LOCK, MOVZX/MOVSX/MOVSXD, BSWAP, LEA, PUSH/POP forms,
@@ -18,17 +18,24 @@ Hypothesis shrinks a divergence to a minimal program.
 TZCNT/LZCNT are left out: interp's CPU model has neither BMI1 nor ABM, so it runs
 their encodings as REP BSF/BSR (as such a CPU does), while this host's CPU has them.
 
-Profiles: the default runs a few hundred programs (derandomized: the same ones
-every run).  ``PYQEMU_DEEP=N`` runs ``test_deep_random_programs`` with N fresh
-programs (marked slow).  Without a usable /dev/kvm the comparisons skip with the
+Profiles: the default runs a few hundred programs drawn by hypothesis (derandomized:
+the same ones every run; a divergence shrinks to a minimal program).  ``PYQEMU_DEEP=N``
+runs ``test_deep_random_programs``: N fresh programs of up to ``PYQEMU_DEEP_LEN``
+(6) draws from the same generator, fed by a seeded RNG instead of hypothesis (seven
+times faster: hypothesis's draws cost more than running the program on both CPUs);
+it prints how many instructions it compared, and shrinks a divergence by dropping
+lines and zeroing registers.  Without a usable /dev/kvm the comparisons skip with the
 probed reason; the regression tests at the end run on interp alone, against the
 outcome the hardware gave.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import random
 import struct
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -106,6 +113,69 @@ values = st.one_of(st.sampled_from(EDGES), st.integers(0, 2**64 - 1),
                    st.integers(0, 0xFF), st.integers(-64, 64).map(lambda v: v % 2**64))
 
 
+class Choices:
+    """Where a program's choices come from: hypothesis (the quick profile: derandomized,
+    shrinking) or a seeded :class:`random.Random` (the deep profile: hypothesis spends
+    about 0.15 ms per draw, five times what running a program on both CPUs costs)."""
+
+    def pick(self, seq: list) -> object:
+        raise NotImplementedError
+
+    def integer(self, lo: int, hi: int) -> int:
+        raise NotImplementedError
+
+    def flip(self) -> bool:
+        raise NotImplementedError
+
+    def value(self) -> int:
+        """An interesting 64-bit register or memory value (``values``)."""
+        raise NotImplementedError
+
+
+class DrawChoices(Choices):
+    def __init__(self, draw: st.DrawFn) -> None:
+        self.draw = draw
+
+    def pick(self, seq: list) -> object:
+        return self.draw(st.sampled_from(seq))
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.draw(st.integers(lo, hi))
+
+    def flip(self) -> bool:
+        return self.draw(st.booleans())
+
+    def value(self) -> int:
+        return self.draw(values)
+
+
+class RandomChoices(Choices):
+    """The same distribution as ``values`` and the strategies, from a seeded RNG."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def pick(self, seq: list) -> object:
+        return seq[self.rng.randrange(len(seq))]
+
+    def integer(self, lo: int, hi: int) -> int:
+        return self.rng.randint(lo, hi)
+
+    def flip(self) -> bool:
+        return self.rng.random() < 0.5
+
+    def value(self) -> int:
+        rng = self.rng
+        kind = rng.randrange(4)
+        if kind == 0:
+            return EDGES[rng.randrange(len(EDGES))]
+        if kind == 1:
+            return rng.getrandbits(64)
+        if kind == 2:
+            return rng.randrange(0x100)
+        return rng.randint(-64, 64) % 2**64
+
+
 def regname(bits: int, size: int, i: int) -> str:
     if size == 64:
         return _R64[i]
@@ -125,8 +195,8 @@ WINDOW = 0x800            # the data offset the base register points near
 class Gen:
     """Draws one program; tracks which flags are undefined to never read one."""
 
-    def __init__(self, draw: st.DrawFn, bits: int) -> None:
-        self.draw = draw
+    def __init__(self, choices: "Choices", bits: int) -> None:
+        self.c = choices
         self.bits = bits
         self.nregs = 16 if bits == 64 else 8
         self.lines: list[str] = []
@@ -141,23 +211,23 @@ class Gen:
         choices = [i for i in range(self.nregs) if i not in (3, 4)]
         if size == 8 and self.bits != 64:
             choices = [0, 1, 2, 4, 5, 6]
-        return regname(self.bits, size, self.draw(st.sampled_from(choices)))
+        return regname(self.bits, size, self.c.pick(choices))
 
     def src(self, size: int) -> str:
         choices = [i for i in range(self.nregs) if i != 4]
         if size == 8 and self.bits != 64:
             choices = [0, 1, 2, 3, 4, 5, 6, 7]
-        return regname(self.bits, size, self.draw(st.sampled_from(choices)))
+        return regname(self.bits, size, self.c.pick(choices))
 
     def mem(self, size: int) -> str:
-        disp = self.draw(st.sampled_from([0, 0, 8, 1, -8, 0x13, 0x7FF]))
+        disp = self.c.pick([0, 0, 8, 1, -8, 0x13, 0x7FF])
         sign = "-" if disp < 0 else "+"
         return f"{PTR[size]} [{self.base} {sign} {abs(disp):#x}]"
 
     def imm(self, size: int) -> int:
-        v = self.draw(values)
+        v = self.c.value()
         if size == 64:
-            return v & 0x7FFFFFFF if self.draw(st.booleans()) else -(v & 0x7FFFFFFF) - 1
+            return v & 0x7FFFFFFF if self.c.flip() else -(v & 0x7FFFFFFF) - 1
         return v & ((1 << size) - 1)
 
     def emit(self, line: str, reads: str = "", sets: str = "", undef: int = 0) -> None:
@@ -172,9 +242,9 @@ class Gen:
 
     # families
     def alu(self, size: int) -> None:
-        m = self.draw(st.sampled_from(["add", "adc", "sub", "sbb", "and", "or", "xor", "cmp",
-                                       "test"]))
-        form = self.draw(st.sampled_from(["rr", "ri", "rm", "mr", "mi"]))
+        m = self.c.pick(["add", "adc", "sub", "sbb", "and", "or", "xor", "cmp",
+                                       "test"])
+        form = self.c.pick(["rr", "ri", "rm", "mr", "mi"])
         if m == "test" and form == "rm":
             form = "mr"
         d = {"rr": self.dst(size), "ri": self.dst(size), "rm": self.dst(size),
@@ -182,27 +252,27 @@ class Gen:
         s = {"rr": self.src(size), "mr": self.src(size), "rm": self.mem(size)}.get(
             form, hex(self.imm(size)))
         lock = "lock " if form in ("mr", "mi") and m not in ("cmp", "test") and \
-            self.draw(st.booleans()) else ""
+            self.c.flip() else ""
         self.emit(f"{lock}{m} {d}, {s}", "C" if m in ("adc", "sbb") else "", "CPAZSO",
                   undefined_flags(m, size))
 
     def unary(self, size: int) -> None:
-        m = self.draw(st.sampled_from(["inc", "dec", "neg", "not"]))
-        d = self.dst(size) if self.draw(st.booleans()) else self.mem(size)
+        m = self.c.pick(["inc", "dec", "neg", "not"])
+        d = self.dst(size) if self.c.flip() else self.mem(size)
         self.emit(f"{m} {d}", "", {"inc": "PAZSO", "dec": "PAZSO", "neg": "CPAZSO",
                                    "not": ""}[m])
 
     def shift(self, size: int) -> None:
-        m = self.draw(st.sampled_from(["shl", "shr", "sar", "rol", "ror", "rcl", "rcr"]))
-        d = self.dst(size) if self.draw(st.booleans()) else self.mem(size)
-        how = self.draw(st.sampled_from(["1", "imm", "cl"]))
+        m = self.c.pick(["shl", "shr", "sar", "rol", "ror", "rcl", "rcr"])
+        d = self.dst(size) if self.c.flip() else self.mem(size)
+        how = self.c.pick(["1", "imm", "cl"])
         reads = "C" if m in ("rcl", "rcr") else ""
         if how == "cl":
             # A CL count of 0 leaves every flag as it was, another sets them; CL is not
             # known here, so what was undefined stays undefined.
             self.emit(f"{m} {d}, cl", reads, "", undefined_flags(m, size) | self.undefined)
             return
-        count = 1 if how == "1" else self.draw(st.one_of(st.integers(0, 9), st.integers(0, 255)))
+        count = 1 if how == "1" else self.c.integer(0, 9 if self.c.flip() else 255)
         masked = count & (0x3F if size == 64 else 0x1F)
         sets = "" if masked == 0 else ("CO" if m in ("rol", "ror", "rcl", "rcr") else "CPZSO")
         self.emit(f"{m} {d}, {count}", reads, sets, undefined_flags(m, size, masked))
@@ -210,11 +280,11 @@ class Gen:
     def dshift(self, size: int) -> None:
         if size == 8:
             size = 16
-        m = self.draw(st.sampled_from(["shld", "shrd"]))
-        d = self.dst(size) if self.draw(st.booleans()) else self.mem(size)
+        m = self.c.pick(["shld", "shrd"])
+        d = self.dst(size) if self.c.flip() else self.mem(size)
         s = self.src(size)
-        if size == 16 or self.draw(st.booleans()):
-            count = self.draw(st.integers(0, 15 if size == 16 else 63))
+        if size == 16 or self.c.flip():
+            count = self.c.integer(0, 15 if size == 16 else 63)
             masked = count & (0x3F if size == 64 else 0x1F)
             undef = 0 if masked == 0 else A | (0 if masked == 1 else O)
             self.emit(f"{m} {d}, {s}, {count}", "", "" if masked == 0 else "CPZSO", undef)
@@ -222,14 +292,14 @@ class Gen:
             self.emit(f"{m} {d}, {s}, cl", "", "", A | O | self.undefined)
 
     def muldiv(self, size: int) -> None:
-        form = self.draw(st.sampled_from(["mul", "imul", "div", "idiv", "imul2", "imul3"]))
+        form = self.c.pick(["mul", "imul", "div", "idiv", "imul2", "imul3"])
         if form in ("imul2", "imul3") and size == 8:
             form = "imul"
-        rm = self.src(size) if self.draw(st.booleans()) else self.mem(size)
+        rm = self.src(size) if self.c.flip() else self.mem(size)
         if form == "imul2":
             line = f"imul {self.dst(size)}, {rm}"
         elif form == "imul3":
-            line = f"imul {self.dst(size)}, {rm}, {self.draw(st.integers(-128, 2**15 - 1))}"
+            line = f"imul {self.dst(size)}, {rm}, {self.c.integer(-128, 2**15 - 1)}"
         else:
             line = f"{form} {rm}"
         m = "div" if form in ("div", "idiv") else "mul"
@@ -240,36 +310,36 @@ class Gen:
             size = 16
         # POPCNT only in 64-bit mode: in compatibility mode this host's KVM (PVM) answers
         # #UD (probed: f3 0f b8 c3 runs natively in 64-bit code, #UD in 32-bit code).
-        m = self.draw(st.sampled_from(["bt", "bts", "btr", "btc", "bsf", "bsr"]
+        m = self.c.pick((["bt", "bts", "btr", "btc", "bsf", "bsr"]
                                       + (["popcnt"] if self.bits == 64 else [])))
         if m in ("bsf", "bsr", "popcnt"):
-            rm = self.src(size) if self.draw(st.booleans()) else self.mem(size)
+            rm = self.src(size) if self.c.flip() else self.mem(size)
             self.emit(f"{m} {self.dst(size)}, {rm}", "", "CPAZSO",
                       0 if m == "popcnt" else undefined_flags(m, size))
             return
-        d = self.dst(size) if self.draw(st.booleans()) else self.mem(size)
-        if d.startswith(PTR[size]) and self.draw(st.booleans()):
+        d = self.dst(size) if self.c.flip() else self.mem(size)
+        if d.startswith(PTR[size]) and self.c.flip():
             # A register bit offset reaches beyond the operand: keep it near the window.
             s = regname(self.bits, size, 0)
             self.lines.append(f"mov {regname(self.bits, 32, 0)}, "
-                              f"{self.draw(st.integers(-2048, 2047)) & 0xFFFFFFFF:#x}")
+                              f"{self.c.integer(-2048, 2047) & 0xFFFFFFFF:#x}")
             if size == 64:
                 self.lines.append("movsxd rax, eax")
-        elif self.draw(st.booleans()):
-            s = hex(self.draw(st.integers(0, 127)))     # keystone: no imm8 >= 0x80 here
+        elif self.c.flip():
+            s = hex(self.c.integer(0, 127))     # keystone: no imm8 >= 0x80 here
         else:
             s = self.src(size)
         self.emit(f"{m} {d}, {s}", "", "C", undefined_flags(m, size))
 
     def cond(self, size: int) -> None:
-        cc = self.draw(st.sampled_from(list(CCS)))
-        kind = self.draw(st.sampled_from(["set", "cmov", "jcc"]))
+        cc = self.c.pick(list(CCS))
+        kind = self.c.pick(["set", "cmov", "jcc"])
         if kind == "set":
-            d = self.dst(8) if self.draw(st.booleans()) else self.mem(8)
+            d = self.dst(8) if self.c.flip() else self.mem(8)
             self.emit(f"set{cc} {d}", CCS[cc])
         elif kind == "cmov":
             size = max(size, 16)
-            rm = self.src(size) if self.draw(st.booleans()) else self.mem(size)
+            rm = self.src(size) if self.c.flip() else self.mem(size)
             self.emit(f"cmov{cc} {self.dst(size)}, {rm}", CCS[cc])
         else:
             if any(_FLAG[f] & self.undefined for f in CCS[cc]):
@@ -277,51 +347,51 @@ class Gen:
             label = f"skip{len(self.lines)}"
             self.lines.append(f"j{cc} {label}")
             before = self.undefined
-            self.draw(st.sampled_from([self.alu, self.unary, self.muldiv]))(size)
+            self.c.pick([self.alu, self.unary, self.muldiv])(size)
             self.lines.append(f"{label}:")
             self.undefined |= before
             self.ever |= self.undefined
 
     def exch(self, size: int) -> None:
-        m = self.draw(st.sampled_from(["xchg", "xadd", "cmpxchg"]))
-        d = self.dst(size) if self.draw(st.booleans()) else self.mem(size)
+        m = self.c.pick(["xchg", "xadd", "cmpxchg"])
+        d = self.dst(size) if self.c.flip() else self.mem(size)
         is_mem = d.startswith(PTR[size])
-        lock = "lock " if is_mem and m != "xchg" and self.draw(st.booleans()) else ""
+        lock = "lock " if is_mem and m != "xchg" and self.c.flip() else ""
         if m == "xchg":
             self.emit(f"xchg {d}, {self.src(size)}")
         else:
             self.emit(f"{lock}{m} {d}, {self.src(size)}", "", "CPAZSO")
 
     def moves(self, size: int) -> None:
-        m = self.draw(st.sampled_from(["movzx", "movsx", "movsxd", "bswap", "lea"]))
+        m = self.c.pick(["movzx", "movsx", "movsxd", "bswap", "lea"])
         if m in ("movzx", "movsx"):
-            from_size = 8 if size <= 16 or self.draw(st.booleans()) else 16
+            from_size = 8 if size <= 16 or self.c.flip() else 16
             size = max(size, 16) if from_size == 8 else max(size, 32)
-            rm = self.src(from_size) if self.draw(st.booleans()) else self.mem(from_size)
+            rm = self.src(from_size) if self.c.flip() else self.mem(from_size)
             self.emit(f"{m} {self.dst(size)}, {rm}")
         elif m == "movsxd" and self.bits == 64:
-            rm = self.src(32) if self.draw(st.booleans()) else self.mem(32)
+            rm = self.src(32) if self.c.flip() else self.mem(32)
             self.emit(f"movsxd {self.dst(64)}, {rm}")
         elif m == "bswap":
             self.emit(f"bswap {self.dst(max(size, 32))}")
         else:
             size = max(size, 16)
             idx = self.src(64 if self.bits == 64 else 32)
-            scale = self.draw(st.sampled_from([1, 2, 4, 8]))
-            disp = self.draw(st.integers(-0x80000000, 0x7FFFFFFF))
+            scale = self.c.pick([1, 2, 4, 8])
+            disp = self.c.integer(-0x80000000, 0x7FFFFFFF)
             self.emit(f"lea {self.dst(size)}, [{self.base} + {idx}*{scale} + {disp:#x}]")
 
     def stack(self, size: int) -> None:
-        form = self.draw(st.sampled_from(["push r", "push m", "push i", "pop r", "pop m",
-                                          "pushf", "popf"]))
+        form = self.c.pick(["push r", "push m", "push i", "pop r", "pop m",
+                                          "pushf", "popf"])
         wide = 64 if self.bits == 64 else 32
-        sz = 16 if self.draw(st.integers(0, 3)) == 0 else wide
+        sz = 16 if self.c.integer(0, 3) == 0 else wide
         if form == "push r":
-            self.emit(f"push {regname(self.bits, sz, self.draw(st.integers(0, self.nregs - 1)))}")
+            self.emit(f"push {regname(self.bits, sz, self.c.integer(0, self.nregs - 1))}")
         elif form == "push m":
             self.emit(f"push {self.mem(sz)}")
         elif form == "push i":
-            self.emit(f"push {self.draw(st.integers(-0x80000000, 0x7FFFFFFF)):#x}")
+            self.emit(f"push {self.c.integer(-0x80000000, 0x7FFFFFFF):#x}")
         elif form == "pop r":
             self.emit(f"pop {self.dst(sz)}")
         elif form == "pop m":
@@ -330,26 +400,26 @@ class Gen:
             self.emit({64: "pushfq", 32: "pushfd", 16: "pushf"}[self.bits], "CPAZSO")
         else:
             # Arithmetic flags and DF only: TF would trap, IF/IOPL do not change at CPL3.
-            v = self.draw(st.integers(0, 0xFFF)) & (ARITH | DF)
+            v = self.c.integer(0, 0xFFF) & (ARITH | DF)
             self.lines.append(f"push {v:#x}")
             self.emit({64: "popfq", 32: "popfd", 16: "popf"}[self.bits], "", "CPAZSO")
 
     def string(self, size: int) -> None:
-        m = self.draw(st.sampled_from(["movs", "stos", "lods", "cmps", "scas"]))
+        m = self.c.pick(["movs", "stos", "lods", "cmps", "scas"])
         suffix = {8: "b", 16: "w", 32: "d", 64: "q"}[size]
-        rep = self.draw(st.sampled_from(["", "rep ", "repe ", "repne "]))
+        rep = self.c.pick(["", "rep ", "repe ", "repne "])
         if m in ("movs", "stos", "lods") and rep:
             rep = "rep "
         a = "r" if self.bits == 64 else "e"
-        src_off = self.draw(st.integers(-64, 64))
-        dst_off = self.draw(st.integers(-64, 64))
+        src_off = self.c.integer(-64, 64)
+        dst_off = self.c.integer(-64, 64)
         self.lines.append(f"lea {a}si, [{self.base} + {src_off:#x}]")
         self.lines.append(f"lea {a}di, [{self.base} + {dst_off:#x}]")
-        count = self.draw(st.integers(0, 24))
+        count = self.c.integer(0, 24)
         if rep:
             self.lines.append(f"mov ecx, {count}")
-        if self.draw(st.booleans()):
-            self.lines.append(self.draw(st.sampled_from(["std", "cld"])))
+        if self.c.flip():
+            self.lines.append(self.c.pick(["std", "cld"]))
         sets = "CPAZSO" if m in ("cmps", "scas") and not (rep and count == 0) else ""
         # 16-bit code addresses through SI/DI unless prefixed: take ESI/EDI (0x67).
         a32 = ".byte 0x67\n" if self.bits == 16 else ""
@@ -363,7 +433,7 @@ class Gen:
         self.emit(f"{a32}{rep}{m}{suffix}", "", sets)
 
     def misc(self, size: int) -> None:
-        line = self.draw(st.sampled_from(["lahf", "sahf", "cbw", "cwde", "cwd", "cdq", "clc",
+        line = self.c.pick((["lahf", "sahf", "cbw", "cwde", "cwd", "cdq", "clc",
                                           "stc", "cmc"] + (["cdqe", "cqo"] if self.bits == 64
                                                            else [])))
         if line == "lahf":
@@ -381,31 +451,36 @@ class Gen:
                 "stack", "string", "misc")
 
 
-@st.composite
-def programs(draw: st.DrawFn, families: tuple[str, ...] = Gen.FAMILIES) -> Program:
-    bits = draw(st.sampled_from([64, 64, 32, 16]))
-    g = Gen(draw, bits)
+def build_program(c: Choices, families: tuple[str, ...] = Gen.FAMILIES,
+                  max_len: int = 4) -> Program:
+    """One program: 1..``max_len`` draws from ``families``, its registers, flags and data."""
+    bits = c.pick([64, 64, 32, 16])
+    g = Gen(c, bits)
     g.undefined = g.ever = 0
-    for _ in range(draw(st.integers(1, 4))):
-        fam = draw(st.sampled_from(families))
-        getattr(g, fam)(draw(st.sampled_from(g.sizes)))
+    for _ in range(c.integer(1, max_len)):
+        fam = c.pick(families)
+        getattr(g, fam)(c.pick(g.sizes))
     mask = (1 << 64) - 1 if bits == 64 else 0xFFFFFFFF
-    regs = [draw(values) & mask for _ in range(16 if bits == 64 else 8)] + \
+    regs = [c.value() & mask for _ in range(16 if bits == 64 else 8)] + \
         [0] * (0 if bits == 64 else 8)
     regs[4] = STACK
-    if draw(st.integers(0, 9)) == 0:
-        regs[3] = draw(st.sampled_from(FAULT_BASES_64 if bits == 64 else FAULT_BASES_32))
+    if c.integer(0, 9) == 0:
+        regs[3] = c.pick(FAULT_BASES_64 if bits == 64 else FAULT_BASES_32)
     else:
-        regs[3] = DATA + WINDOW + draw(st.sampled_from([0, 0, 0, 5, -3, 0x7FC, 0x17FD]))
-    window = b"".join(struct.pack("<Q", draw(values)) for _ in range(8))
+        regs[3] = DATA + WINDOW + c.pick([0, 0, 0, 5, -3, 0x7FC, 0x17FD])
+    window = b"".join(struct.pack("<Q", c.value()) for _ in range(8))
     data = bytearray(i * 7 & 0xFF for i in range(DATA_SIZE))
     data[WINDOW - 16:WINDOW + 48] = window
     # IF=1, as for any user process (PVM runs CPL3 with IF=1 whatever KVM_SET_REGS says).
-    rflags = 0x202 | (draw(st.integers(0, 0xFFF)) & ARITH) | (DF if draw(st.integers(0, 4)) == 0
-                                                         else 0)
+    rflags = 0x202 | (c.integer(0, 0xFFF) & ARITH) | (DF if c.integer(0, 4) == 0 else 0)
     if not g.lines:
         g.lines.append("nop")
     return Program(bits, g.lines, regs, rflags, bytes(data), g.undefined, g.ever)
+
+
+@st.composite
+def programs(draw: st.DrawFn, families: tuple[str, ...] = Gen.FAMILIES) -> Program:
+    return build_program(DrawChoices(draw), families)
 
 
 # -- run and compare ------------------------------------------------------------------------
@@ -488,14 +563,19 @@ def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
     return diffs
 
 
-def run_and_compare(prog: Program) -> None:
+def outcomes(prog: Program) -> tuple[Outcome, Outcome]:
+    """``prog`` run on the host CPU and on interp from the same state."""
     kvm, interp = machines()
     try:
         code = asm("\n".join(prog.lines), prog.bits, entry_ip(prog.bits))
     except Exception as e:          # a generator bug, not a divergence: say which text
         raise AssertionError(f"keystone cannot assemble {prog}: {e}") from e
     hw = kvm.run(prog.bits, code, prog.regs, prog.rflags, prog.data)
-    ours = interp.run(prog.bits, code, prog.regs, prog.rflags, prog.data)
+    return hw, interp.run(prog.bits, code, prog.regs, prog.rflags, prog.data)
+
+
+def run_and_compare(prog: Program) -> None:
+    hw, ours = outcomes(prog)
     diffs = compare(prog, hw, ours)
     assert not diffs, f"{prog}\n  " + "\n  ".join(diffs)
 
@@ -528,13 +608,80 @@ def test_string_instructions_match_the_cpu(prog: Program) -> None:
     run_and_compare(prog)
 
 
+def count_instructions(lines: list[str]) -> int:
+    """Generated instructions in ``lines``: labels are not, a ``.byte`` line is one."""
+    return sum(1 for ln in lines if not ln.endswith(":"))
+
+
+def shrink(prog: Program) -> Program:
+    """A smaller program that still diverges: drop lines, then zero registers, while the
+    comparison still fails.  (Dropping a line can expose a flag the generator knew to be
+    undefined, so the failure message shows the original program too.)"""
+    def diverges(p: Program) -> bool:
+        try:
+            hw, ours = outcomes(p)
+        except AssertionError:                  # no longer assembles (a label went)
+            return False
+        return bool(compare(p, hw, ours))
+
+    best, changed = prog, True
+    while changed:
+        changed = False
+        for i in range(len(best.lines)):
+            if len(best.lines) == 1:
+                break
+            cand = copy.copy(best)
+            cand.lines = best.lines[:i] + best.lines[i + 1:]
+            if i < len(best.lines) and diverges(cand):
+                best, changed = cand, True
+                break
+        for r in range(len(best.regs)):
+            if r in (3, 4) or not best.regs[r]:
+                continue
+            cand = copy.copy(best)
+            cand.regs = list(best.regs)
+            cand.regs[r] = 0
+            if diverges(cand):
+                best, changed = cand, True
+    return best
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(_DEEP <= 0, reason="deep profile: set PYQEMU_DEEP=N for N programs")
-@settings(max_examples=max(1, _DEEP), deadline=None, derandomize=False,
-          suppress_health_check=list(HealthCheck))
-@given(prog=programs())
-def test_deep_random_programs(prog: Program) -> None:
-    run_and_compare(prog)
+def test_deep_random_programs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``PYQEMU_DEEP`` programs of up to ``PYQEMU_DEEP_LEN`` (default 6) instruction draws,
+    each from ``random.Random(f"{seed}-{n}")`` (``PYQEMU_DEEP_SEED``, default: fresh, and
+    printed; ``PYQEMU_DEEP_FIRST`` starts at program n, to replay a failure)."""
+    machines()
+    seed = int(os.environ.get("PYQEMU_DEEP_SEED") or random.SystemRandom().getrandbits(32))
+    first = int(os.environ.get("PYQEMU_DEEP_FIRST", "0"))
+    max_len = int(os.environ.get("PYQEMU_DEEP_LEN", "6"))
+    interp = machines()[1]
+    report = dict(programs=0, generated=0, retired=0, faults=0)
+    t0 = time.monotonic()
+    for n in range(first, first + _DEEP):
+        prog = build_program(RandomChoices(random.Random(f"{seed}-{n}")), max_len=max_len)
+        before = interp.core.icount
+        hw, ours = outcomes(prog)
+        report["programs"] += 1
+        report["generated"] += count_instructions(prog.lines)
+        report["retired"] += interp.core.icount - before
+        report["faults"] += hw.fault is not None
+        diffs = compare(prog, hw, ours)
+        if diffs:
+            small = shrink(prog)
+            hw, ours = outcomes(small)
+            raise AssertionError(
+                f"divergence in program {n} of seed {seed} "
+                f"(replay: PYQEMU_DEEP_SEED={seed} PYQEMU_DEEP_FIRST={n} PYQEMU_DEEP=1)\n"
+                f"  original: {prog}\n  " + "\n  ".join(diffs) +
+                f"\n  shrunk:   {small}\n  " + "\n  ".join(compare(small, hw, ours)))
+        if n % 5000 == 4999 or n == first + _DEEP - 1:
+            with capsys.disabled():
+                print(f"\ndeep differential, seed {seed}: {report['programs']} programs, "
+                      f"{report['generated']} generated instructions, {report['retired']} "
+                      f"retired by interp, {report['faults']} ending in a fault, no divergence "
+                      f"({time.monotonic() - t0:.0f} s)", flush=True)
 
 
 # -- regressions: minimal programs of divergences found, with the hardware's answer -----------
@@ -628,3 +775,18 @@ def test_bt_register_offset_with_32bit_address_in_16bit_code() -> None:
     out = _interp_run(16, "bts word ptr [ebx], ax\nbt word ptr [ebx], ax",
                       {0: 0x7F, 3: DATA + WINDOW})
     assert (out.fault, out.rflags & 1) == (None, 1)
+
+
+def test_deep_shrinker_keeps_the_diverging_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deep profile's shrinker: with a comparison that flags any program holding a
+    BSWAP (a stand-in divergence), a long program shrinks to that one line."""
+    machines()
+    lines = ["add eax, ecx", "bswap edx", "xor esi, esi", "inc edi"]
+    regs = [0x11, 0x22, 0x33, DATA + WINDOW, STACK, 0x66, 0x77, 0x88] + [0x99] * 8
+    prog = Program(64, lines, regs, 0x202, bytes(DATA_SIZE), 0, 0)
+    monkeypatch.setitem(globals(), "compare", lambda p, hw, ours: (
+        ["planted"] if any("bswap" in ln for ln in p.lines) else []))
+    small = shrink(prog)
+    assert small.lines == ["bswap edx"]
+    assert [r for i, r in enumerate(small.regs) if i not in (3, 4)] == [0] * 14
+    assert prog.lines == lines                  # the original is left as it was
