@@ -8,6 +8,8 @@ repeated one (and every INS/OUTS, which are port I/O) ends the block and runs in
 :meth:`accel.interp.string_rt.StringHelpers.rep_string`, which polls the exit
 request every few thousand iterations and leaves RIP on the instruction when
 interrupted, so it resumes where it stopped (SDM: REP "is restartable").
+INS/OUTS check the I/O permission there (IOPL, then the TSS bit map: SDM vol. 1,
+19.5; :mod:`accel.interp.ioperm`) before their first iteration.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from accel.interp.codegen import MASK, SIGN, Ctx, Insn
 from accel.interp.errors import EXCP_BR, EXCP_DB, EXCP_GP, EXCP_UD
+from accel.interp.ioperm import io_perm_check  # noqa: F401  (registers the runtime helper)
 from accel.interp.ops_move import stack_size
 from accel.interp.table import op
 from hw.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK, VM_MASK
@@ -31,17 +32,29 @@ def _privileged(c: Ctx, i: Insn) -> bool:
 
 
 def _iopl_check(c: Ctx, i: Insn) -> None:
+    """CLI/STI: #GP(0) at CPL > IOPL (SDM vol. 2A CLI, vol. 2B STI; no bit map for these)."""
     if c.mode.pe and c.mode.cpl:
         c.may_fault()
         c.emit(f"if {c.mode.cpl} > (env.eflags >> 12 & 3): "
                f"raise Fault({EXCP_GP}, 0, why='{i.mnem}: CPL > IOPL')")
 
 
+def _io_check(c: Ctx, port: str, size: int) -> None:
+    """IN/OUT "Operation" (SDM vol. 2A IN, vol. 2B OUT): at CPL > IOPL or with VM=1, the
+    TSS bit map decides (vol. 1, 19.5.2).  Emitted only for I/O instructions in protected
+    mode at CPL > 0 (VM=1 means CPL 3), and the IOPL/VM test is inline, so code at
+    CPL <= IOPL does no more than one comparison."""
+    if c.mode.pe and c.mode.cpl:
+        c.may_fault()
+        c.emit(f"if {c.mode.cpl} > (env.eflags >> 12 & 3) or env.eflags & {VM_MASK:#x}: "
+               f"io_perm_check(S, {port}, {size})")
+
+
 @op("in")
 def gen_in(c: Ctx, i: Insn) -> None:
     dst, port = i.ops
-    _iopl_check(c, i)
     p = hex(port.imm & 0xFF) if port.kind == "imm" else c.reg_read(port)
+    _io_check(c, p, dst.size)
     v = c.t("v")
     c.emit(f"{v} = IOR({p}, {dst.size})")
     c.reg_write(dst, v)
@@ -52,8 +65,8 @@ def gen_in(c: Ctx, i: Insn) -> None:
 @op("out")
 def gen_out(c: Ctx, i: Insn) -> None:
     port, src = i.ops
-    _iopl_check(c, i)
     p = hex(port.imm & 0xFF) if port.kind == "imm" else c.reg_read(port)
+    _io_check(c, p, src.size)
     c.emit(f"IOW({p}, {c.reg_read(src)}, {src.size})")
     c.exit(hex(i.next_ip))
     c.end()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from accel.interp.codegen import MASK
+from accel.interp.ioperm import io_perm_check
 from hw.i386.cpu_state import DF_MASK, R_ES, R_FS, R_GS
 
 if TYPE_CHECKING:
@@ -54,6 +55,14 @@ def _rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int,
     count = R[1] & am if rep else 1
     kick = core.kick
     done = 0
+    if kind in ("ins", "outs"):
+        # I/O permission (SDM vol. 2A INS, vol. 2B OUTS "Operation"; vol. 1, 19.5): the
+        # SDM checks it inside each iteration, but the port (DX) and the size are the
+        # same in every iteration, so one check before the first is equivalent.  It is
+        # made even when rCX is 0, before any memory access, as QEMU's TCG does (which
+        # Unicorn shows) and KVM's instruction emulator does (measured on this host by
+        # tests/accel/interp/test_ioperm.py).
+        io_perm_check(core, R[2] & 0xFFFF, size)
 
     def put(i: int, v: int) -> None:
         R[i] = v if adsize >= 4 else (R[i] & ~0xFFFF) | v
