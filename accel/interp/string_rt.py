@@ -59,9 +59,9 @@ def _rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int,
         # I/O permission (SDM vol. 2A INS, vol. 2B OUTS "Operation"; vol. 1, 19.5): the
         # SDM checks it inside each iteration, but the port (DX) and the size are the
         # same in every iteration, so one check before the first is equivalent.  It is
-        # made even when rCX is 0, before any memory access, as QEMU's TCG does (which
-        # Unicorn shows) and KVM's instruction emulator does (measured on this host by
-        # tests/accel/interp/test_ioperm.py).
+        # made even when rCX is 0, before any memory access, as KVM's instruction
+        # emulator does (measured by tests/accel/interp/test_ioperm.py) and QEMU's
+        # translator does (it emits the check ahead of its REP loop).
         io_perm_check(core, R[2] & 0xFFFF, size)
 
     def put(i: int, v: int) -> None:
