@@ -45,7 +45,7 @@ def io_check_needed(eflags: int, cr0: int, cpl: int) -> bool:
     return bool(cr0 & CR0_PE) and (cpl > (eflags & IOPL_MASK) >> 12 or bool(eflags & VM_MASK))
 
 
-def io_bitmap_allows(core: "InterpCore", port: int, size: int) -> bool:
+def io_bitmap_allows(core: InterpCore, port: int, size: int) -> bool:
     """True when the current TSS's bit map allows ``size`` bytes at ``port`` (19.5.2).
 
     Assumes the check is needed (:func:`io_check_needed`); may raise the #PF of
@@ -69,7 +69,7 @@ def io_bitmap_allows(core: "InterpCore", port: int, size: int) -> bool:
 
 
 @runtime
-def io_perm_check(core: "InterpCore", port: int, size: int) -> None:
+def io_perm_check(core: InterpCore, port: int, size: int) -> None:
     """#GP(0) unless IN/OUT/INS/OUTS of ``size`` bytes at ``port`` is allowed now.
 
     Called by generated code (IN/OUT) and by the INS/OUTS runtime; cheap when

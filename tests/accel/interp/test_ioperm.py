@@ -41,7 +41,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from accel.interp.ioperm import io_check_needed
+from accel.interp.errors import Fault
+from accel.interp.ioperm import io_check_needed, io_perm_check
 from hw.core.cpu import EXCP_DEBUG
 from hw.i386.cpu_state import CR0_PE, IOPL_MASK, VM_MASK, SegmentCache
 from tests.accel.interp.harness import Guest, asm
@@ -69,7 +70,7 @@ class Tss:
     bitmap: bytes = b""
 
     @staticmethod
-    def standard(last: int = 0xFF) -> "Tss":
+    def standard(last: int = 0xFF) -> Tss:
         m = bytearray(0x20)
         m[0x81 >> 3] = 1 << (0x81 & 7)
         m[0xC0 >> 3] = 0xFF
@@ -274,6 +275,46 @@ def test_the_bit_map_is_consulted_only_for_cpl_above_iopl_or_v8086() -> None:
     assert io_check_needed(IOPL_MASK | VM_MASK, pe, 3)  # virtual-8086: whatever IOPL
 
 
+def _cpl3_core_with_tr(tr: SegmentCache) -> Guest:
+    g = Guest(32, ram_size=1 << 20)
+    g.mem.write_bytes(0, build_image(Tss.standard(), b"", 0))
+    g.env.segs[1] = SegmentCache(SEL_CODE3, 0, 0xFFFFFFFF, g.env.segs[1].flags | 3 << 13)
+    g.env.segs[2] = SegmentCache(SEL_DATA3, 0, 0xFFFFFFFF, g.env.segs[2].flags | 3 << 13)
+    g.env.tr = tr
+    g.core.refresh()
+    assert g.env.cpl == 3
+    return g
+
+
+@pytest.mark.parametrize("why,tr", [
+    ("null (never loaded)", SegmentCache(0, 0, 0, 0)),
+    ("not present", SegmentCache(SEL_TSS, TSS, MAP + 0x20, 0x0B00)),
+    ("busy 16-bit TSS", SegmentCache(SEL_TSS, TSS, MAP + 0x20, 0x8300)),
+    ("an LDT, not a TSS", SegmentCache(SEL_TSS, TSS, MAP + 0x20, 0x8200)),
+])
+def test_a_tr_without_a_32_or_64bit_tss_denies_every_port(why: str, tr: SegmentCache) -> None:
+    g = _cpl3_core_with_tr(tr)
+    with pytest.raises(Fault) as e:
+        io_perm_check(g.core, 0x80, 1)
+    assert (e.value.vector, e.value.error_code) == (GP, 0), why
+
+
+def test_the_cached_tr_is_used_busy_or_available() -> None:
+    """The check reads through TR's hidden base and limit (SDM vol. 3A, 7.2.4), busy (as
+    LTR leaves it) or available alike: port 80H allowed, 81H denied, by the same map."""
+    for flags in (0x8B00, 0x8900):
+        g = _cpl3_core_with_tr(SegmentCache(SEL_TSS, TSS, MAP + 0x20, flags))
+        io_perm_check(g.core, 0x80, 1)
+        with pytest.raises(Fault):
+            io_perm_check(g.core, 0x81, 1)
+        # A cached limit shorter than the GDT descriptor's (88H) is the one that counts:
+        # 80H's bytes (78H-79H) are now past it, 08H's (69H-6AH) are not.
+        g.env.tr.limit = MAP + 0x0F
+        io_perm_check(g.core, 0x08, 1)
+        with pytest.raises(Fault):
+            io_perm_check(g.core, 0x80, 1)
+
+
 # -- against KVM (its emulator under PVM), 64-bit and compatibility mode at CPL 3 ----------
 
 KVM_CASES = [
@@ -359,8 +400,17 @@ def _kvm_run(k: object, bits: int, code: bytes, regs: list[int],
     """Run on KVM until the end marker or a fault stub, answering every port exit:
     (fault, faulting RIP, accesses, registers)."""
     from accel.kvm.binding import IoIn, IoOut
-    from tests.accel.interp.cpl3_oracle import (_GPRS, CODE, DATA, END, END_PORT, FAULT_PORT,
-                                                NVEC, _fault_from_stack, entry_ip)
+    from tests.accel.interp.cpl3_oracle import (
+        _GPRS,
+        CODE,
+        DATA,
+        END,
+        END_PORT,
+        FAULT_PORT,
+        NVEC,
+        _fault_from_stack,
+        entry_ip,
+    )
     mm, vcpu = k.mm, k.vcpu                                      # type: ignore[attr-defined]
     mm[CODE:CODE + len(code) + 2] = code + END
     mm[DATA:DATA + len(data)] = data
@@ -390,7 +440,7 @@ def _kvm_run(k: object, bits: int, code: bytes, regs: list[int],
             io += [("in", ex.port, ex.size, IN_VALUE)] * ex.count
             vcpu.set_io_in_data(IN_VALUE.to_bytes(ex.size, "little") * ex.count)
         else:
-            raise AssertionError(f"KVM: unexpected exit {ex!r}")
+            pytest.fail(f"KVM: unexpected exit {ex!r}")
     else:
         raise AssertionError("KVM: no end after 64 exits")
     r = vcpu.get_regs()
