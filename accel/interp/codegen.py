@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from accel.interp import flags as F
 from accel.interp.errors import UnimplementedInstruction
+from accel.interp.segcheck import emit_limit_check, emit_type_check
 from hw.i386.cpu_state import R_DS, R_FS, R_GS, R_SS
 
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
@@ -65,15 +66,18 @@ class Insn:
 class Mode:
     """What a block's code depends on: part of the TB key (QEMU's ``hflags``)."""
 
-    __slots__ = ("code", "stack", "cpl", "pe", "long", "paging", "cs_base", "flat", "key")
+    __slots__ = ("code", "stack", "cpl", "pe", "long", "paging", "cs_base", "flat", "checks",
+                 "key")
 
     def __init__(self, code: int, stack: int, cpl: int, pe: bool, long: bool, paging: bool,
-                 cs_base: int, flat: bool = False) -> None:
+                 cs_base: int, flat: bool = False, checks: tuple[int, ...] = ()) -> None:
         self.code, self.stack, self.cpl, self.pe = code, stack, cpl, pe
         self.long, self.paging, self.cs_base = long, paging, cs_base
         # ES CS SS DS all have base 0 (QEMU's !HF_ADDSEG): generated code skips the adds.
         self.flat = flat
-        self.key = (cs_base, code, stack, cpl, pe, long, paging, flat)
+        # Each segment's limit/type check kind (accel.interp.segcheck); () when none.
+        self.checks = checks
+        self.key = (cs_base, code, stack, cpl, pe, long, paging, flat, checks)
 
     @property
     def ipmask(self) -> int:
@@ -90,6 +94,8 @@ class Ctx:
         self.regs: set[int] = set()
         self.written: set[int] = set()
         self.segs: set[int] = set()
+        self.seglims: set[int] = set()          # segments whose limit a check reads (slN)
+        self.la_seg: dict[str, int] = {}        # linear-address local -> its segment
         self.flags: dict[str, str | None] = dict.fromkeys(F.FLAG_ORDER)
         self.full: tuple[Any, ...] | None = None     # (kind, width, a, b, r) owning all six
         self.partial: tuple[Any, ...] | None = None  # INC/DEC owning all but CF
@@ -212,7 +218,11 @@ class Ctx:
             return op.seg
         return R_SS if op.base_name in ("esp", "ebp", "rsp", "rbp", "sp", "bp") else R_DS
 
-    def linear(self, seg: int, ea: str) -> str:
+    def linear(self, seg: int, ea: str, size: int | None = None) -> str:
+        """The linear address of offset ``ea`` in ``seg``; with the ``size`` of an access,
+        first emit the segment's limit check (:mod:`accel.interp.segcheck`)."""
+        if size is not None and self.mode.checks:
+            emit_limit_check(self, seg, ea, size)
         base = self.seg_base(seg)
         if base is None:
             return ea
@@ -220,11 +230,14 @@ class Ctx:
         # offset adds to it; `&` binds looser than `+`).
         return f"(({base} + ({ea})) & {MASK[8 if self.mode.code == 64 else 4]:#x})"
 
-    def addr(self, op: Op) -> str:
-        """Emit the operand's linear address into a local; returns its name."""
+    def addr(self, op: Op, size: int | None = None) -> str:
+        """Emit the operand's linear address into a local; returns its name.  ``size``: the
+        bytes the instruction accesses there when not the operand's size (m16:32, ...)."""
         self.may_fault()
         name = self.t("la")
-        self.emit(f"{name} = {self.linear(self.default_seg(op), self.ea(op))}")
+        seg = self.default_seg(op)
+        self.emit(f"{name} = {self.linear(seg, self.ea(op), size or op.size)}")
+        self.la_seg[name] = seg
         return name
 
     def load(self, la: str, size: int, tlb: str = "TR", slow: str = "ld") -> str:
@@ -232,6 +245,8 @@ class Ctx:
         get and an unpack, no call of a Python helper); a miss, a page-straddling access
         or MMIO calls ``ldN`` (``lwN`` with ``tlb="TW"``: an RMW's read)."""
         self.may_fault()
+        if self.mode.checks and la in self.la_seg:
+            emit_type_check(self, self.la_seg[la], tlb == "TW")
         name = self.t()
         self.emit(f"_e = {tlb}({la} >> 12)")
         self.emit(f"if _e is not None and {la} & 0xFFF <= {4096 - size}:")
@@ -249,6 +264,8 @@ class Ctx:
         copies the core's SMC flag into the block's local ``SMC``, which the check
         after the instruction reads (:meth:`smc_check`)."""
         self.may_fault()
+        if self.mode.checks and la in self.la_seg:
+            emit_type_check(self, self.la_seg[la], True)
         self.stored = True
         self.has_store = True
         self.emit(f"_e = TW({la} >> 12)")
@@ -311,7 +328,7 @@ class Ctx:
             off += size
             self.may_fault()
             top = new if off == total else f"({new} + {total - off}) & {m:#x}"
-            la = self.linear(R_SS, top)
+            la = self.linear(R_SS, top, size)
             if la != new:                 # a segment base to add: into a local
                 name = self.t("la")
                 self.emit(f"{name} = {la}")
@@ -331,7 +348,7 @@ class Ctx:
             # A 64-bit register needs no mask (registers hold 0 .. 2**64 - 1).
             top = (f"({sp} + {off}) & {m:#x}" if off else sp if m == MASK[8]
                    else f"{sp} & {m:#x}")
-            self.emit(f"{la} = {self.linear(R_SS, top)}")
+            self.emit(f"{la} = {self.linear(R_SS, top, size)}")
             vals.append(self.load(la, size))
             off += size
         new = self.t("sp")
@@ -560,6 +577,8 @@ class Ctx:
             pro.append(f"    g{i} = R[{i}]")
         for s in sorted(self.segs):
             pro.append(f"    sg{s} = SB[{s}]")
+        for s in sorted(self.seglims):
+            pro.append(f"    sl{s} = env.segs[{s}].limit")
         if self.need_fe:
             pro.append("    FE = S.get_flags()")
         if self.has_store:

@@ -32,6 +32,7 @@ from accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumen
                                  TripleFault)
 from accel.interp.flags import ARITH_MASK, PARITY, LazyFlags
 from accel.interp.mmu import ACC_WRITE, Mmu
+from accel.interp.segcheck import segment_checks
 from accel.interp.table import RUNTIME, load_families
 from accel.interp.translate import MAX_BLOCK_INSNS, TranslationBlock, Translator
 from hw.core.cpu import EXCP_DEBUG, EXCP_INTERRUPT, EXCP_SHUTDOWN
@@ -140,7 +141,8 @@ class InterpCore:
             stack = 32 if env.segs[cs.R_SS].flags & cs.DESC_B_MASK else 16
         flat = not any(env.segs[i].base for i in (cs.R_ES, cs.R_CS, cs.R_SS, cs.R_DS))
         return Mode(code, stack, env.cpl, bool(env.cr[0] & cs.CR0_PE), env.long_mode_active,
-                    bool(env.cr[0] & cs.CR0_PG), env.segs[cs.R_CS].base, flat)
+                    bool(env.cr[0] & cs.CR0_PG), env.segs[cs.R_CS].base, flat,
+                    segment_checks(env))
 
     def mode_changed(self) -> None:
         """Recompute the mode key after anything that may change it (QEMU's hflags update)."""

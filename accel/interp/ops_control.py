@@ -114,7 +114,7 @@ def gen_far(c: Ctx, i: Insn) -> None:
     else:
         m = ops[0]
         size = i.opsize if not (c.mode.code == 64 and i.rex_w) else 8
-        la = c.addr(m)
+        la = c.addr(m, size + 2)
         off = c.load(la, size)
         sel = c.load(f"({la} + {size}) & {MASK[8]:#x}", 2)
     c.sync(hex(i.ip))

@@ -219,7 +219,7 @@ def gen_enter(c: Ctx, i: Insn) -> None:
     for n in range(1, level):
         la = c.t("la")
         c.may_fault()
-        c.emit(f"{la} = {c.linear(2, f'({c.r(5)} - {n * size}) & {m:#x}')}")
+        c.emit(f"{la} = {c.linear(2, f'({c.r(5)} - {n * size}) & {m:#x}', size)}")
         vals.append((c.load(la, size), size))
     if level:
         vals.append((frame, size))
@@ -235,7 +235,7 @@ def gen_leave(c: Ctx, i: Insn) -> None:
     m = c.stack_mask()
     la = c.t("la")
     c.may_fault()
-    c.emit(f"{la} = {c.linear(2, f'{c.r(5)} & {m:#x}')}")
+    c.emit(f"{la} = {c.linear(2, f'{c.r(5)} & {m:#x}', size)}")
     v = c.load(la, size)
     c.set_sp(f"({c.r(5)} + {size}) & {m:#x}")
     c.gpr_write(5, size, v)
@@ -277,7 +277,8 @@ def gen_xlat(c: Ctx, i: Insn) -> None:
     seg = next((SEG_PREFIX[p] for p in i.prefixes if p in SEG_PREFIX), R_DS)
     la = c.t("la")
     c.may_fault()
-    c.emit(f"{la} = {c.linear(seg, f'({c.r(3)} + ({c.r(0)} & 0xFF)) & {MASK[i.adsize]:#x}')}")
+    c.emit(f"{la} = {c.linear(seg, f'({c.r(3)} + ({c.r(0)} & 0xFF)) & {MASK[i.adsize]:#x}', 1)}")
+    c.la_seg[la] = seg
     c.gpr_write(0, 1, c.load(la, 1))
 
 
@@ -342,7 +343,7 @@ def gen_cmpxchg8b(c: Ctx, i: Insn) -> None:
     if half == 8:
         c.may_fault()
         c.emit(f"if {c.addr(m)} & 15: raise Fault(13, 0, why='cmpxchg16b unaligned')")
-    la = c.addr(m)
+    la = c.addr(m, 2 * half)
     lo, hi = c.load(la, half), c.load(f"({la} + {half}) & {MASK[8]:#x}", half)
     eq = c.t("eq")
     c.emit(f"{eq} = {lo} == {c.gpr_read(0, half)} and {hi} == {c.gpr_read(2, half)}")
@@ -359,7 +360,7 @@ def gen_lds(c: Ctx, i: Insn) -> None:
     selector through the segment-load checks (SDM vol. 2A, LDS/LES/LFS/LGS/LSS)."""
     dst, m = i.ops
     seg = {"lds": 3, "les": 0, "lfs": 4, "lgs": 5, "lss": 2}[i.mnem]
-    la = c.addr(m)
+    la = c.addr(m, dst.size + 2)
     off = c.load(la, dst.size)
     sel = c.load(f"({la} + {dst.size}) & {MASK[8]:#x}", 2)
     c.sync(hex(i.ip))

@@ -56,17 +56,20 @@ def gen_string(c: Ctx, i: Insn) -> None:
     if kind in ("cmps", "scas"):
         la = c.t("la")
         c.may_fault()
-        c.emit(f"{la} = {c.linear(R_ES, f'{di} & {am:#x}')}")
+        c.emit(f"{la} = {c.linear(R_ES, f'{di} & {am:#x}', size)}")
+        c.la_seg[la] = R_ES
         dst = c.load(la, size)
     if kind in ("movs", "lods", "cmps"):
         la = c.t("la")
         c.may_fault()
-        c.emit(f"{la} = {c.linear(seg, f'{si} & {am:#x}')}")
+        c.emit(f"{la} = {c.linear(seg, f'{si} & {am:#x}', size)}")
+        c.la_seg[la] = seg
         src = c.load(la, size)
     if kind in ("movs", "stos"):
         la = c.t("la")
         c.may_fault()
-        c.emit(f"{la} = {c.linear(R_ES, f'{di} & {am:#x}')}")
+        c.emit(f"{la} = {c.linear(R_ES, f'{di} & {am:#x}', size)}")
+        c.la_seg[la] = R_ES
         c.store(la, size, src if kind == "movs" else c.gpr_read(0, size))
     if kind == "lods":
         c.gpr_write(0, size, src or "0")

@@ -146,9 +146,9 @@ def gen_lgdt(c: Ctx, i: Insn) -> None:
     """Limit (16 bits) then base: 24 bits with a 16-bit operand, 32, or 64 in 64-bit mode."""
     if not _privileged(c, i):
         return
-    la = c.addr(i.ops[0])
-    limit = c.load(la, 2)
     bsize = 8 if c.mode.code == 64 else 4
+    la = c.addr(i.ops[0], 2 + bsize)
+    limit = c.load(la, 2)
     base = c.load(f"({la} + 2) & {MASK[8]:#x}", bsize)
     bmask = MASK[8] if c.mode.code == 64 else 0xFFFFFF if i.opsize == 2 else MASK[4]
     table = "gdt" if i.mnem == "lgdt" else "idt"
@@ -158,9 +158,9 @@ def gen_lgdt(c: Ctx, i: Insn) -> None:
 
 @op("sgdt", "sidt")
 def gen_sgdt(c: Ctx, i: Insn) -> None:
-    la = c.addr(i.ops[0])
-    table = "gdt" if i.mnem == "sgdt" else "idt"
     bsize = 8 if c.mode.code == 64 else 4
+    la = c.addr(i.ops[0], 2 + bsize)
+    table = "gdt" if i.mnem == "sgdt" else "idt"
     c.store(la, 2, f"env.{table}.limit")
     c.store(f"({la} + 2) & {MASK[8]:#x}", bsize, f"env.{table}.base")
 
@@ -436,7 +436,7 @@ def gen_bound(c: Ctx, i: Insn) -> None:
     where 62H is EVEX and never decodes as BOUND."""
     reg, m = i.ops
     size = reg.size
-    la = c.addr(m)
+    la = c.addr(m, 2 * size)
     lo = c.load(la, size)
     hi = c.load(f"({la} + {size}) & {MASK[4]:#x}", size)
     s = SIGN[size]

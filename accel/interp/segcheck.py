@@ -1,0 +1,104 @@
+"""Segment limit and type checks on ordinary memory accesses (Intel SDM vol. 3A, 5.3
+"Limit checking", 5.4 "Type checking", 3.4.5.1 expand-down segments; vol. 2, each
+instruction's "#GP(0) If a memory operand effective address is outside the CS, DS,
+ES, FS, or GS segment limit" and "#SS(0) ... outside the SS segment limit").
+
+Which checks a segment needs depends only on its hidden descriptor cache, which
+changes only when a segment register is loaded (and every load recomputes the
+block key, :meth:`InterpCore.mode_changed`).  So the check *kind* of each of the six
+segments is part of the translation-block key (QEMU keeps the like in ``hflags``),
+and generated code carries a check only where one can fail: a flat 4 GiB writable
+data segment, the common case, costs nothing.  The limit itself is read once per
+block into a local (``slN``), like the segment base.
+
+- 64-bit mode: no limit or type checks at all (SDM vol. 3A, 5.3.1).
+- Real mode: the limit in the cache is checked (SDM vol. 3A, 20.1.1: a word at
+  offset 0FFFFH faults; a larger cached limit is "unreal mode"), types are not.
+- Protected mode: the limit (expand-down: offsets above it up to FFFFH or
+  FFFFFFFFH by the B flag), writes to code or read-only data and reads of
+  execute-only code give #GP(0), and any access through a null (unusable)
+  segment gives #GP(0) (SDM vol. 3A, 5.4.1; vol. 2, "#GP(0) If ... contains a
+  NULL segment selector").
+
+The vector is #SS(0) for SS, #GP(0) for the others.  Code fetches are not checked
+against the CS limit here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from accel.interp.errors import EXCP_GP, EXCP_SS
+from hw.i386.cpu_state import (CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_E_MASK, DESC_P_MASK,
+                               DESC_R_MASK, DESC_W_MASK, R_SS, VM_MASK, CPUX86State)
+
+if TYPE_CHECKING:
+    from accel.interp.codegen import Ctx
+
+LIMIT = 1        # expand-up with a limit below 4 GiB - 1
+DOWN = 2         # expand-down: offsets must lie above the limit
+BIG = 4          # expand-down upper bound FFFFFFFFH (B set), else FFFFH
+NOWRITE = 8      # code, or data without W
+NOREAD = 16      # execute-only code
+NULL = 32        # protected mode, not present: null selector or unusable
+
+_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
+
+
+def segment_checks(env: CPUX86State) -> tuple[int, ...]:
+    """The check kind of each segment register (empty when none needs any)."""
+    if env.code64:
+        return ()
+    protected = bool(env.cr[0] & CR0_PE) and not env.eflags & VM_MASK
+    kinds = []
+    for s in env.segs:
+        flags = s.flags
+        kind = 0
+        if protected and not flags & DESC_P_MASK:
+            kind = NULL
+        elif not flags & DESC_CS_MASK and flags & DESC_E_MASK:
+            kind = DOWN | (BIG if flags & DESC_B_MASK else 0)
+        elif s.limit < 0xFFFFFFFF:
+            kind = LIMIT
+        if protected and kind != NULL:
+            if flags & DESC_CS_MASK:
+                kind |= NOWRITE | (0 if flags & DESC_R_MASK else NOREAD)
+            elif not flags & DESC_W_MASK:
+                kind |= NOWRITE
+        kinds.append(kind)
+    return tuple(kinds) if any(kinds) else ()
+
+
+def emit_limit_check(c: "Ctx", seg: int, ea: str, size: int) -> None:
+    """Emit the limit (and null) check of a ``size``-byte access at offset ``ea``."""
+    checks = c.mode.checks
+    kind = checks[seg] if checks else 0
+    if not kind & (LIMIT | DOWN | NULL):
+        return
+    c.may_fault()
+    vec = EXCP_SS if seg == R_SS else EXCP_GP
+    name = _NAMES[seg]
+    if kind & NULL:
+        c.emit(f"raise Fault({EXCP_GP}, 0, why='access through a null {name}')")
+        return
+    c.seglims.add(seg)
+    if kind & LIMIT:
+        c.emit(f"if {ea} > sl{seg} - {size - 1}: "
+               f"raise Fault({vec}, 0, why='{name} limit')")
+    else:
+        upper = (0xFFFFFFFF if kind & BIG else 0xFFFF) - (size - 1)
+        c.emit(f"if {ea} <= sl{seg} or {ea} > {upper:#x}: "
+               f"raise Fault({vec}, 0, why='{name} expand-down limit')")
+
+
+def emit_type_check(c: "Ctx", seg: int, write: bool) -> None:
+    """Emit #GP(0) for a write to code or read-only data, or a read of execute-only code."""
+    checks = c.mode.checks
+    kind = checks[seg] if checks else 0
+    if kind & (NOWRITE if write else NOREAD):
+        c.may_fault()
+        what = "write to a read-only" if write else "read of an execute-only"
+        c.emit(f"raise Fault({EXCP_GP}, 0, why='{what} {_NAMES[seg]}')")
+
+
+__all__ = ["segment_checks", "emit_limit_check", "emit_type_check"]

@@ -1,0 +1,191 @@
+"""Segment limit and type checks on ordinary memory accesses (accel/interp/segcheck.py).
+
+Expected outcomes worked out from the Intel SDM: vol. 3A 5.3 (limit checking; an
+access faults when any of its bytes lies past the limit; expand-down segments
+3.4.5.1), 5.4 (type checking), 20.1.1 (real mode); vol. 2, the "#GP(0)/#SS(0) If a
+memory operand effective address is outside the ... segment limit" lines of each
+instruction.  QEMU's TCG (and so Unicorn) does not check data segment limits, so
+it cannot be the reference here; the segment caches are set directly, as a loader
+or KVM_SET_SREGS would.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hw.core.cpu import EXCP_HLT
+from hw.i386.cpu_state import (DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK, DESC_E_MASK, DESC_G_MASK,
+                               DESC_P_MASK, DESC_R_MASK, DESC_S_MASK, DESC_W_MASK, SegmentCache)
+from tests.accel.interp.harness import CODE, Guest
+from tests.accel.interp.test_sysinsn import frame, guest, run, vector
+
+DATA = DESC_P_MASK | DESC_S_MASK | DESC_A_MASK | DESC_W_MASK
+CODE_XO = DESC_P_MASK | DESC_S_MASK | DESC_A_MASK | DESC_CS_MASK | DESC_B_MASK | DESC_G_MASK
+ES, CS, SS, DS = 0, 1, 2, 3
+GP, SSF = 13, 12
+
+
+def with_seg(index: int, limit: int, flags: int, base: int = 0, bits: int = 32) -> Guest:
+    g = guest(bits)
+    g.env.segs[index] = SegmentCache(0x10 if index != CS else 0x08, base, limit, flags)
+    return g
+
+
+def fault(g: Guest) -> tuple[int | None, int | None, int]:
+    """(vector, error code, faulting EIP) of an exception the handler caught."""
+    v = vector(g)
+    if v is None:
+        return None, None, g.env.rip
+    err = frame(g, 0) if v in (GP, SSF) else None
+    return v, err, frame(g, 1 if err is not None else 0)
+
+
+@pytest.mark.parametrize("offset, size, faults", [
+    (0xFFC, "dword", False), (0xFFD, "dword", True), (0xFFF, "byte", False),
+    (0x1000, "byte", True), (0xFFE, "word", False), (0xFFF, "word", True)])
+def test_expand_up_limit(offset: int, size: str, faults: bool) -> None:
+    g = with_seg(DS, 0xFFF, DATA)
+    reg = {"dword": "eax", "word": "ax", "byte": "al"}[size]
+    run(g, f"mov {reg}, {size} ptr [{offset:#x}]")
+    assert fault(g) == ((GP, 0, CODE) if faults else (None, None, g.env.rip))
+
+
+def test_store_past_the_limit_leaves_memory_alone() -> None:
+    g = with_seg(DS, 0xFFF, DATA, base=0x4000)
+    g.mem.write(0x4FFC, 0x11223344, 4)
+    g.mem.write(0x5000, 0x55, 1)
+    run(g, "mov dword ptr [0xffe], 0xaabbccdd")
+    assert fault(g) == (GP, 0, CODE)
+    assert g.mem.read(0x4FFC, 4) == 0x11223344 and g.mem.read(0x5000, 1) == 0x55
+
+
+@pytest.mark.parametrize("big, offset, size, faults", [
+    (True, 0x2000, 4, False), (True, 0x1FFF, 1, True), (True, 0x1FFE, 4, True),
+    (True, 0xFFFFFFFC, 4, False), (False, 0xFFFC, 4, False), (False, 0xFFFD, 4, True),
+    (False, 0x2000, 2, False), (False, 0x1FFF, 2, True)])
+def test_expand_down_limit(big: bool, offset: int, size: int, faults: bool) -> None:
+    """Expand-down: valid offsets are limit+1 .. FFFFFFFFH (B=1) or FFFFH (B=0)."""
+    g = with_seg(DS, 0x1FFF, DATA | DESC_E_MASK | (DESC_B_MASK if big else 0))
+    reg = {4: "eax", 2: "ax", 1: "al"}[size]
+    g.env.regs[1] = offset
+    run(g, f"mov {reg}, [ecx]")
+    assert fault(g)[0] == (GP if faults else None)
+
+
+def test_stack_segment_limit_is_ss_fault() -> None:
+    """An access through SS (EBP-based, or a pop) past SS's limit is #SS(0), not #GP."""
+    g = with_seg(SS, 0xFFFF, DATA | DESC_B_MASK)
+    run(g, "mov eax, [ebp + 0xfffe]", rbp=0)
+    assert fault(g) == (SSF, 0, CODE)
+    g = with_seg(SS, 0xFFF, DATA | DESC_B_MASK)
+    run(g, "mov esp, 0xffe\npop eax")
+    v, err, eip = fault(g)
+    assert (v, err) == (SSF, 0) and eip == CODE + 5
+    assert g.env.regs[0] == 0                # the pop did not happen
+
+
+def test_push_below_an_expand_down_stack_limit() -> None:
+    """A push whose slot reaches the limit of an expand-down stack is #SS(0); ESP stays."""
+    g = with_seg(SS, 0x0FFF, DATA | DESC_E_MASK | DESC_B_MASK)
+    g.load("mov esp, 0x1002\npush eax\nhlt")
+    g.run(50)
+    assert g.env.regs[7] == SSF
+    # The handler's own frame would also be below the limit: the fault is delivered
+    # through the stack switch-free path all the same here, so only the vector is checked.
+
+
+def test_read_only_data_segment() -> None:
+    g = with_seg(DS, 0xFFFFFFFF, DESC_P_MASK | DESC_S_MASK | DESC_A_MASK | DESC_B_MASK
+                 | DESC_G_MASK)
+    g.mem.write(0x100, 0x1234, 4)
+    run(g, "mov eax, [0x100]")
+    assert fault(g)[0] is None and g.env.regs[0] == 0x1234
+    for text in ("mov [0x100], eax", "add [0x100], eax", "inc byte ptr [0x100]",
+                 "lock xadd [0x100], eax", "setz byte ptr [0x100]"):
+        g = with_seg(DS, 0xFFFFFFFF, DESC_P_MASK | DESC_S_MASK | DESC_A_MASK | DESC_B_MASK
+                     | DESC_G_MASK)
+        g.mem.write(0x100, 0x1234, 4)
+        run(g, text)
+        assert fault(g) == (GP, 0, CODE), text
+        assert g.mem.read(0x100, 4) == 0x1234, text
+
+
+def test_code_segment_reads_and_writes() -> None:
+    """Through CS: readable code can be read, never written; execute-only not even read."""
+    g = guest(32)
+    g.mem.write(0x100, 0x5678, 4)
+    run(g, "mov eax, cs:[0x100]")
+    assert fault(g)[0] is None and g.env.regs[0] == 0x5678
+    g = guest(32)
+    run(g, "mov cs:[0x100], eax")
+    assert fault(g) == (GP, 0, CODE)
+    g = with_seg(CS, 0xFFFFFFFF, CODE_XO)
+    run(g, "mov eax, cs:[0x100]")
+    assert fault(g) == (GP, 0, CODE)
+
+
+def test_null_segment_access() -> None:
+    """A null selector in ES: loading it is allowed, using it is #GP(0) (also for STOS)."""
+    for text in ("mov eax, es:[0x100]", "mov edi, 0x100\nstosb"):
+        g = guest(32)
+        run(g, "xor eax, eax\nmov es, ax\n" + text)
+        assert fault(g)[:2] == (GP, 0), text
+    g = guest(32)
+    run(g, "xor eax, eax\nmov es, ax\nmov eax, [0x100]")     # DS untouched
+    assert fault(g)[0] is None
+
+
+def test_bt_register_offset_checks_the_byte_it_reaches() -> None:
+    """BT m, r: the bit offset selects a byte past the operand; that byte's offset is
+    what the limit applies to (SDM vol. 2A, BT; vol. 3A 5.3)."""
+    g = with_seg(DS, 0xFFF, DATA)
+    run(g, "bt dword ptr [0xff0], ecx", rcx=8 * 12)          # dword at 0xFFC: inside
+    assert fault(g)[0] is None
+    g = with_seg(DS, 0xFFF, DATA)
+    run(g, "bt dword ptr [0xff0], ecx", rcx=8 * 16)          # dword at 0x1000: past
+    assert fault(g) == (GP, 0, CODE)
+
+
+def test_far_pointer_and_descriptor_table_operands_check_their_whole_size() -> None:
+    """LGDT's 6-byte and LDS's 6-byte operands fault when their last byte is past the
+    limit, though their first bytes are inside."""
+    g = with_seg(DS, 0xFFF, DATA)
+    run(g, "lgdt [0xffc]")
+    assert fault(g) == (GP, 0, CODE)
+    g = with_seg(DS, 0xFFF, DATA)
+    run(g, "lds eax, [0xffc]")
+    assert fault(g) == (GP, 0, CODE)
+
+
+def test_real_mode_word_at_offset_ffff_faults() -> None:
+    """Real mode: a word at DS:FFFF crosses the 64 KiB limit: #GP, delivered through IVT[13]
+    (SDM vol. 3A, 20.1.1, 20.1.4); a byte there is fine."""
+    g = Guest(16)
+    g.mem.write(13 * 4, 0x0000_2000, 4)                      # IVT[13] -> 0000:2000
+    g.load("mov dx, 0x6666\nhlt", addr=0x2000)
+    g.load("mov sp, 0x7000\nmov al, [0xffff]\nmov bx, 1\nmov ax, [0xffff]\nmov bx, 2\nhlt")
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[2] & 0xFFFF == 0x6666 and g.env.regs[3] & 0xFFFF == 1
+    assert g.mem.read(0x7000 - 6, 2) == CODE + 9             # IP of the faulting MOV
+
+
+def test_unreal_mode_limit_allows_32_bit_offsets() -> None:
+    """A 4 GiB limit left in DS's cache from protected mode ("unreal mode")."""
+    g = Guest(16)
+    g.env.segs[DS] = SegmentCache(0, 0, 0xFFFFFFFF, DATA | DESC_G_MASK)
+    g.mem.write(0x12345, 0x99, 1)
+    g.load("mov sp, 0x7000\nmov ebx, 0x12345\nmov al, [ebx]\nhlt")
+    assert g.run() == EXCP_HLT
+    assert g.env.regs[0] & 0xFF == 0x99
+
+
+def test_flat_and_64_bit_blocks_carry_no_checks() -> None:
+    """The common case costs nothing: flat 4 GiB segments, and 64-bit mode whatever the
+    caches say (SDM vol. 3A, 5.3.1), give a block key without check kinds."""
+    g = guest(32)
+    g.env.segs[CS].flags &= ~DESC_R_MASK | DESC_R_MASK      # readable code: only CS: writes
+    run(g, "mov eax, [0x100]")
+    assert all(k == 0 for i, k in enumerate(g.core.mode.checks) if i != CS)
+    g = with_seg(DS, 0xFFF, DATA, bits=64)
+    run(g, "mov rax, [0x2000]")
+    assert fault(g)[0] is None and g.core.mode.checks == ()
