@@ -71,6 +71,11 @@ GDT, PML4, PDPT, PD, IDT, TSS, STUBS, KSTACK = (0x1000, 0x2000, 0x3000, 0x4000, 
                                                 0x6000, 0x7000, 0x9000)
 CODE, DATA, DATA_SIZE, STACK, RDONLY = 0x200000, 0x300000, 0x2000, 0x3F0000, 0x400000
 STACK_LO = STACK - 0x1000              # the user stack bytes compared: STACK_LO..STACK+0x1000
+#: User-writable pages a snippet can reach past the data and stack (a displacement
+#: past the end of DATA, a string instruction walking down from RDONLY): zeroed
+#: before each run and compared after it, so that nothing one snippet leaves there
+#: can show up in a later one.
+CLEAN = ((DATA + DATA_SIZE, 0x1000), (RDONLY - 0x1000, 0x1000))
 END_PORT, FAULT_PORT = 0xF0, 0xC0
 NVEC = 32
 SEL_CODE64, SEL_DATA3, SEL_CODE3_64, SEL_CODE3_32, SEL_CODE3_16, SEL_TSS = (
@@ -162,6 +167,7 @@ class Outcome:
     cr2: int = 0
     data: bytes = b""
     stack: bytes = b""
+    clean: bytes = b""                              # the CLEAN pages, in order
     other: str = ""                                 # anything but an end or a fault
     notes: list[str] = field(default_factory=list)
 
@@ -218,6 +224,8 @@ class KvmCpl3:
         mm[CODE:CODE + len(code) + 2] = code + END
         mm[DATA:DATA + DATA_SIZE] = data
         mm[STACK_LO:STACK + 0x1000] = bytes(0x2000)
+        for a, n in CLEAN:
+            mm[a:a + n] = bytes(n)
         self.vcpu.set_sregs(self.sregs[bits])       # a fault left CS/SS at CPL0
         r = self.vcpu.get_regs()
         for name, v in zip(_GPRS, regs):
@@ -227,7 +235,8 @@ class KvmCpl3:
         ex = self.vcpu.run()
         r = self.vcpu.get_regs()
         out = Outcome([getattr(r, n) for n in _GPRS], r.rip, r.rflags,
-                      data=bytes(mm[DATA:DATA + DATA_SIZE]), stack=bytes(mm[STACK_LO:STACK + 0x1000]))
+                      data=bytes(mm[DATA:DATA + DATA_SIZE]), stack=bytes(mm[STACK_LO:STACK + 0x1000]),
+                      clean=b"".join(bytes(mm[a:a + n]) for a, n in CLEAN))
         if isinstance(ex, IoOut) and ex.port == END_PORT:
             out.rip -= 2                    # report the address of the end marker
         elif isinstance(ex, IoOut) and FAULT_PORT <= ex.port < FAULT_PORT + NVEC:
@@ -264,6 +273,8 @@ class InterpCpl3:
         mem.write_bytes(CODE, code + END)
         mem.write_bytes(DATA, data)
         mem.write_bytes(STACK_LO, bytes(0x2000))
+        for a, n in CLEAN:
+            mem.write_bytes(a, bytes(n))
         core.tb_flush()
         ref = self.envs[bits]
         env.segs[:] = [s.copy() for s in ref.segs]
@@ -277,7 +288,8 @@ class InterpCpl3:
         core.mode_changed()
         reason = core.run(self.budget)
         out = Outcome(list(env.regs), env.rip, env.eflags, data=mem.read_bytes(DATA, DATA_SIZE),
-                      stack=mem.read_bytes(STACK_LO, 0x2000))
+                      stack=mem.read_bytes(STACK_LO, 0x2000),
+                      clean=b"".join(mem.read_bytes(a, n) for a, n in CLEAN))
         if reason != EXCP_DEBUG:
             out.other = f"stopped with reason {reason:#x} at {env.rip:#x}"
         elif env.rip != end:
