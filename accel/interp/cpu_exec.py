@@ -26,10 +26,11 @@ import struct
 import time
 from typing import Any, Callable
 
-from accel.interp import excp, seg, string_rt
-from accel.interp.codegen import Mode
+from accel.interp import debug, excp, seg, string_rt
+from accel.interp.codegen import MASK, Mode
 from accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumentError,
                                  TripleFault)
+from accel.interp.debug import GuestDebug
 from accel.interp.flags import ARITH_MASK, PARITY, LazyFlags
 from accel.interp.mmu import ACC_WRITE, Mmu
 from accel.interp.segcheck import segment_checks
@@ -87,6 +88,10 @@ class InterpCore:
         self.bp_skip: int | None = None
         self.tsc_epoch = time.monotonic_ns()
         self.la_mask = 0xFFFFFFFF
+        # The guest's own TF and DR0-DR7 (accel/interp/debug.py): while ``dbg_armed`` the
+        # loop runs one instruction at a time through debug.step, otherwise not at all.
+        self.dbg_armed = False
+        self.debug = GuestDebug(self)
         self.mmu = Mmu(self)
         self.ld = {n: self.mmu.helpers[f"ld{n}"] for n in (1, 2, 4, 8)}
         rmw_loads = {f"lw{n}": self._make_rmw_load(n) for n in (1, 2, 4, 8)}
@@ -109,6 +114,7 @@ class InterpCore:
         self.mode: Mode = self._compute_mode()
         self.tbs: dict[int, TranslationBlock] = {}
         self.mode_changed()
+        self.debug.update()
 
     def _make_rmw_load(self, size: int) -> Callable[[int], int]:
         """``lwN``: the read of a read-modify-write, through the *write* TLB, so that a
@@ -117,12 +123,14 @@ class InterpCore:
         get = self.mmu.tlb_w.get
         unpack = struct.Struct({1: "<B", 2: "<H", 4: "<I", 8: "<Q"}[size]).unpack_from
         limit = 4096 - size
-        mmu, mem = self.mmu, self.mem
+        mmu, mem, dbg = self.mmu, self.mem, self.debug
 
         def load(la: int) -> int:
             e = get(la >> 12)
             if e is not None and la & 0xFFF <= limit:
                 return unpack(e[0], la + e[1])[0]
+            if dbg.watches:
+                dbg.check_data(la, size, True)     # an RMW read counts as a write access
             if (la & 0xFFF) + size > 4096:
                 lo = 4096 - (la & 0xFFF)
                 pa1, pa2 = mmu.fill(la, ACC_WRITE), mmu.fill(la + lo, ACC_WRITE)
@@ -168,6 +176,7 @@ class InterpCore:
             if self.mem.read_bytes(pp << 12, 4096) != snap:
                 self.invalidate_page(pp)
         self.smc = False
+        self.debug.update()       # TF, RF or DR0-DR7 may have been written between runs
 
     # -- lazy flags ----------------------------------------------------------------------
     def get_flags(self) -> int:
@@ -263,10 +272,14 @@ class InterpCore:
         skip, self.bp_skip = self.bp_skip, None
         bps = self.breakpoints
         tracer = trace.tracer
+        fast = limit is None and not bps and not tracer._enabled
         try:
-            if limit is None and not bps and not tracer._enabled:
-                return self._run_chained()
             while True:
+                if fast and not self.dbg_armed:
+                    reason = self._run_chained()
+                    if reason is not None:
+                        return reason
+                    # The guest armed TF or a DR7 breakpoint: go on one step at a time.
                 if kick.exit_request:
                     kick.exit_request = False
                     return EXCP_INTERRUPT
@@ -283,6 +296,13 @@ class InterpCore:
                         return EXCP_DEBUG
                     skip = None
                     single = True
+                if self.dbg_armed:
+                    # The guest's own #DB conditions, checked around each instruction; a
+                    # #DB goes to the guest's IDT/IVT, never to our caller as EXCP_DEBUG.
+                    events = debug.step(self, self._tb1)
+                    if limit is not None:
+                        limit -= events
+                    continue
                 if single:
                     tb = self.tb1_caches.get(self.mode.key, {}).get(pc)
                 else:
@@ -312,9 +332,13 @@ class InterpCore:
         finally:
             self.sync_flags()
 
-    def _run_chained(self) -> int:
+    def _run_chained(self) -> int | None:
         """The fast loop (no budget, no breakpoints, no trace): chained blocks return the
-        next block's function, so a lookup happens only where a chain ends."""
+        next block's function, so a lookup happens only where a chain ends.
+
+        Returns None when the guest armed its debug facilities: every instruction that
+        can (POPF, IRET, MOV DRn, SYSRET...) ends its block with no successor, so the
+        check costs one attribute test where a chain ends, none inside one."""
         env = self.env
         kick = self.kick
         fn: Callable[[], Any] | None = None
@@ -326,6 +350,8 @@ class InterpCore:
                 return EXCP_INTERRUPT
             try:
                 if fn is None:
+                    if self.dbg_armed:
+                        return None
                     pc = env.rip
                     tb = self.tbs.get(pc)
                     if tb is None:
@@ -335,6 +361,11 @@ class InterpCore:
             except Fault as f:
                 fn = None
                 excp.deliver(self, f)
+
+    def _tb1(self, pc: int) -> TranslationBlock:
+        """The single-instruction block at ``pc`` in the current mode (translated on a miss)."""
+        tb = self.tb1_caches.get(self.mode.key, {}).get(pc)
+        return tb if tb is not None else self._tb_gen(pc, True)
 
     def step(self) -> int:
         """Execute exactly one instruction, or deliver the fault it raises (then RIP is the
@@ -352,11 +383,15 @@ class InterpCore:
 
     # -- helpers called by generated code -----------------------------------------------------
     def io_read(self, port: int, size: int) -> int:
+        if self.debug.io_watches:
+            self.debug.check_io(port, size)
         if self.io is None:
             return (1 << (8 * size)) - 1
         return int(self.io.read(port, size))
 
     def io_write(self, port: int, value: int, size: int) -> None:
+        if self.debug.io_watches:
+            self.debug.check_io(port, size)
         if self.io is not None:
             a20 = self.env.a20_mask
             self.io.write(port, value, size)
@@ -369,7 +404,19 @@ class InterpCore:
     def popf(self, value: int, size: int) -> None:
         excp._set_flags(self, value, size)
 
+    def debug_flags_changed(self) -> None:
+        """TF or RF may have changed outside a block (SYSCALL, SYSRET, SYSENTER...)."""
+        if self.dbg_armed or self.env.eflags & (cs.TF_MASK | cs.RF_MASK):
+            self.debug.update()
+
+    def write_dr(self) -> None:
+        """After MOV to DRn (generated code ends the block): re-decode DR0-DR3/DR7."""
+        self.debug.update()
+
     def soft_int(self, vector: int, next_ip: int, check_dpl: bool) -> None:
+        # INT n/INT3/INTO/INT1 clear TF after pushing it: no single-step trap follows them
+        # (SDM vol. 3A, 18.3.1.4).
+        self.debug.event = True
         excp.do_interrupt(self, vector, None, next_ip, soft=check_dpl)
 
     def iret(self, size: int) -> None:
@@ -386,6 +433,8 @@ class InterpCore:
 
     def load_seg(self, index: int, sel: int) -> None:
         seg.load_seg(self, index, sel)
+        if index == cs.R_SS:
+            self.debug.ss_loaded = True   # MOV SS / POP SS hold debug events (debug.step)
 
     def load_system_seg(self, which: str, sel: int) -> None:
         seg.load_system_seg(self, which, sel)
@@ -395,19 +444,56 @@ class InterpCore:
 
     def sysenter(self) -> None:
         seg.sysenter(self)
+        self.debug_flags_changed()
 
     def sysexit(self, size: int) -> None:
         seg.sysexit(self, size)
+        self.debug_flags_changed()
 
     def syscall(self, next_ip: int) -> None:
         seg.syscall(self, next_ip)
+        self.debug_flags_changed()
 
     def sysret(self, size: int) -> None:
         seg.sysret(self, size)
+        self.debug_flags_changed()
 
     def rep_string(self, kind: str, size: int, adsize: int, segment: int, rep: str,
                    next_ip: int) -> None:
+        dbg = self.debug
+        if rep and self.dbg_armed and (self.env.eflags & cs.TF_MASK or dbg.watches
+                                       or dbg.io_watches):
+            self._rep_one_iteration(kind, size, adsize, segment, rep, next_ip)
+            return
         string_rt.rep_string(self, kind, size, adsize, segment, rep, next_ip)
+
+    def _rep_one_iteration(self, kind: str, size: int, adsize: int, segment: int, rep: str,
+                           next_ip: int) -> None:
+        """One iteration of a REP string instruction, the rest left to a restart.
+
+        With TF set the processor traps after each iteration (SDM vol. 3A, 18.3.1.4; on
+        this project's host: RIP on the instruction, RCX one less, RF=1 pushed), and a
+        data or I/O breakpoint traps after the iteration that hit it (18.3.1.2): the
+        instruction runs with a count of one and RIP stays on it unless that ended it.
+        """
+        regs = self.env.regs
+        am = MASK[adsize]
+        count = regs[1] & am
+        if count <= 1:
+            string_rt.rep_string(self, kind, size, adsize, segment, rep, next_ip)
+            return
+        ip, old = self.env.rip, regs[1]
+        regs[1] = (old & ~am) | 1
+        try:
+            string_rt.rep_string(self, kind, size, adsize, segment, rep, next_ip)
+        except BaseException:
+            regs[1] = old               # a fault in the iteration: nothing was done
+            raise
+        regs[1] = count - 1 if adsize >= 4 else (old & ~0xFFFF) | (count - 1)
+        if kind in ("cmps", "scas") and (rep == "rep") != bool(self.get_flags() & cs.CC_Z):
+            return                      # REPE/REPNE ended on its condition: complete
+        self.env.rip = ip
+        self.debug.rep_partial = True
 
     # stack access for helpers (registers in env.regs)
     def _stack_mask(self) -> int:
@@ -465,6 +551,8 @@ class InterpCore:
             raise Fault(EXCP_UD, why=f"mov to cr{n}")
         self.mmu.flush()
         self.mode_changed()
+        if n == 4:
+            self.debug.update()           # CR4.DE enables I/O breakpoints (R/W=10)
 
     _MSR_FIELDS = {cs.MSR_STAR: "star", cs.MSR_LSTAR: "lstar", cs.MSR_CSTAR: "cstar",
                    cs.MSR_FMASK: "fmask", cs.MSR_KERNELGSBASE: "kernelgsbase",

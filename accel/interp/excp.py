@@ -83,7 +83,9 @@ def _real_mode(core: "InterpCore", vector: int, ret_ip: int) -> None:
         raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector} past the IVT limit")
     entry = int.from_bytes(core.mmu.read_bytes(env.idt.base + vector * 4, 4), "little")
     core.push_rt([(env.eflags & 0xFFFF, 2), (env.segs[R_CS].selector, 2), (ret_ip & 0xFFFF, 2)])
-    env.eflags &= ~(IF_MASK | TF_MASK | AC_MASK)
+    # RF too: :func:`deliver` set it for the image only (a 16-bit image has no RF), and
+    # the handler starts with RF clear (SDM vol. 3A, 18.3.1.1).
+    env.eflags &= ~(IF_MASK | TF_MASK | AC_MASK | RF_MASK)
     cs = env.segs[R_CS]
     cs.selector = entry >> 16
     cs.base = cs.selector << 4
@@ -211,7 +213,7 @@ def iret(core: "InterpCore", size: int) -> None:
         cs.selector, cs.base = sel, sel << 4
         core.segbase[R_CS] = cs.base
         core.set_sp_rt(new_sp)
-        _set_flags(core, flags, size)
+        _set_flags(core, flags, size, iret=True)
         env.rip = ip
         core.mode_changed()
         return
@@ -230,7 +232,7 @@ def iret(core: "InterpCore", size: int) -> None:
             (sp, ss), new_sp = core.pop_rt([size, size], 0, start=new_sp)
         else:
             sp, ss = vals[3], vals[4] & 0xFFFF
-        _set_flags(core, flags, size)
+        _set_flags(core, flags, size, iret=True)
         if ss & 0xFFFC:
             slo, shi = read_descriptor(core, ss)
             env.segs[R_SS] = cache_from(ss, slo, mark_accessed(core, ss, shi))
@@ -244,7 +246,7 @@ def iret(core: "InterpCore", size: int) -> None:
         if rpl > cpl:
             _null_outer_data_segs(core, rpl, long64)
     else:
-        _set_flags(core, flags, size)
+        _set_flags(core, flags, size, iret=True)
         env.segs[R_CS] = cache
         core.segbase[R_CS] = cache.base
         core.set_sp_rt(new_sp)
@@ -272,8 +274,14 @@ def _null_outer_data_segs(core: "InterpCore", new_cpl: int, long64: bool) -> Non
             core.segbase[seg] = 0
 
 
-def _set_flags(core: "InterpCore", value: int, size: int) -> None:
-    """The EFLAGS update rules shared by POPF and IRET (SDM vol. 2B, POPF, Table 4-16)."""
+def _set_flags(core: "InterpCore", value: int, size: int, iret: bool = False) -> None:
+    """The EFLAGS update rules shared by POPF and IRET (SDM vol. 2B, POPF, Table 4-16).
+
+    RF: POPF clears it; IRETD/IRETQ load it from the image (SDM vol. 2A, IRET:
+    "EFLAGS(RF, AC, ID) <- tempEFLAGS" with a 32- or 64-bit operand size), which is
+    how a #DB handler returns past an instruction breakpoint (SDM vol. 3A, 18.3.1.1).
+    A new TF or RF arms the exec loop's debug path (accel/interp/debug.py).
+    """
     env = core.env
     cpl = env.cpl if protected(core) else 0
     iopl = (env.eflags & IOPL_MASK) >> 12
@@ -287,4 +295,8 @@ def _set_flags(core: "InterpCore", value: int, size: int) -> None:
         mask &= 0xFFFF
     env.eflags = (env.eflags & ~mask) | (value & mask) | 2
     env.eflags &= ~RF_MASK
+    if iret and size != 2:
+        env.eflags |= value & RF_MASK
     core.cc = None
+    if core.dbg_armed or env.eflags & (TF_MASK | RF_MASK):
+        core.debug.update()

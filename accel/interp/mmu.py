@@ -9,7 +9,8 @@ CR2 and the error code of 4.7.  Accessed and dirty bits are set as 4.8 says.
 The TLB is two dicts keyed by virtual page number (one for reads, one for
 writes) whose values are ``(memoryview, delta)``: the host offset of linear
 address ``la`` is ``la + delta``.  Only RAM pages get entries; MMIO always takes
-the slow path through the address space's dispatch.  Pages holding translated
+the slow path through the address space's dispatch.  Pages watched by a guest data
+breakpoint (DR0-DR3, :mod:`accel.interp.debug`) get no entry on the side watched.  Pages holding translated
 code never get a write entry, so a store to them takes the slow path, which
 invalidates the blocks of that page (the "one cheap check per store" is free).
 """
@@ -51,6 +52,7 @@ class Mmu:
         self.tlb_w: dict[int, tuple[memoryview, int]] = {}
         self.w_ppage: dict[int, int] = {}      # vpage -> ppage of each write entry
         self.mem_version = -1
+        self.dbg = core.debug       # the guest's data breakpoints (accel/interp/debug.py)
         self.helpers = self._make_helpers()
 
     # -- the TLB ---------------------------------------------------------------------
@@ -184,16 +186,21 @@ class Mmu:
         r = self.mem.lookup(pp << 12)
         if r is not None and r.mr.is_ram and r.end >= (pp + 1) << 12:
             delta = r.offset - r.start + (pp << 12) - (vp << 12)
+            # Pages a guest data breakpoint watches stay off the fast paths too, so that
+            # every access to them reaches slow_load/slow_store (SDM vol. 3A, 18.3.1.2).
             if access == ACC_WRITE:
-                if not r.mr.readonly and pp not in self.core.code_pages:
+                if not r.mr.readonly and pp not in self.core.code_pages \
+                        and vp not in self.dbg.pages_w:
                     self.tlb_w[vp] = (r.mr.ram(), delta)
                     self.w_ppage[vp] = pp
-            else:
+            elif vp not in self.dbg.pages_r:
                 self.tlb_r[vp] = (r.mr.ram(), delta)
         return pa
 
     # -- slow paths ------------------------------------------------------------------
     def slow_load(self, la: int, size: int) -> int:
+        if self.dbg.watches:
+            self.dbg.check_data(la, size, False)
         if (la & 0xFFF) + size > PAGE:
             lo = PAGE - (la & 0xFFF)
             pa1 = self.fill(la, ACC_READ)
@@ -204,6 +211,8 @@ class Mmu:
         return self.mem.read(pa, size)
 
     def slow_store(self, la: int, size: int, value: int) -> None:
+        if self.dbg.watches:
+            self.dbg.check_data(la, size, True)
         value &= (1 << (8 * size)) - 1
         if (la & 0xFFF) + size > PAGE:
             lo = PAGE - (la & 0xFFF)

@@ -222,6 +222,12 @@ def _mov_dr(c: Ctx, i: Insn) -> None:
             c.emit(f"env.dr[7] = {v} & ~0xD800 | 0x400")
     else:
         c.emit(f"env.dr[{n}] = {v}")
+    # A new DR0-DR3/DR7 may arm the guest's breakpoints: end the block with no
+    # successor, where the exec loop looks at them (accel/interp/debug.py).
+    c.sync(hex(i.ip))
+    c.emit("S.write_dr()")
+    c.finish_after_helper(hex(i.next_ip))
+    c.end()
 
 
 def gen_pop_seg(c: Ctx, i: Insn) -> None:

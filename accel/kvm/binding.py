@@ -84,6 +84,11 @@ _libc_ffi.cdef("int ioctl(int fd, unsigned long request, ...);")
 _libc = _libc_ffi.dlopen(None)
 
 
+# struct kvm_debugregs (<linux/kvm.h>, x86): 16 __u64, 128 bytes.
+_KVM_GET_DEBUGREGS = abi._IOR(abi.KVMIO, 0xA1, 128)
+_KVM_SET_DEBUGREGS = abi._IOW(abi.KVMIO, 0xA2, 128)
+
+
 def _ioctl(fd: int, request: int, arg: Any = 0) -> int:
     """Issue ``ioctl(fd, request, arg)``; return its non-negative result.
 
@@ -660,6 +665,24 @@ class VcpuFd(_FdObject):
             for k, v in enumerate(debugreg):
                 dbg.arch.debugreg[k] = v
         _ioctl(self._fd, abi.KVM_SET_GUEST_DEBUG, dbg)
+
+    def get_debugregs(self) -> tuple[list[int], int, int]:
+        """KVM_GET_DEBUGREGS (api.rst 4.32; KVM_CAP_DEBUGREGS) -> ([DR0..DR3], DR6, DR7).
+
+        ``struct kvm_debugregs`` is db[4], dr6, dr7, flags and reserved[9], all __u64
+        (128 bytes): passed as a plain array, the layout being that flat.
+        """
+        buf = ffi.new("uint64_t[16]")
+        _ioctl(self._fd, _KVM_GET_DEBUGREGS, buf)
+        return [buf[0], buf[1], buf[2], buf[3]], buf[4], buf[5]
+
+    def set_debugregs(self, db: Iterable[int], dr6: int, dr7: int) -> None:
+        """KVM_SET_DEBUGREGS (api.rst 4.33; KVM_CAP_DEBUGREGS): the guest's DR0-DR3, DR6, DR7."""
+        buf = ffi.new("uint64_t[16]")
+        for k, v in enumerate(db):
+            buf[k] = v
+        buf[4], buf[5] = dr6, dr7
+        _ioctl(self._fd, _KVM_SET_DEBUGREGS, buf)
 
     def get_lapic(self) -> bytes:
         """KVM_GET_LAPIC (api.rst 4.57): the 1 KiB local APIC register page."""

@@ -1,0 +1,457 @@
+"""The guest's own debug facilities in interp: EFLAGS.TF and DR0-DR3/DR6/DR7 (Intel SDM
+vol. 3A, chapter 18), delivered as #DB (vector 1) through the guest's IVT/IDT.
+
+Three references:
+
+* the host CPU, through :mod:`tests.accel.interp.cpl3_oracle` (64-bit and compatibility
+  mode code at CPL3 runs natively on this project's PVM host, and the host delivers the
+  guest's single-step #DB through the guest's IDT: probed, and skipped with the reason
+  when it does not).  DR6 is read back with KVM_GET_DEBUGREGS.  This host does not arm
+  the guest's DR0-DR3 breakpoints for CPL3 code (probed too), so those are checked
+  against Unicorn and the SDM;
+* Unicorn (QEMU's TCG), which models TF, MOV SS's hold and instruction breakpoints set
+  by a guest MOV DR7 (not data breakpoints: its watchpoints never fire, measured with
+  unicorn 2.1), for real mode and CPL0;
+* the SDM itself: expected values written out by hand from its rules, with the section.
+
+Each guest below runs at CPL0 with a #DB handler that logs, per exception, the return
+RIP, the pushed FLAGS, DR6 and RCX, then writes 0 to DR6 (which reads back 0xFFFF0FF0).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from hw.core.cpu import EXCP_DEBUG, EXCP_HLT
+from hw.i386.cpu_state import CR4_DE
+from tests.accel.interp.harness import Guest, asm
+
+RF, TF = 0x10000, 0x100
+DR6_INIT = 0xFFFF0FF0
+BS = 1 << 14
+BD = 1 << 13
+
+GDT, IDT, HANDLERS, LOG_PTR, LOG, OPTS, DATA = 0xA000, 0xA100, 0x6000, 0x4FF8, 0x5000, 0x4FF0, 0x3000
+INT_COUNT = 0x4FE0
+OPT_SET_RF, OPT_CLEAR_DR7 = 1, 2
+
+
+def _db_handler(bits: int) -> str:
+    """The #DB handler: log (RIP, FLAGS, DR6, RCX) at [LOG_PTR], clear DR6, return.
+
+    OPTS bit 0: set RF in the image (how a handler returns past an instruction
+    breakpoint, SDM 18.3.1.1); bit 1: disable the breakpoints (DR7 = 0x400)."""
+    if bits == 64:
+        # Through a register: keystone turns a 64-bit [abs] operand into [rip + abs].
+        return f"""
+            push rax; push rbx; push rdx
+            mov edx, {LOG_PTR:#x}
+            mov rbx, qword ptr [rdx]
+            mov rax, qword ptr [rsp + 24]; mov qword ptr [rbx], rax
+            mov rax, qword ptr [rsp + 40]; mov qword ptr [rbx + 8], rax
+            mov rax, dr6; mov qword ptr [rbx + 16], rax
+            mov qword ptr [rbx + 24], rcx
+            add rbx, 32; mov qword ptr [rdx], rbx
+            xor eax, eax; mov dr6, rax
+            test byte ptr [rdx - {LOG_PTR - OPTS}], 1; jz no_rf
+            or qword ptr [rsp + 40], {RF:#x}
+            no_rf: test byte ptr [rdx - {LOG_PTR - OPTS}], 2; jz no_dr7
+            mov eax, 0x400; mov dr7, rax
+            no_dr7: pop rdx; pop rbx; pop rax
+            iretq"""
+    if bits == 32:
+        return f"""
+            push eax; push ebx
+            mov ebx, dword ptr [{LOG_PTR:#x}]
+            mov eax, dword ptr [esp + 8]; mov dword ptr [ebx], eax
+            mov eax, dword ptr [esp + 16]; mov dword ptr [ebx + 8], eax
+            mov eax, dr6; mov dword ptr [ebx + 16], eax
+            mov dword ptr [ebx + 24], ecx
+            add ebx, 32; mov dword ptr [{LOG_PTR:#x}], ebx
+            xor eax, eax; mov dr6, eax
+            test byte ptr [{OPTS:#x}], 1; jz no_rf
+            or dword ptr [esp + 16], {RF:#x}
+            no_rf: test byte ptr [{OPTS:#x}], 2; jz no_dr7
+            mov eax, 0x400; mov dr7, eax
+            no_dr7: pop ebx; pop eax
+            iretd"""
+    return f"""
+        push eax; push bx; push bp
+        mov bp, sp
+        mov bx, word ptr [{LOG_PTR:#x}]
+        mov ax, word ptr [bp + 8]; mov word ptr [bx], ax
+        mov ax, word ptr [bp + 12]; mov word ptr [bx + 8], ax
+        mov eax, dr6; mov dword ptr [bx + 16], eax
+        mov word ptr [bx + 24], cx
+        add bx, 32; mov word ptr [{LOG_PTR:#x}], bx
+        xor eax, eax; mov dr6, eax
+        test byte ptr [{OPTS:#x}], 2; jz no_dr7
+        mov eax, 0x400; mov dr7, eax
+        no_dr7: pop bp; pop bx; pop eax
+        iret"""
+
+
+def _other_handler(bits: int, vector: int) -> str:
+    """#UD: step over the 2-byte UD2; any other vector: count it in INT_COUNT."""
+    ret = {64: "iretq", 32: "iretd", 16: "iret"}[bits]
+    if vector == 6:
+        sp = {64: "rsp", 32: "esp", 16: "esp"}[bits]
+        width = {64: "qword", 32: "dword", 16: "word"}[bits]
+        if bits == 16:
+            return f"push bp; mov bp, sp; add word ptr [bp + 2], 2; pop bp; {ret}"
+        return f"add {width} ptr [{sp}], 2; {ret}"
+    if bits == 64:
+        return f"push rax; mov eax, {INT_COUNT:#x}; inc dword ptr [rax]; pop rax; {ret}"
+    return f"inc dword ptr [{INT_COUNT:#x}]; nop; nop; {ret}"
+
+
+class DbgGuest(Guest):
+    """A harness guest with a GDT, an IDT/IVT, the logging #DB handler and a #UD handler."""
+
+    VECTORS = (1, 3, 6, 0x20)
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        env = self.env
+        for v in self.VECTORS:
+            at = HANDLERS + v * 0x80
+            src = _db_handler(bits) if v == 1 else _other_handler(bits, v)
+            self.mem.write_bytes(at, asm(src, bits, at))
+        if bits == 16:
+            for v in self.VECTORS:
+                self.mem.write(v * 4, HANDLERS + v * 0x80, 4)     # 0000:offset
+        else:
+            code = 0x00AF9A000000FFFF if bits == 64 else 0x00CF9A000000FFFF
+            self.mem.write_bytes(GDT, struct.pack("<3Q", 0, code, 0x00CF92000000FFFF))
+            env.gdt.base, env.gdt.limit = GDT, 0x17
+            size = 16 if bits == 64 else 8
+            for v in self.VECTORS:
+                off = HANDLERS + v * 0x80
+                lo = off & 0xFFFF | 0x08 << 16 | 0x8E << 40 | (off >> 16 & 0xFFFF) << 48
+                self.mem.write_bytes(IDT + v * size, struct.pack("<Q", lo) + bytes(size - 8))
+            env.idt.base, env.idt.limit = IDT, 0x21 * size - 1
+        self.mem.write(LOG_PTR, LOG, 8)
+
+    def opts(self, value: int) -> None:
+        self.mem.write(OPTS, value, 1)
+
+    def log(self) -> list[tuple[int, int, int, int]]:
+        """(return RIP, pushed FLAGS, DR6, RCX) of each #DB, in order."""
+        end = self.mem.read(LOG_PTR, 8)
+        out = []
+        for at in range(LOG, end, 32):
+            rip, flags, dr6, rcx = struct.unpack("<4Q", self.mem.read_bytes(at, 32))
+            if self.bits == 16:
+                rip, flags, dr6, rcx = rip & 0xFFFF, flags & 0xFFFF, dr6 & 0xFFFFFFFF, rcx & 0xFFFF
+            elif self.bits == 32:
+                rip, flags, dr6, rcx = (x & 0xFFFFFFFF for x in (rip, flags, dr6, rcx))
+            out.append((rip, flags, dr6, rcx))
+        return out
+
+    def run_to_hlt(self, budget: int = 20000) -> None:
+        reason = self.run(budget)
+        assert reason == EXCP_HLT, f"stopped with {reason:#x} at {self.env.rip:#x}"
+
+
+def layout(lines: list[str], bits: int, addr: int = 0x1000) -> tuple[bytes, list[int]]:
+    """Assemble one instruction per line; returns the code and each line's address
+    (the last entry: the address after the last instruction)."""
+    code = b""
+    addrs = []
+    for line in lines:
+        addrs.append(addr + len(code))
+        code += asm(line, bits, addr + len(code))
+    addrs.append(addr + len(code))
+    return code, addrs
+
+
+def _load(g: DbgGuest, code: bytes, addr: int = 0x1000) -> None:
+    g.mem.write_bytes(addr, code)
+    g.core.tb_flush()
+
+
+SP = {16: "sp", 32: "esp", 64: "rsp"}
+WIDTH = {16: "word", 32: "dword", 64: "qword"}
+PUSHF = {16: "pushf", 32: "pushfd", 64: "pushfq"}
+POPF = {16: "popf", 32: "popfd", 64: "popfq"}
+MODES = [16, 32, 64]
+
+
+def _set_tf(bits: int) -> list[str]:
+    if bits == 16:
+        return ["pushf", "mov bp, sp", "or word ptr [bp], 0x100", "popf"]
+    return [PUSHF[bits], f"or {WIDTH[bits]} ptr [{SP[bits]}], 0x100", POPF[bits]]
+
+
+def _clear_tf(bits: int) -> list[str]:
+    if bits == 16:
+        return ["pushf", "mov bp, sp", "and word ptr [bp], 0xfeff", "popf"]
+    mask = "-0x101" if bits == 64 else "0xfffffeff"      # imm32, sign-extended in 64-bit
+    return [PUSHF[bits], f"and {WIDTH[bits]} ptr [{SP[bits]}], {mask}", POPF[bits]]
+
+
+# -- single-step (SDM 18.3.1.4) ------------------------------------------------------------------
+@pytest.mark.parametrize("bits", MODES)
+def test_tf_traps_after_each_instruction_from_the_one_after_popf(bits: int) -> None:
+    """TF set by POPF: no trap after that POPF; then one #DB per instruction with RIP
+    the next instruction, DR6.BS, TF=1 and RF=0 in the pushed image; the POPF that
+    clears TF still traps (TF was set at its start), with TF=0 in the image."""
+    g = DbgGuest(bits)
+    pre = _set_tf(bits)
+    body = ["nop", "mov ecx, 7", "inc ecx", "nop"]
+    post = _clear_tf(bits)
+    code, at = layout(pre + body + post + ["nop", "hlt"], bits)
+    _load(g, code)
+    g.run_to_hlt()
+    first = len(pre)
+    stepped = range(first, first + len(body) + len(post))
+    expect = []
+    for k in stepped:
+        last = k == stepped[-1]
+        flags_tf = 0 if last else TF
+        expect.append((at[k + 1], flags_tf, DR6_INIT | BS))
+    got = [(rip, flags & (TF | RF), dr6) for rip, flags, dr6, _ in g.log()]
+    assert got == expect
+    assert g.env.regs[1] & 0xFFFF == 8
+    assert not g.env.eflags & TF
+    assert not g.core.dbg_armed               # back on the fast path
+
+
+@pytest.mark.parametrize("bits", MODES)
+def test_tf_trap_follows_a_taken_jump_to_its_target(bits: int) -> None:
+    g = DbgGuest(bits)
+    lines = _set_tf(bits) + ["jmp target", "nop", "nop", "target: nop"] + _clear_tf(bits) + ["hlt"]
+    src = "; ".join(lines)
+    code = asm(src, bits, 0x1000)
+    _load(g, code)
+    g.run_to_hlt()
+    jmp_at = 0x1000 + len(asm("; ".join(_set_tf(bits)), bits, 0x1000))
+    jmp_len = len(asm("jmp target; nop; nop; target: nop", bits, jmp_at)) - 3
+    target = jmp_at + jmp_len + 2
+    assert g.log()[0][0] == target
+    assert g.log()[1][0] == target + 1
+
+
+@pytest.mark.parametrize("bits", MODES)
+def test_int_n_clears_tf_and_its_handler_is_not_single_stepped(bits: int) -> None:
+    """INT n pushes TF=1 and clears it: no trap after INT n, none in the handler
+    (3 instructions), and none after its IRET (TF was 0 at the IRET's start); the
+    instruction after INT n, with TF restored, traps (SDM 18.3.1.4, 6.12.1)."""
+    g = DbgGuest(bits)
+    pre = _set_tf(bits)
+    code, at = layout(pre + ["int 0x20", "nop", "nop"] + _clear_tf(bits) + ["hlt"], bits)
+    _load(g, code)
+    g.run_to_hlt()
+    k = len(pre)
+    rips = [rip for rip, *_ in g.log()]
+    assert rips[:2] == [at[k + 2], at[k + 3]]       # after the two NOPs: not after INT
+    assert g.mem.read(INT_COUNT, 4) == 1
+
+
+@pytest.mark.parametrize("bits", MODES)
+def test_a_faulting_instruction_under_tf_raises_its_fault_not_a_trap(bits: int) -> None:
+    """UD2 with TF: #UD (RIP = UD2, RF=1 and TF=1 pushed: SDM 18.3.1.1) and no #DB for
+    it; the #UD handler's IRET restores TF and the next instruction traps."""
+    g = DbgGuest(bits)
+    pre = _set_tf(bits)
+    code, at = layout(pre + ["ud2", "nop"] + _clear_tf(bits) + ["hlt"], bits)
+    _load(g, code)
+    g.run_to_hlt()
+    k = len(pre)
+    assert [rip for rip, *_ in g.log()][0] == at[k + 2]          # after the NOP
+    assert g.log()[0][1] & RF == 0
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_rep_stos_under_tf_traps_after_each_iteration(bits: int) -> None:
+    """SDM 18.3.1.4, measured on this host's CPU: RIP stays on the REP instruction with
+    RCX one less and RF=1 in the image until the last iteration, which traps at the
+    next instruction with RF=0."""
+    g = DbgGuest(bits)
+    pre = _set_tf(bits) + [f"mov edi, {DATA:#x}", "mov ecx, 3", "mov al, 0x5a"]
+    code, at = layout(pre + ["rep stosb"] + _clear_tf(bits) + ["hlt"], bits)
+    _load(g, code)
+    g.run_to_hlt()
+    rep = len(pre)
+    got = [(rip, flags & RF, rcx) for rip, flags, _, rcx in g.log()][3:6]   # after the 3 MOVs
+    assert got == [(at[rep], RF, 2), (at[rep], RF, 1), (at[rep + 1], 0, 0)]
+    assert g.mem.read_bytes(DATA, 4) == b"\x5a\x5a\x5a\x00"
+
+
+@pytest.mark.parametrize("bits", [16, 32, 64])
+def test_mov_ss_holds_the_single_step_trap_for_one_instruction(bits: int) -> None:
+    """SDM 6.8.3: no #DB after MOV SS; one after the next instruction (BS)."""
+    g = DbgGuest(bits)
+    ss = 0 if bits == 16 else 0x10
+    pre = [f"mov eax, {ss:#x}"] + _set_tf(bits)
+    code, at = layout(pre + ["mov ss, ax", "mov ecx, 5", "nop"] + _clear_tf(bits) + ["hlt"],
+                      bits)
+    _load(g, code)
+    g.run_to_hlt()
+    k = len(pre)
+    assert [(rip, dr6) for rip, _, dr6, _ in g.log()][:2] == [
+        (at[k + 2], DR6_INIT | BS), (at[k + 3], DR6_INIT | BS)]
+
+
+# -- DR0-DR3 / DR7 (SDM 18.2, 18.3.1.1-18.3.1.3) --------------------------------------------------
+def _dr_setup(bits: int, regs: dict[int, int]) -> list[str]:
+    acc = "rax" if bits == 64 else "eax"
+    out = []
+    for n, v in regs.items():
+        out += [f"mov eax, {v:#x}", f"mov dr{n}, {acc}"]
+    return out
+
+
+@pytest.mark.parametrize("bits", MODES)
+def test_instruction_breakpoint_is_a_fault_and_rf_passes_it_once_per_hit(bits: int) -> None:
+    """DR0 on an INC in a 3-pass loop, L0 with R/W=00: each pass takes #DB before the
+    INC (RIP = the INC, DR6.B0, RF=0 pushed) and the handler's RF=1 in the image lets
+    it run once; the INC runs three times (SDM 18.3.1.1).  Real mode has no RF in a
+    16-bit image: the handler disables the breakpoint instead."""
+    g = DbgGuest(bits)
+    g.opts(OPT_CLEAR_DR7 if bits == 16 else OPT_SET_RF)
+
+    def lines(target: int) -> list[str]:
+        # "mov eax, imm32" has one length whatever the value: the layout is fixed.
+        return (_dr_setup(bits, {0: target, 7: 0x401})
+                + ["mov ecx, 3", "xor edx, edx", "again: inc edx", "dec ecx", "jnz again", "hlt"])
+    head = "; ".join(lines(0)[:-4])
+    target = 0x1000 + len(asm(head, bits, 0x1000))
+    code = asm("; ".join(lines(target)), bits, 0x1000)
+    _load(g, code)
+    g.run_to_hlt()
+    hits = 1 if bits == 16 else 3
+    assert [(rip, flags & RF, dr6) for rip, flags, dr6, _ in g.log()] == \
+        [(target, 0, DR6_INIT | 1)] * hits
+    assert g.env.regs[2] & 0xFFFF == 3
+
+
+@pytest.mark.parametrize("rw,length,offset,size,write,hit", [
+    # DR1 = DATA + 4, LEN 4 covers DATA+4..DATA+7 (SDM 18.2.5)
+    (1, 4, 3, 1, True, False),
+    (1, 4, 3, 2, True, True),          # a word straddling into the range
+    (1, 4, 7, 1, True, True),
+    (1, 4, 8, 4, True, False),
+    (1, 4, 4, 4, False, False),        # R/W=01: reads do not break
+    (3, 4, 4, 4, False, True),         # R/W=11: reads do
+    (3, 1, 5, 1, False, False),        # LEN 1 at DATA+4 only
+    (3, 2, 5, 1, True, True),          # LEN 2: DATA+4..5
+    (1, 8, 11, 1, True, True),         # LEN 8 (10b, IA-32e) at DATA+8: DATA+8..15
+])
+def test_data_breakpoint_traps_after_the_access(rw: int, length: int, offset: int, size: int,
+                                                write: bool, hit: bool) -> None:
+    """A data breakpoint is a trap: RIP after the accessing instruction, DR6.B1, the
+    store done (SDM 18.3.1.2); LEN masks the address's low bits (18.2.5)."""
+    bits = 64
+    g = DbgGuest(bits)
+    addr = DATA + (8 if length == 8 else 4)
+    len_bits = {1: 0, 2: 1, 8: 2, 4: 3}[length]
+    dr7 = 0x400 | 1 << 2 | (rw | len_bits << 2) << 20
+    reg = {1: "al", 2: "ax", 4: "eax"}[size]
+    ptr = {1: "byte", 2: "word", 4: "dword"}[size]
+    access = (f"mov {ptr} ptr [rsi], {reg}" if write else f"mov {reg}, {ptr} ptr [rsi]")
+    setup = _dr_setup(bits, {1: addr, 7: dr7}) + [f"mov esi, {DATA + offset:#x}", "mov eax, 0x77"]
+    code, at = layout(setup + [access, "nop", "hlt"], bits)
+    _load(g, code)
+    g.run_to_hlt()
+    k = len(setup)
+    if hit:
+        assert [(rip, dr6) for rip, _, dr6, _ in g.log()] == [(at[k + 1], DR6_INIT | 2)]
+    else:
+        assert g.log() == []
+    if write:
+        assert g.mem.read(DATA + offset, 1) == 0x77
+
+
+def test_data_breakpoint_in_rep_stos_traps_after_the_iteration_that_hit() -> None:
+    """SDM 18.3.1.2: for a repeated string instruction, the trap follows the iteration
+    that wrote the watched byte (RIP on the instruction, RCX left, RF=1); returning
+    resumes the remaining iterations."""
+    bits = 64
+    g = DbgGuest(bits)
+    setup = _dr_setup(bits, {2: DATA + 5, 7: 0x400 | 1 << 4 | 0b0001 << 24})
+    pre = setup + [f"mov edi, {DATA:#x}", "mov ecx, 8", "mov al, 0x11"]
+    code, at = layout(pre + ["rep stosb", "nop", "hlt"], bits)
+    _load(g, code)
+    g.run_to_hlt()
+    assert [(rip, flags & RF, dr6, rcx) for rip, flags, dr6, rcx in g.log()] == [
+        (at[len(pre)], RF, DR6_INIT | 4, 2)]
+    assert g.mem.read_bytes(DATA, 9) == b"\x11" * 8 + b"\x00"
+    assert g.env.regs[1] == 0
+
+
+def test_an_unenabled_breakpoint_does_not_arm_the_debug_path() -> None:
+    """DR0-DR3 hold addresses but DR7 enables none: no #DB, the chained fast loop runs."""
+    g = DbgGuest(64)
+    code, _ = layout(_dr_setup(64, {0: DATA, 1: 0x1000, 7: 0x400 | 0x00F3_0000})
+                     + [f"mov esi, {DATA:#x}", "mov byte ptr [rsi], 1", "hlt"], 64)
+    _load(g, code)
+    g.run_to_hlt()
+    assert g.log() == []
+    assert not g.core.dbg_armed
+    assert g.core.debug.pages_w == frozenset()
+
+
+@pytest.mark.parametrize("bits", MODES)
+def test_dr7_gd_makes_mov_dr_a_fault_with_bd(bits: int) -> None:
+    """SDM 18.2.4: with DR7.GD, MOV DRn is a #DB fault (RIP = the MOV), DR6.BD set and
+    GD cleared so that the handler may use the debug registers."""
+    g = DbgGuest(bits)
+    acc = "rax" if bits == 64 else "eax"
+    setup = _dr_setup(bits, {7: 0x2400})
+    code, at = layout(setup + [f"mov {acc}, dr0", "hlt"], bits)
+    _load(g, code)
+    # The handler's own MOV from DR6 must not fault again: GD is clear on entry.
+    g.run_to_hlt()
+    log = g.log()
+    assert [(rip, dr6) for rip, _, dr6, _ in log][0] == (at[len(setup)], DR6_INIT | BD)
+    assert g.env.dr[7] == 0x400
+
+
+def test_io_breakpoint_needs_cr4_de() -> None:
+    """R/W=10 is an I/O breakpoint only with CR4.DE (SDM 18.2.4): a trap after OUT."""
+    for de, expect_hit in ((True, True), (False, False)):
+        g = DbgGuest(64)
+        if de:
+            g.env.cr[4] |= CR4_DE
+        setup = _dr_setup(64, {3: 0x80, 7: 0x400 | 1 << 6 | 0b0010 << 28})
+        code, at = layout(setup + ["out 0x80, al", "nop", "hlt"], 64)
+        _load(g, code)
+        g.run_to_hlt()
+        k = len(setup)
+        assert [(rip, dr6) for rip, _, dr6, _ in g.log()] == (
+            [(at[k + 1], DR6_INIT | 8)] if expect_hit else [])
+
+
+# -- the host's debugger stays apart ---------------------------------------------------------------
+def test_host_step_over_a_guest_single_step_lands_in_the_guest_handler() -> None:
+    """A guest #DB is delivered through the guest's IDT; the host's step() never sees
+    EXCP_DEBUG for it (that is for the host's own breakpoints)."""
+    g = DbgGuest(64)
+    code, at = layout(["nop", "nop", "hlt"], 64)
+    _load(g, code)
+    g.env.eflags |= TF
+    assert g.core.step() != EXCP_DEBUG
+    assert g.env.rip == HANDLERS + 0x80                     # the #DB handler's first byte
+    assert g.mem.read(g.env.regs[4], 8) == at[1]            # pushed RIP: after the NOP
+    assert g.env.dr[6] == DR6_INIT | BS
+
+
+def test_host_breakpoint_and_guest_breakpoint_on_one_instruction() -> None:
+    """The host's breakpoint stops the run first (EXCP_DEBUG, RIP there, nothing
+    delivered); resuming delivers the guest's instruction breakpoint to its handler."""
+    g = DbgGuest(64)
+    target_probe = layout(_dr_setup(64, {0: 0, 7: 0x401}) + ["nop", "inc edx", "hlt"], 64)[1]
+    target = target_probe[len(_dr_setup(64, {0: 0, 7: 0x401})) + 1]
+    code, at = layout(_dr_setup(64, {0: target, 7: 0x401}) + ["nop", "inc edx", "hlt"], 64)
+    _load(g, code)
+    g.opts(OPT_SET_RF)
+    g.core.breakpoints = {target}
+    assert g.run() == EXCP_DEBUG
+    assert g.env.rip == target and g.log() == []
+    g.core.breakpoints = set()
+    g.run_to_hlt()
+    assert [(rip, dr6) for rip, _, dr6, _ in g.log()] == [(target, DR6_INIT | 1)]
+    assert g.env.regs[2] == 1
