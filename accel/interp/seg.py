@@ -5,18 +5,21 @@ keeps the hidden limit and attributes (SDM vol. 3A, 20.1.1; that is what makes
 "unreal mode" work).  Protected mode: the selector indexes the GDT or the LDT,
 the descriptor is checked as the MOV/POP/JMP/CALL/RET "Operation" sections of
 SDM vol. 2 say (type, DPL/RPL/CPL, present) and its base, limit and attributes
-fill the segment cache (3.4.5).  Call gates, task gates and TSS switches are not
-implemented: reaching one stops the VM with :class:`InterpError` naming it.
+fill the segment cache (3.4.5).  Far transfers through call gates and far returns
+to an outer privilege level are in :mod:`accel.interp.gates`; task switches (a
+task gate or a TSS as a far JMP/CALL target) are not implemented: reaching one
+stops the VM with :class:`InterpError` naming it.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_UD, Fault, InterpError
 from hw.i386.cpu_state import (CR0_PE, DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
                                DESC_G_MASK, DESC_L_MASK, DESC_P_MASK, DESC_R_MASK, DESC_S_MASK,
-                               DESC_W_MASK, R_CS, R_SS, VM_MASK, SegmentCache)
+                               DESC_W_MASK, EFER_LMA, R_CS, R_SS, VM_MASK, SegmentCache)
 
 if TYPE_CHECKING:
     from accel.interp.cpu_exec import InterpCore
@@ -25,6 +28,13 @@ if TYPE_CHECKING:
 def protected(core: "InterpCore") -> bool:
     env = core.env
     return bool(env.cr[0] & CR0_PE) and not env.eflags & VM_MASK
+
+
+def _gates() -> ModuleType:
+    """:mod:`accel.interp.gates`, imported on first use: it imports this module and
+    :mod:`accel.interp.excp` (which imports this one), so it cannot be imported at the top."""
+    from accel.interp import gates
+    return gates
 
 
 def read_descriptor(core: "InterpCore", sel: int) -> tuple[int, int]:
@@ -104,15 +114,23 @@ def load_seg(core: "InterpCore", seg: int, sel: int) -> None:
     core.mode_changed()     # SS sets the stack size; any of ES CS SS DS may end flatness
 
 
-def code_descriptor(core: "InterpCore", sel: int) -> tuple[SegmentCache, int]:
-    """Check a far JMP/CALL/RET target (same privilege); returns its cache and the new CPL."""
-    env = core.env
+def target_descriptor(core: "InterpCore", sel: int) -> tuple[int, int]:
+    """The descriptor a far JMP/CALL names: #GP(0) for a null selector, #GP(sel) past
+    the table limit (SDM vol. 2A, CALL/JMP "Operation", before the type dispatch)."""
     if sel & 0xFFFC == 0:
         raise Fault(EXCP_GP, 0, why="far transfer to a null selector")
-    lo, hi = read_descriptor(core, sel)
+    return read_descriptor(core, sel)
+
+
+def code_descriptor(core: "InterpCore", sel: int,
+                    desc: tuple[int, int] | None = None) -> tuple[SegmentCache, int]:
+    """Check a far JMP/CALL target code segment (CONFORMING-/NONCONFORMING-CODE-SEGMENT
+    of SDM vol. 2A CALL/JMP: no privilege change); returns its cache and the CPL.
+    ``desc``: the descriptor, when the caller has read it already."""
+    env = core.env
+    lo, hi = desc if desc is not None else target_descriptor(core, sel)
     if not hi & DESC_S_MASK:
-        raise InterpError(f"interp: far transfer through system descriptor {sel:#x} "
-                          f"(type {(hi >> 8) & 0xF:#x}: call gate/TSS) is not implemented")
+        raise InterpError(f"interp: code_descriptor({sel:#x}) called for a system descriptor")
     if not hi & DESC_CS_MASK:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far transfer to data segment {sel:#x}")
     cpl = env.cpl
@@ -122,6 +140,8 @@ def code_descriptor(core: "InterpCore", sel: int) -> tuple[SegmentCache, int]:
             raise Fault(EXCP_GP, sel & 0xFFFC, why=f"conforming segment {sel:#x} DPL > CPL")
     elif (sel & 3) > cpl or dpl != cpl:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"code segment {sel:#x} privilege")
+    if env.efer & EFER_LMA and hi & DESC_L_MASK and hi & DESC_B_MASK:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"code segment {sel:#x} with L and D set")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"code segment {sel:#x} not present")
     cache = cache_from((sel & ~3) | cpl, lo, mark_accessed(core, sel, hi))
@@ -149,7 +169,11 @@ def far_jump(core: "InterpCore", sel: int, off: int) -> None:
         core.segbase[R_CS] = cs.base
         core.mode_changed()
         return
-    cache, _ = code_descriptor(core, sel)
+    desc = target_descriptor(core, sel)
+    if not desc[1] & DESC_S_MASK:
+        _gates().through_system_descriptor(core, sel, *desc, call=False, next_ip=0)
+        return
+    cache, _ = code_descriptor(core, sel, desc)
     set_cs(core, cache, off)
 
 
@@ -158,7 +182,11 @@ def far_call(core: "InterpCore", sel: int, off: int, size: int, next_ip: int) ->
     env = core.env
     cache = None
     if protected(core):
-        cache, _ = code_descriptor(core, sel)      # validate before touching the stack
+        desc = target_descriptor(core, sel)
+        if not desc[1] & DESC_S_MASK:
+            _gates().through_system_descriptor(core, sel, *desc, call=True, next_ip=next_ip)
+            return
+        cache, _ = code_descriptor(core, sel, desc)   # validate before touching the stack
     core.push_rt([(env.segs[R_CS].selector, size), (next_ip, size)])
     if cache is None:
         cs = env.segs[R_CS]
@@ -171,7 +199,8 @@ def far_call(core: "InterpCore", sel: int, off: int, size: int, next_ip: int) ->
 
 
 def far_return(core: "InterpCore", size: int, extra: int) -> None:
-    """RET far [imm16], same privilege (SDM vol. 2B, RET, "RETURN-TO-SAME-PRIVILEGE-LEVEL")."""
+    """RET far [imm16] (SDM vol. 2B, RET): real mode, "RETURN-TO-SAME-PRIVILEGE-LEVEL",
+    and to an outer level (RPL > CPL: :func:`accel.interp.gates.return_to_outer`)."""
     env = core.env
     (ip, sel), new_sp = core.pop_rt([size, size], extra)
     sel &= 0xFFFF
@@ -183,9 +212,12 @@ def far_return(core: "InterpCore", size: int, extra: int) -> None:
         core.segbase[R_CS] = cs.base
         core.mode_changed()
         return
-    if (sel & 3) != env.cpl:
-        raise InterpError("interp: far return to another privilege level is not implemented")
-    cache, _ = code_descriptor(core, sel)
+    g = _gates()
+    lo, hi = g.return_code_segment(core, sel)
+    if (sel & 3) > env.cpl:
+        g.return_to_outer(core, ip, sel, lo, hi, size, extra, new_sp)
+        return
+    cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
     core.set_sp_rt(new_sp)
     set_cs(core, cache, ip)
 
@@ -279,10 +311,17 @@ def check_selector(core: "InterpCore", which: str, sel: int) -> int | None:
     conforming = hi & (DESC_S_MASK | DESC_CS_MASK | DESC_C_MASK) == (
         DESC_S_MASK | DESC_CS_MASK | DESC_C_MASK)
     if not hi & DESC_S_MASK:
-        ia32e = bool(env.efer & 0x400)
+        ia32e = bool(env.efer & EFER_LMA)
         types = (_LAR_TYPES if which == "lar" else _LSL_TYPES)[ia32e]
         if which in ("verr", "verw") or (hi >> 8) & 0xF not in types:
             return None
+        if ia32e:
+            # Every system descriptor LAR/LSL take in IA-32e mode is 16 bytes (SDM vol.
+            # 3A, 3.5.2 and 7.2.3; 5.8.3.1): its upper half must be in the table too, and
+            # it is read (a #PF there is the instruction's).
+            if (sel & ~7) + 15 > table.limit:
+                return None
+            core.mmu.read_bytes(table.base + (sel & ~7) + 8, 8)
     elif which == "verr" and hi & DESC_CS_MASK and not hi & DESC_R_MASK:
         return None                                       # execute-only code
     elif which == "verw" and (hi & DESC_CS_MASK or not hi & DESC_W_MASK):

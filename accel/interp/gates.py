@@ -1,0 +1,366 @@
+"""Far transfers between privilege levels: call gates and far RET to an outer level.
+
+Follows Intel SDM vol. 3A, 5.8 ("Privilege Level Checking When Transferring
+Program Control Between Code Segments") and the "Operation" sections of
+vol. 2A CALL and JMP (CALL-GATE, MORE-PRIVILEGE, SAME-PRIVILEGE) and vol. 2B RET
+(RETURN-TO-OUTER-PRIVILEGE-LEVEL and its IA-32e mode form):
+
+* a far CALL or JMP whose selector names a call gate (5.8.3): a 16-bit gate
+  (type 4) or a 32-bit gate (type 0xC) in legacy protected mode, the 16-byte
+  64-bit gate (type 0xC, 5.8.3.1) in IA-32e mode;
+* a CALL through a gate to a more privileged non-conforming segment switches to
+  the stack the TSS holds for that level (5.8.5): SS:ESP from a 32- or 16-bit
+  TSS, RSPn and a null SS in IA-32e mode; the caller's SS:ESP, the gate's
+  parameter count of parameters (legacy gates only, 5.8.4) and CS:EIP are pushed;
+* a far RET whose CS RPL is above the CPL (5.8.6) pops SS:ESP too, checks that
+  stack, applies the imm16 adjustment to both stacks and nulls the data segment
+  registers the outer level may not use.
+
+JMP through a call gate never changes privilege.  Task switches (a task gate or a
+TSS as the target of a far JMP/CALL) are not implemented: the architectural checks
+that come before the switch are made, then :class:`InterpError` names the feature.
+
+Every check that can fault runs before anything in ``env`` changes, and the stack
+frame is written before the new state is committed, so a fault leaves the caller's
+state for the handler, as a fault should (SDM vol. 3A, 6.5).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_TS, Fault, InterpError
+from accel.interp.excp import _null_outer_data_segs
+from accel.interp.seg import cache_from, mark_accessed, read_descriptor, set_cs
+from hw.i386.cpu_state import (DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
+                               DESC_L_MASK, DESC_P_MASK, DESC_S_MASK, DESC_W_MASK, EFER_LMA,
+                               R_CS, R_SS, SegmentCache)
+
+if TYPE_CHECKING:
+    from accel.interp.cpu_exec import InterpCore
+
+_MASK = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
+
+
+def _dpl(hi: int) -> int:
+    return (hi >> DESC_DPL_SHIFT) & 3
+
+
+def _canonical(a: int) -> bool:
+    return a < 0x800000000000 or a >= 0xFFFF800000000000
+
+
+def _is_code(hi: int) -> bool:
+    return hi & (DESC_S_MASK | DESC_CS_MASK) == DESC_S_MASK | DESC_CS_MASK
+
+
+def _writable_data(hi: int) -> bool:
+    return hi & (DESC_S_MASK | DESC_CS_MASK | DESC_W_MASK) == DESC_S_MASK | DESC_W_MASK
+
+
+def _in_table(core: "InterpCore", sel: int, size: int = 8) -> bool:
+    table = core.env.ldt if sel & 4 else core.env.gdt
+    return (sel & ~7) + size - 1 <= table.limit
+
+
+def _stack_mask(ss_flags: int) -> int:
+    return 0xFFFFFFFF if ss_flags & DESC_B_MASK else 0xFFFF
+
+
+# -- far CALL / JMP through a system descriptor ---------------------------------------------
+
+def through_system_descriptor(core: "InterpCore", sel: int, lo: int, hi: int, *, call: bool,
+                              next_ip: int) -> None:
+    """A far CALL (``call``) or JMP to ``sel``, whose descriptor ``lo``/``hi`` has S = 0
+    (SDM vol. 2A, CALL and JMP "Operation": the type dispatch after the descriptor read)."""
+    stype = (hi >> 8) & 0xF
+    what = "call" if call else "jmp"
+    if core.env.efer & EFER_LMA:
+        # IA-32e mode: only the 64-bit call gate; no task switches (SDM vol. 3A, 7.7).
+        if stype != 0xC:
+            raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far {what} to system type {stype:#x} "
+                                                   f"in IA-32e mode")
+        _call_gate(core, sel, lo, hi, call, next_ip, 8)
+    elif stype in (4, 0xC):
+        _call_gate(core, sel, lo, hi, call, next_ip, 4 if stype == 0xC else 2)
+    elif stype in (1, 9, 3, 0xB):
+        _tss_target(core, sel, hi, what)
+    elif stype == 5:
+        _task_gate(core, sel, lo, hi, what)
+    else:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far {what} to system type {stype:#x}")
+
+
+def _tss_target(core: "InterpCore", sel: int, hi: int, what: str) -> None:
+    """TASK-STATE-SEGMENT (SDM vol. 2A, JMP/CALL): the checks, then the missing switch."""
+    busy = hi & 0x200
+    if _dpl(hi) < core.env.cpl or _dpl(hi) < (sel & 3) or busy:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far {what} to TSS {sel:#x}: privilege or busy")
+    if not hi & DESC_P_MASK:
+        raise Fault(EXCP_NP, sel & 0xFFFC, why=f"far {what} to TSS {sel:#x}: not present")
+    raise InterpError(f"interp: task switch by far {what} to TSS selector {sel:#x} "
+                      f"is not implemented")
+
+
+def _task_gate(core: "InterpCore", sel: int, lo: int, hi: int, what: str) -> None:
+    """TASK-GATE (SDM vol. 2A, JMP/CALL): the gate and TSS checks, then the missing switch."""
+    if _dpl(hi) < core.env.cpl or _dpl(hi) < (sel & 3):
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"task gate {sel:#x} privilege")
+    if not hi & DESC_P_MASK:
+        raise Fault(EXCP_NP, sel & 0xFFFC, why=f"task gate {sel:#x} not present")
+    tss = lo >> 16
+    if tss & 4 or not _in_table(core, tss & ~4):
+        raise Fault(EXCP_GP, tss & 0xFFFC, why=f"task gate {sel:#x}: TSS selector {tss:#x}")
+    _, thi = read_descriptor(core, tss)
+    if thi & DESC_S_MASK or (thi >> 8) & 0xF not in (1, 9):
+        raise Fault(EXCP_GP, tss & 0xFFFC, why=f"task gate {sel:#x}: {tss:#x} is not an "
+                                               f"available TSS")
+    if not thi & DESC_P_MASK:
+        raise Fault(EXCP_NP, tss & 0xFFFC, why=f"task gate {sel:#x}: TSS {tss:#x} not present")
+    raise InterpError(f"interp: task switch by far {what} through task gate {sel:#x} "
+                      f"(TSS selector {tss:#x}) is not implemented")
+
+
+def _call_gate(core: "InterpCore", gate_sel: int, lo: int, hi: int, call: bool,
+               next_ip: int, gsize: int) -> None:
+    """CALL-GATE (SDM vol. 2A, CALL and JMP; vol. 3A, 5.8.3-5.8.5); ``gsize`` is the
+    gate's size in bytes per stack slot: 2, 4 or 8 (the 16-byte IA-32e gate)."""
+    env = core.env
+    cpl = env.cpl
+    what = "call" if call else "jmp"
+    gdpl = _dpl(hi)
+    if gdpl < cpl or (gate_sel & 3) > gdpl:
+        raise Fault(EXCP_GP, gate_sel & 0xFFFC, why=f"{what} through call gate {gate_sel:#x}: "
+                                                    f"gate DPL {gdpl}")
+    if not hi & DESC_P_MASK:
+        raise Fault(EXCP_NP, gate_sel & 0xFFFC, why=f"call gate {gate_sel:#x} not present")
+    offset = (lo & 0xFFFF) | (hi & 0xFFFF0000)
+    if gsize == 8:
+        # 5.8.3.1: the upper 8 bytes hold offset bits 63:32; their type field (bits
+        # 12:8 of the fourth dword) must be 0, so an 8-byte gate read as 16 faults.
+        if not _in_table(core, gate_sel, 16):
+            raise Fault(EXCP_GP, gate_sel & 0xFFFC, why=f"call gate {gate_sel:#x}: upper half "
+                                                        f"past the table limit")
+        table = env.ldt if gate_sel & 4 else env.gdt
+        upper = core.mmu.read_bytes(table.base + (gate_sel & ~7) + 8, 8)
+        if (upper[5] & 0x1F) != 0:
+            raise Fault(EXCP_GP, gate_sel & 0xFFFC, why=f"call gate {gate_sel:#x}: upper type "
+                                                        f"field not 0")
+        offset |= int.from_bytes(upper[:4], "little") << 32
+    elif gsize == 2:
+        offset &= 0xFFFF
+    cs_sel = (lo >> 16) & 0xFFFF
+    if cs_sel & 0xFFFC == 0:
+        raise Fault(EXCP_GP, 0, why=f"call gate {gate_sel:#x} with a null code selector")
+    clo, chi = read_descriptor(core, cs_sel)              # #GP(cs_sel) past the limit
+    cdpl = _dpl(chi)
+    conforming = bool(chi & DESC_C_MASK)
+    if not _is_code(chi) or cdpl > cpl or (not call and not conforming and cdpl != cpl):
+        raise Fault(EXCP_GP, cs_sel & 0xFFFC, why=f"call gate {gate_sel:#x}: target {cs_sel:#x} "
+                                                  f"type or privilege")
+    code64 = bool(env.efer & EFER_LMA)
+    if code64 and chi & (DESC_L_MASK | DESC_B_MASK) != DESC_L_MASK:
+        raise Fault(EXCP_GP, cs_sel & 0xFFFC, why=f"call gate {gate_sel:#x}: target {cs_sel:#x} "
+                                                  f"is not 64-bit code")
+    if not chi & DESC_P_MASK:
+        raise Fault(EXCP_NP, cs_sel & 0xFFFC, why=f"call gate target {cs_sel:#x} not present")
+    new_cpl = cdpl if call and not conforming and cdpl < cpl else cpl
+    cache = cache_from((cs_sel & ~3) | new_cpl, clo, mark_accessed(core, cs_sel, chi))
+    if code64:
+        if not _canonical(offset):
+            raise Fault(EXCP_GP, 0, why=f"call gate {gate_sel:#x}: non-canonical {offset:#x}")
+    elif offset > cache.limit:
+        raise Fault(EXCP_GP, 0, why=f"call gate {gate_sel:#x}: {offset:#x} past the CS limit")
+    if not call:
+        set_cs(core, cache, offset)
+    elif new_cpl < cpl:
+        _call_more_privilege(core, hi, gsize, next_ip, cache, offset, new_cpl)
+    else:
+        _call_same_privilege(core, gsize, next_ip, cache, offset)
+
+
+def _push(core: "InterpCore", base: int, sp: int, mask: int,
+          frame: list[tuple[int, int]], supervisor: bool) -> int:
+    """Write ``frame`` ((value, size) pairs, first pushed first) below ``base``+``sp``;
+    returns the new stack pointer.  Nothing in ``env`` changes.  ``supervisor``: the
+    pushes to the new stack of a privilege change are made at the new CPL (< 3)."""
+    off = 0
+    for value, size in frame:
+        off += size
+        la = (base + ((sp - off) & mask)) & core.la_mask
+        if supervisor:
+            core.mmu.write_bytes_linear(la, (value & _MASK[size]).to_bytes(size, "little"))
+        else:
+            core.st[size](la, value)
+    return (sp - off) & mask
+
+
+def _call_same_privilege(core: "InterpCore", gsize: int, next_ip: int, cache: SegmentCache,
+                         offset: int) -> None:
+    """SAME-PRIVILEGE (SDM vol. 2A, CALL): push CS and the return offset, each a gate-size
+    slot (a 64-bit gate pushes 8-byte slots on the 64-bit RSP, whatever the caller's mode)."""
+    env = core.env
+    old_cs = env.segs[R_CS].selector
+    rsp = env.regs[4]
+    if gsize == 8:
+        if not (_canonical(rsp - 16) and _canonical(rsp - 1)):
+            raise Fault(EXCP_SS, 0, why="call gate: pushes at a non-canonical RSP")
+        sp = _push(core, 0, rsp, _MASK[8], [(old_cs, 8), (next_ip, 8)], False)
+        env.regs[4] = sp
+    else:
+        ss = env.segs[R_SS]
+        mask = _stack_mask(ss.flags)
+        sp = _push(core, ss.base, rsp, mask, [(old_cs, gsize), (next_ip & _MASK[gsize], gsize)],
+                   False)
+        env.regs[4] = (rsp & ~mask) | sp
+    set_cs(core, cache, offset)
+
+
+def _tss_stack(core: "InterpCore", level: int) -> tuple[int, int]:
+    """SS and ESP/RSP for privilege ``level`` from the current TSS (SDM vol. 2A, CALL,
+    MORE-PRIVILEGE; vol. 3A, 7.2.1 Figure 7-2, 7.6 Figure 7-10, 7.7 Figure 7-11):
+    #TS(TSS selector) when the slot is past the TSS limit.  IA-32e: SS is the null
+    selector with RPL = ``level``."""
+    env = core.env
+    tr = env.tr
+    if env.efer & EFER_LMA:
+        at, width = level * 8 + 4, 8
+    elif (tr.flags >> 8) & 8:
+        at, width = level * 8 + 4, 6                      # ESPn, then SSn
+    else:
+        at, width = level * 4 + 2, 4                      # 16-bit TSS: SPn, then SSn
+    if at + width - 1 > tr.limit:
+        raise Fault(EXCP_TS, tr.selector & 0xFFFC, why=f"TSS stack slot for CPL {level} "
+                                                       f"past the TSS limit")
+    raw = core.mmu.read_bytes(tr.base + at, width)
+    if width == 8:
+        return level, int.from_bytes(raw, "little")
+    if width == 6:
+        return int.from_bytes(raw[4:6], "little"), int.from_bytes(raw[:4], "little")
+    return int.from_bytes(raw[2:4], "little"), int.from_bytes(raw[:2], "little")
+
+
+def _call_more_privilege(core: "InterpCore", ghi: int, gsize: int,
+                         next_ip: int, cache: SegmentCache, offset: int, new_cpl: int) -> None:
+    """MORE-PRIVILEGE (SDM vol. 2A, CALL; vol. 3A, 5.8.5 and Figure 5-13): the stack of
+    ``new_cpl`` from the TSS, then push the caller's SS and ESP, the parameters (legacy
+    gates: bits 4:0 of the gate's second dword count them, copied as gate-size slots in
+    their order on the caller's stack), the caller's CS and EIP."""
+    env = core.env
+    new_ss, new_sp = _tss_stack(core, new_cpl)
+    old_ss, old_sp = env.segs[R_SS], env.regs[4]
+    old_cs = env.segs[R_CS].selector
+    if gsize == 8:
+        ss_cache = SegmentCache(new_ss, 0, 0, new_cpl << DESC_DPL_SHIFT)   # null, DPL = CPL
+        if not (_canonical(new_sp - 32) and _canonical(new_sp - 1)):
+            raise Fault(EXCP_SS, 0, why="call gate: new stack at a non-canonical RSP")
+        frame = [(old_ss.selector, 8), (old_sp, 8), (old_cs, 8), (next_ip, 8)]
+        sp = _push(core, 0, new_sp, _MASK[8], frame, True)
+        rsp = sp
+    else:
+        if new_ss & 0xFFFC == 0:
+            raise Fault(EXCP_TS, 0, why="call gate: null SS in the TSS")
+        if not _in_table(core, new_ss):
+            raise Fault(EXCP_TS, new_ss & 0xFFFC, why=f"TSS stack {new_ss:#x} past the table")
+        slo, shi = read_descriptor(core, new_ss)
+        if (new_ss & 3) != new_cpl or _dpl(shi) != new_cpl or not _writable_data(shi):
+            raise Fault(EXCP_TS, new_ss & 0xFFFC, why=f"TSS stack segment {new_ss:#x} "
+                                                      f"for CPL {new_cpl}")
+        if not shi & DESC_P_MASK:
+            raise Fault(EXCP_SS, new_ss & 0xFFFC, why=f"TSS stack segment {new_ss:#x} "
+                                                      f"not present")
+        ss_cache = cache_from(new_ss, slo, mark_accessed(core, new_ss, shi))
+        # The parameters, read from the caller's stack before anything changes.
+        count = ghi & 0x1F
+        old_mask = _stack_mask(old_ss.flags)
+        params = []
+        for i in range(count - 1, -1, -1):          # the deepest first: order is kept
+            la = (old_ss.base + ((old_sp + i * gsize) & old_mask)) & 0xFFFFFFFF
+            params.append((int.from_bytes(core.mmu.read_bytes(la, gsize), "little"), gsize))
+        mask = _stack_mask(shi)
+        frame = ([(old_ss.selector, gsize), (old_sp & _MASK[gsize], gsize)] + params
+                 + [(old_cs, gsize), (next_ip & _MASK[gsize], gsize)])
+        sp = _push(core, ss_cache.base, new_sp, mask, frame, True)
+        rsp = (new_sp & ~mask) | sp
+    env.segs[R_SS] = ss_cache
+    env.regs[4] = rsp
+    set_cs(core, cache, offset)                      # mode_changed: CPL is SS.DPL now
+
+
+# -- far RET to an outer privilege level ----------------------------------------------------
+
+def return_code_segment(core: "InterpCore", sel: int) -> tuple[int, int]:
+    """The checks on the CS popped by a far RET (SDM vol. 2B, RET "Operation", protected
+    and IA-32e mode): #GP(0) null; #GP(sel) past the limit, not code, L and D both set in
+    IA-32e mode, RPL < CPL, conforming with DPL > RPL, non-conforming with DPL != RPL;
+    #NP(sel) not present.  Returns the descriptor (lo, hi)."""
+    env = core.env
+    if sel & 0xFFFC == 0:
+        raise Fault(EXCP_GP, 0, why="far return to a null selector")
+    lo, hi = read_descriptor(core, sel)
+    rpl = sel & 3
+    dpl = _dpl(hi)
+    bad = (not _is_code(hi) or rpl < env.cpl
+           or (env.efer & EFER_LMA and hi & DESC_L_MASK and hi & DESC_B_MASK)
+           or (dpl > rpl if hi & DESC_C_MASK else dpl != rpl))
+    if bad:
+        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far return to {sel:#x}")
+    if not hi & DESC_P_MASK:
+        raise Fault(EXCP_NP, sel & 0xFFFC, why=f"far return to {sel:#x}: not present")
+    return lo, hi
+
+
+def return_to_outer(core: "InterpCore", ip: int, sel: int, lo: int, hi: int, size: int,
+                    extra: int, sp_after_cs: int) -> None:
+    """RETURN-TO-OUTER-PRIVILEGE-LEVEL (SDM vol. 2B, RET; vol. 3A, 5.8.6): ``ip``/``sel``
+    were popped, ``sp_after_cs`` is the stack pointer past them plus ``extra`` (imm16);
+    pop the caller's ESP and SS there, check SS (legacy: #GP(0) null; #GP(SS) past the
+    limit, RPL or DPL != the new CPL, not writable data; #SS(SS) not present; IA-32e
+    mode: a null SS is taken for a 64-bit CS with RPL < 3), add ``extra`` to the new
+    stack pointer too, and null ES, DS, FS and GS where they hold a segment the new CPL
+    may not use."""
+    env = core.env
+    rpl = sel & 3
+    ia32e = bool(env.efer & EFER_LMA)
+    to64 = ia32e and bool(hi & DESC_L_MASK)
+    (sp, ss), _ = core.pop_rt([size, size], 0, start=sp_after_cs)
+    ss &= 0xFFFF
+    if ss & 0xFFFC == 0:
+        if not to64 or rpl == 3:
+            raise Fault(EXCP_GP, 0, why="far return to an outer level with a null SS")
+        ss_cache = SegmentCache(ss, 0, 0, rpl << DESC_DPL_SHIFT)
+        shi = None
+    else:
+        slo, shi = read_descriptor(core, ss)          # #GP(ss) past the limit
+        if (ss & 3) != rpl or _dpl(shi) != rpl or not _writable_data(shi):
+            raise Fault(EXCP_GP, ss & 0xFFFC, why=f"far return: stack segment {ss:#x}")
+        if not shi & DESC_P_MASK:
+            raise Fault(EXCP_SS, ss & 0xFFFC, why=f"far return: stack segment {ss:#x} "
+                                                  f"not present")
+        ss_cache = cache_from(ss, slo, shi)
+    if to64:
+        if not _canonical(ip):
+            raise Fault(EXCP_GP, 0, why=f"far return to non-canonical {ip:#x}")
+    else:
+        if size == 2:
+            ip &= 0xFFFF
+        if ip > cache_from(sel, lo, hi).limit:
+            raise Fault(EXCP_GP, 0, why=f"far return: {ip:#x} past the CS limit")
+    # The new stack pointer, as the pseudo-code has it: ESP := the popped value (zero-
+    # extended), then the imm16 is added at the new stack's address size: the full RSP
+    # for 64-bit code, SP alone (bits 31:16 as popped) for a 16-bit SS.
+    if to64:
+        rsp = (sp + extra) & _MASK[8]
+    else:
+        sp &= 0xFFFFFFFF
+        mask = _stack_mask(ss_cache.flags)
+        rsp = (sp & ~mask) | ((sp + extra) & mask)
+    cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
+    if shi is not None:
+        ss_cache.flags = mark_accessed(core, ss, shi) & 0x00F0FF00
+    env.segs[R_SS] = ss_cache
+    env.regs[4] = rsp
+    # SDM vol. 2B RET, both forms: ES, FS, GS and DS are checked in every mode, so the
+    # 64-bit-code exception _null_outer_data_segs makes for IRETQ is not asked for here.
+    _null_outer_data_segs(core, rpl, False)
+    set_cs(core, cache, ip)
