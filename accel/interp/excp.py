@@ -256,22 +256,26 @@ def iret(core: "InterpCore", size: int) -> None:
 
 def _null_outer_data_segs(core: "InterpCore", new_cpl: int, long64: bool) -> None:
     """Return to an outer privilege level: ES, DS, FS and GS that hold a data or
-    non-conforming code segment with DPL < the new CPL are loaded with a null selector
-    (SDM vol. 2A, IRET "RETURN-TO-OUTER-PRIVILEGE-LEVEL"; the same rule as RET far).
-    A register already null is left alone (FS/GS keep a 64-bit base set by WRMSR).
-    IRETQ from 64-bit code leaves FS and GS alone: that is what KVM does on this
-    project's reference host (tests/guests/exceptions64_mb.s keeps FS=GS=0x18, a DPL0
-    data selector, across IRETQ to ring 3), against the SDM's pseudo-code."""
+    non-conforming code segment with DPL < the new CPL get a null selector (SDM vol. 2A,
+    IRET "RETURN-TO-OUTER-PRIVILEGE-LEVEL", which IA-32e mode reaches too; the same rule
+    as RET far).  Only the selector is nulled: the cache keeps its base and limit and
+    becomes unusable (P=0), so in 64-bit mode FS and GS keep the base WRMSR or a load
+    gave them, and elsewhere any access through the register is #GP(0)
+    (accel/interp/segcheck.py).  A register already null is left alone.
+
+    This host's KVM (PVM, whose IRETQ from the guest kernel is software) leaves FS and
+    GS alone on IRETQ to ring 3; the SDM's pseudo-code and QEMU's TCG null them, and
+    interp follows the manual (test_exec.py,
+    test_iretq_to_outer_level_nulls_segments_more_privileged_than_the_new_cpl)."""
     env = core.env
-    for seg in (R_ES, R_DS) if long64 else (R_ES, R_DS, R_FS, R_GS):
+    for seg in (R_ES, R_DS, R_FS, R_GS):
         cache = env.segs[seg]
         if cache.selector & 0xFFFC == 0:
             continue
         flags = cache.flags
         conforming_code = flags & DESC_CS_MASK and flags & DESC_C_MASK
         if not conforming_code and (flags >> DESC_DPL_SHIFT) & 3 < new_cpl:
-            env.segs[seg] = SegmentCache(0, 0, 0, 0)
-            core.segbase[seg] = 0
+            env.segs[seg] = SegmentCache(0, cache.base, cache.limit, flags & ~DESC_P_MASK)
 
 
 def _set_flags(core: "InterpCore", value: int, size: int, iret: bool = False) -> None:

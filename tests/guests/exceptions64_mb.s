@@ -162,9 +162,13 @@ enter_user:
 
 after_user:
     mov rsp, 0x90000
-    mov ax, 0x18                             # IRETQ to ring 3 may have nulled DS and ES
+    # IRETQ to ring 3 nulls DS, ES, FS and GS, which hold the DPL0 selector 0x18 (SDM
+    # vol. 2A, IRET); this host's KVM leaves FS and GS.  Reload all four.
+    mov ax, 0x18
     mov ds, ax
     mov es, ax
+    mov fs, ax
+    mov gs, ax
     inc r14d
     cmp r14d, 0x1
     je user_phase2
