@@ -482,7 +482,7 @@ class InterpCore:
         if count <= 1:
             string_rt.rep_string(self, kind, size, adsize, segment, rep, next_ip)
             return
-        ip, old = self.env.rip, regs[1]
+        ip, old, cc0 = self.env.rip, regs[1], self.cc
         regs[1] = (old & ~am) | 1
         try:
             string_rt.rep_string(self, kind, size, adsize, segment, rep, next_ip)
@@ -490,8 +490,13 @@ class InterpCore:
             regs[1] = old               # a fault in the iteration: nothing was done
             raise
         regs[1] = count - 1 if adsize >= 4 else (old & ~0xFFFF) | (count - 1)
-        if kind in ("cmps", "scas") and (rep == "rep") != bool(self.get_flags() & cs.CC_Z):
-            return                      # REPE/REPNE ended on its condition: complete
+        if kind in ("cmps", "scas"):
+            if (rep == "rep") != bool(self.get_flags() & cs.CC_Z):
+                return                  # REPE/REPNE ended on its condition: complete
+            # Between iterations the image has the flags of before the instruction: the
+            # processor commits CMPS/SCAS flags when the instruction ends (measured on
+            # this host's CPU, as for a fault inside one: string_rt.rep_string).
+            self.cc = cc0
         self.env.rip = ip
         self.debug.rep_partial = True
 
