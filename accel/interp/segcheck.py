@@ -21,19 +21,21 @@ block into a local (``slN``), like the segment base.
   NULL segment selector").
 
 The vector is #SS(0) for SS, #GP(0) for the others.  Code fetches are not checked
-against the CS limit here.
+against the CS limit here.  The REP string loop, which accesses memory from Python
+rather than generated code, calls :func:`check_access` for each element.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from accel.interp.errors import EXCP_GP, EXCP_SS
+from accel.interp.errors import EXCP_GP, EXCP_SS, Fault
 from hw.i386.cpu_state import (CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_E_MASK, DESC_P_MASK,
                                DESC_R_MASK, DESC_W_MASK, R_SS, VM_MASK, CPUX86State)
 
 if TYPE_CHECKING:
     from accel.interp.codegen import Ctx
+    from accel.interp.cpu_exec import InterpCore
 
 LIMIT = 1        # expand-up with a limit below 4 GiB - 1
 DOWN = 2         # expand-down: offsets must lie above the limit
@@ -101,4 +103,28 @@ def emit_type_check(c: "Ctx", seg: int, write: bool) -> None:
         c.emit(f"raise Fault({EXCP_GP}, 0, why='{what} {_NAMES[seg]}')")
 
 
-__all__ = ["segment_checks", "emit_limit_check", "emit_type_check"]
+def check_access(core: "InterpCore", seg: int, off: int, size: int, write: bool) -> None:
+    """The same checks at run time, for helpers that access memory themselves (the REP
+    string loop, accel/interp/string_rt.py): raise the fault, or return."""
+    checks = core.mode.checks
+    kind = checks[seg] if checks else 0
+    if not kind:
+        return
+    name = _NAMES[seg]
+    if kind & NULL:
+        raise Fault(EXCP_GP, 0, why=f"access through a null {name}")
+    if kind & (NOWRITE if write else NOREAD):
+        raise Fault(EXCP_GP, 0, why=f"{'write to' if write else 'read of'} {name}: type")
+    limit = core.env.segs[seg].limit
+    last = off + size - 1
+    if kind & LIMIT:
+        bad = last > limit
+    elif kind & DOWN:
+        bad = off <= limit or last > (0xFFFFFFFF if kind & BIG else 0xFFFF)
+    else:
+        return
+    if bad:
+        raise Fault(EXCP_SS if seg == R_SS else EXCP_GP, 0, why=f"{name} limit")
+
+
+__all__ = ["segment_checks", "emit_limit_check", "emit_type_check", "check_access"]

@@ -10,10 +10,11 @@ is polled every :data:`POLL` iterations (DESIGN.md: "inside long blocks' loops")
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from accel.interp.codegen import MASK
 from accel.interp.ioperm import io_perm_check
+from accel.interp.segcheck import check_access
 from hw.i386.cpu_state import DF_MASK, R_ES, R_FS, R_GS
 
 if TYPE_CHECKING:
@@ -66,6 +67,14 @@ def _rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int,
 
     def put(i: int, v: int) -> None:
         R[i] = v if adsize >= 4 else (R[i] & ~0xFFFF) | v
+
+    checks = core.mode.checks
+    if checks and (checks[seg] or checks[R_ES]):
+        # A segment with a limit or type to check: element by element, each access
+        # checked before it is made (accel/interp/segcheck.py), so a fault leaves the
+        # progress up to the element that faulted, as the bulk paths could not.
+        _rep_checked(core, kind, size, seg, rep, next_ip, count, step, am, put)
+        return
 
     while count:
         if rep and step > 0 and kind in ("movs", "stos") and count > 1:
@@ -197,3 +206,63 @@ def _bulk_scasb(core: "InterpCore", count: int, base: int, di: int, am: int,
         last = rt[0][s + n - 1]
     core.cc = (core.lazy.eval["SUB", 8], al, last, (al - last) & 0xFF, None)
     return n, j >= 0
+
+
+def _rep_checked(core: "InterpCore", kind: str, size: int, seg: int, rep: str, next_ip: int,
+                 count: int, step: int, am: int, put: "Callable[[int, int], None]") -> None:
+    """The element loop with segment limit and type checks (protected or real mode with a
+    segment that is not flat); no bulk paths."""
+    env = core.env
+    R = env.regs
+    sb, lam = core.segbase, core.la_mask
+    ld, st = core.ld[size], core.st[size]
+    amask = MASK[size]
+    kick = core.kick
+    done = 0
+    src = dst = 0
+    while count:
+        si, di = R[6] & am, R[7] & am
+        if kind in ("cmps", "scas"):
+            check_access(core, R_ES, di, size, False)
+        if kind in ("movs", "lods", "cmps", "outs"):
+            check_access(core, seg, si, size, False)
+        if kind in ("movs", "stos", "ins"):
+            check_access(core, R_ES, di, size, True)
+        if kind == "movs":
+            st((sb[R_ES] + di) & lam, ld((sb[seg] + si) & lam))
+            put(6, (si + step) & am)
+            put(7, (di + step) & am)
+        elif kind == "stos":
+            st((sb[R_ES] + di) & lam, R[0] & amask)
+            put(7, (di + step) & am)
+        elif kind == "lods":
+            v = ld((sb[seg] + si) & lam)
+            R[0] = v if size >= 4 else (R[0] & ~amask) | v
+            put(6, (si + step) & am)
+        elif kind in ("cmps", "scas"):
+            dst = ld((sb[R_ES] + di) & lam)     # ES:[rDI] first, as the hardware faults
+            if kind == "cmps":
+                src = ld((sb[seg] + si) & lam)
+                put(6, (si + step) & am)
+            else:
+                src = R[0] & amask
+            put(7, (di + step) & am)
+            core.cc = (core.lazy.eval["SUB", size * 8], src, dst, (src - dst) & amask, None)
+        elif kind == "ins":
+            st((sb[R_ES] + di) & lam, core.io_read(R[2] & 0xFFFF, size))
+            put(7, (di + step) & am)
+        else:                                    # outs
+            core.io_write(R[2] & 0xFFFF, ld((sb[seg] + si) & lam), size)
+            put(6, (si + step) & am)
+        done += 1
+        if not rep:
+            break
+        count -= 1
+        put(1, count)
+        if kind in ("cmps", "scas") and (rep == "rep") != (src == dst):
+            break                        # REPE stops on "not equal", REPNE on "equal"
+        if not done % POLL and count and kick.exit_request:
+            core.icount += done
+            return
+    core.icount += max(done - 1, 0)
+    env.rip = next_ip

@@ -189,3 +189,34 @@ def test_flat_and_64_bit_blocks_carry_no_checks() -> None:
     g = with_seg(DS, 0xFFF, DATA, bits=64)
     run(g, "mov rax, [0x2000]")
     assert fault(g)[0] is None and g.core.mode.checks == ()
+
+
+def test_rep_stos_stops_at_the_element_that_crosses_the_limit() -> None:
+    """REP STOSB with ES limit 0xFFF from EDI=0xFFC, ECX=8: four bytes are stored, the fifth
+    faults with EDI=0x1000 and ECX=4 left, RIP on the instruction (SDM vol. 2B, REP:
+    a fault leaves the registers at the progress made)."""
+    g = with_seg(ES, 0xFFF, DATA, base=0x4000)
+    run(g, "mov edi, 0xffc\nmov ecx, 8\nmov al, 0xab\nrep stosb")
+    assert fault(g) == (GP, 0, CODE + 12)
+    assert g.mem.read(0x4FFC, 4) == 0xABABABAB and g.mem.read(0x5000, 1) == 0
+    assert g.env.regs[1] == 4              # (EDI holds the vector: the handler's mark)
+
+
+def test_rep_movs_into_a_read_only_es_faults_before_any_store() -> None:
+    g = with_seg(ES, 0xFFFFFFFF, DESC_P_MASK | DESC_S_MASK | DESC_A_MASK | DESC_B_MASK
+                 | DESC_G_MASK)
+    g.mem.write(0x100, 0x12345678, 4)
+    run(g, "mov esi, 0x100\nmov edi, 0x200\nmov ecx, 3\n.byte 0xf3, 0xa5")    # rep movsd
+    assert fault(g) == (GP, 0, CODE + 15)
+    assert g.env.regs[1] == 3 and g.env.regs[6] == 0x100 and g.mem.read(0x200, 4) == 0
+
+
+def test_repe_cmps_and_lods_check_their_source_segment() -> None:
+    """REP LODS through an FS override with a small limit, REPE CMPSB with DS past its limit
+    on the third element (the bytes compare equal up to there)."""
+    g = with_seg(4, 0x103, DATA)                               # FS limit 0x103
+    run(g, "mov esi, 0x100\nmov ecx, 8\n.byte 0xf3, 0x64, 0xac")     # rep lods fs:[esi]
+    assert fault(g)[0] == GP and g.env.regs[1] == 4 and g.env.regs[6] == 0x104
+    g = with_seg(DS, 0x301, DATA)
+    run(g, "mov esi, 0x2ff\nmov edi, 0x2ff\nmov ecx, 8\nrepe cmpsb")
+    assert fault(g)[0] == GP and g.env.regs[1] == 5 and g.env.regs[6] == 0x302
