@@ -220,3 +220,82 @@ def test_repe_cmps_and_lods_check_their_source_segment() -> None:
     g = with_seg(DS, 0x301, DATA)
     run(g, "mov esi, 0x2ff\nmov edi, 0x2ff\nmov ecx, 8\nrepe cmpsb")
     assert fault(g)[0] == GP and g.env.regs[1] == 5 and g.env.regs[6] == 0x302
+
+
+# -- against this host's KVM: compatibility mode at CPL3 -----------------------------------
+# The CPL3 harness of the KVM differential (cpl3_oracle) with four more DPL3 data
+# descriptors; the snippet loads one into DS, ES or SS and accesses memory through it.
+# In compatibility mode this host's KVM (PVM) runs guest code through KVM's instruction
+# emulator, which checks limits and types, so it answers these questions independently
+# of interp (it is not the processor: see KNOWN_REFERENCE_ERRORS in
+# test_kvm_differential.py for where it is known to differ).
+SEL_LIMITED, SEL_DOWN_BIG, SEL_READONLY, SEL_DOWN_SMALL = 0x4B, 0x53, 0x5B, 0x63
+_kvm_pair: dict[str, object] = {}
+
+
+def _extra_gdt() -> bytes:
+    from tests.accel.interp.cpl3_oracle import DATA, FLAG_DATA, _desc
+    big = DESC_B_MASK | DESC_G_MASK
+    descs = [SegmentCache(0, DATA, 0xFFF, FLAG_DATA | DESC_B_MASK),
+             SegmentCache(0, 0, 0xFFF, FLAG_DATA | DESC_E_MASK | DESC_B_MASK),
+             SegmentCache(0, 0, 0xFFFFFFFF, (FLAG_DATA & ~DESC_W_MASK) | big),
+             SegmentCache(0, DATA, 0xFFF, FLAG_DATA | DESC_E_MASK)]
+    return b"".join(_desc(d, 3).to_bytes(8, "little") for d in descs)
+
+
+def _pair() -> tuple[object, object]:
+    """A KvmCpl3 and an InterpCpl3 of their own, with the extra descriptors."""
+    from tests.accel.interp.cpl3_oracle import GDT, InterpCpl3, KvmCpl3
+    from tests.accel.kvm.kvm_support import kvm_usable
+    ok, why = kvm_usable()
+    if not ok:
+        pytest.skip(why)
+    if not _kvm_pair:
+        extra, at, limit = _extra_gdt(), GDT + 9 * 8, 13 * 8 - 1
+        k = KvmCpl3()
+        k.mm[at:at + len(extra)] = extra
+        for sregs in k.sregs.values():
+            sregs.gdt.limit = limit
+        i = InterpCpl3()
+        i.mem.write_bytes(at, extra)
+        i.env.gdt.limit = limit
+        _kvm_pair.update(kvm=k, interp=i)
+    return _kvm_pair["kvm"], _kvm_pair["interp"]
+
+
+@pytest.mark.parametrize("bits", [32, 16])
+@pytest.mark.parametrize("text, ebx, vector", [
+    (f"mov ax, {SEL_LIMITED}\nmov ds, ax\nmov eax, dword ptr [ebx]", 0xFFC, None),
+    (f"mov ax, {SEL_LIMITED}\nmov ds, ax\nmov eax, dword ptr [ebx]", 0xFFD, GP),
+    (f"mov ax, {SEL_LIMITED}\nmov ds, ax\nmov byte ptr [ebx], 1", 0x1000, GP),
+    (f"mov ax, {SEL_LIMITED}\nmov ss, ax\nmov eax, dword ptr [ebp]", 0, SSF),
+    (f"mov ax, {SEL_LIMITED}\nmov es, ax\nmov edi, ebx\nmov ecx, 8\nmov al, 0x5a\n"
+     f".byte 0x67\nrep stosb", 0xFFC, GP),
+    (f"mov ax, {SEL_DOWN_BIG}\nmov ds, ax\nmov eax, dword ptr [ebx]", 0x300010, None),
+    (f"mov ax, {SEL_DOWN_BIG}\nmov ds, ax\nmov eax, dword ptr [ebx]", 0xFFE, GP),
+    (f"mov ax, {SEL_DOWN_SMALL}\nmov ds, ax\nmov eax, dword ptr [ebx]", 0x1000, None),
+    (f"mov ax, {SEL_DOWN_SMALL}\nmov ds, ax\nmov eax, dword ptr [ebx]", 0xFFFD, GP),
+    (f"mov ax, {SEL_READONLY}\nmov ds, ax\nmov eax, dword ptr [ebx]", 0x300000, None),
+    (f"mov ax, {SEL_READONLY}\nmov ds, ax\nadd dword ptr [ebx], eax", 0x300000, GP),
+    ("xor eax, eax\nmov ds, ax\nmov eax, dword ptr [ebx]", 0x300000, GP),
+])
+def test_segment_checks_match_kvm(bits: int, text: str, ebx: int, vector: int | None) -> None:
+    """The vector is the SDM's answer, worked out by hand; KVM and interp must both give
+    it, with the same registers, RIP and data afterwards."""
+    from tests.accel.interp.cpl3_oracle import DATA_SIZE, STACK, entry_ip
+    from tests.accel.interp.harness import asm
+    k, i = _pair()
+    code = asm(text, bits, entry_ip(bits))
+    regs = [0] * 16
+    regs[4], regs[3], regs[5] = STACK, ebx, 0xFFE
+    data = bytes(j * 5 & 0xFF for j in range(DATA_SIZE))
+    hw = k.run(bits, code, regs, 0x202, data)
+    ours = i.run(bits, code, regs, 0x202, data)
+    assert hw.other == "" and ours.other == ""
+    assert (hw.fault[0] if hw.fault else None) == vector, hw
+    assert ours.fault == hw.fault
+    assert ours.frame == hw.frame and ours.rip == hw.rip
+    # (After a fault RSP is the kernel's: the frame holds the user's.)
+    assert [r for j, r in enumerate(ours.regs[:8]) if j != 4] == \
+        [r for j, r in enumerate(hw.regs[:8]) if j != 4]
+    assert ours.data == hw.data
