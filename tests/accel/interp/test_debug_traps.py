@@ -295,6 +295,45 @@ def test_mov_ss_holds_the_single_step_trap_for_one_instruction(bits: int) -> Non
         (at[k + 2], DR6_INIT | BS), (at[k + 3], DR6_INIT | BS)]
 
 
+@pytest.mark.parametrize("bits", [16, 32])
+def test_pop_ss_holds_its_data_breakpoint_and_inhibits_the_next_instruction_breakpoint(
+        bits: int) -> None:
+    """SDM 6.8.3: POP SS reading a watched stack slot (DR0, R/W=11) gives no #DB after
+    it; the next instruction's instruction breakpoint (DR1) is not taken; the held
+    data breakpoint is delivered after that instruction, DR6.B0 alone.  The POP SS uses
+    a stack of its own and the next instruction moves ESP back, so that the #DB frame
+    is not written over the watched slot."""
+    g = DbgGuest(bits)
+    sp, ax = ("sp", "ax") if bits == 16 else ("esp", "eax")
+    slot, rw_len = (0x8FFE, 0b0111) if bits == 16 else (0x8FFC, 0b1111)
+
+    def lines(target: int) -> list[str]:
+        return ([f"mov {sp}, 0x9000", "mov eax, ss" if bits == 32 else "mov ax, ss",
+                 f"push {ax}"]
+                + _dr_setup(bits, {0: slot, 1: target, 7: 0x400 | rw_len << 16 | 1 | 4})
+                + ["pop ss", f"mov {sp}, 0x8000", "nop", "hlt"])
+    nxt = len(lines(0)) - 3
+    _, at0 = layout(lines(0), bits)
+    code, at = layout(lines(at0[nxt]), bits)
+    assert at == at0
+    _load(g, code)
+    g.opts(OPT_CLEAR_DR7 if bits == 16 else OPT_SET_RF)
+    g.run_to_hlt()
+    assert [(rip, dr6) for rip, _, dr6, _ in g.log()] == [(at[nxt + 1], DR6_INIT | 1)]
+
+
+def test_lss_does_not_hold_the_single_step_trap() -> None:
+    """SDM 6.8.3: only MOV SS and POP SS hold debug events; LSS traps after itself."""
+    g = DbgGuest(32)
+    g.mem.write_bytes(DATA, struct.pack("<IH", 0x8000, 0x10))      # ESP:SS = 0x10:0x8000
+    pre = [f"mov esi, {DATA:#x}"] + _set_tf(32)
+    code, at = layout(pre + ["lss esp, [esi]", "mov ecx, 5"] + _clear_tf(32) + ["hlt"], 32)
+    _load(g, code)
+    g.run_to_hlt()
+    k = len(pre)
+    assert [rip for rip, *_ in g.log()][:2] == [at[k + 1], at[k + 2]]
+
+
 # -- DR0-DR3 / DR7 (SDM 18.2, 18.3.1.1-18.3.1.3) --------------------------------------------------
 def _dr_setup(bits: int, regs: dict[int, int]) -> list[str]:
     acc = "rax" if bits == 64 else "eax"
@@ -352,7 +391,11 @@ def test_data_breakpoint_traps_after_the_access(rw: int, length: int, offset: in
     reg = {1: "al", 2: "ax", 4: "eax"}[size]
     ptr = {1: "byte", 2: "word", 4: "dword"}[size]
     access = (f"mov {ptr} ptr [rsi], {reg}" if write else f"mov {reg}, {ptr} ptr [rsi]")
-    setup = _dr_setup(bits, {1: addr, 7: dr7}) + [f"mov esi, {DATA + offset:#x}", "mov eax, 0x77"]
+    # A read and a write elsewhere in the page first: the watched page must stay off the
+    # TLB's fast paths, not just miss once.
+    setup = _dr_setup(bits, {1: addr, 7: dr7}) + [
+        f"mov esi, {DATA + offset:#x}", "mov dl, byte ptr [rsi + 0x100]",
+        "mov byte ptr [rsi + 0x100], dl", "mov eax, 0x77"]
     code, at = layout(setup + [access, "nop", "hlt"], bits)
     _load(g, code)
     g.run_to_hlt()
