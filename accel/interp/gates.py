@@ -32,9 +32,20 @@ from typing import TYPE_CHECKING
 from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_TS, Fault, InterpError
 from accel.interp.excp import _null_outer_data_segs
 from accel.interp.seg import cache_from, mark_accessed, read_descriptor, set_cs
-from hw.i386.cpu_state import (DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
-                               DESC_L_MASK, DESC_P_MASK, DESC_S_MASK, DESC_W_MASK, EFER_LMA,
-                               R_CS, R_SS, SegmentCache)
+from hw.i386.cpu_state import (
+    DESC_B_MASK,
+    DESC_C_MASK,
+    DESC_CS_MASK,
+    DESC_DPL_SHIFT,
+    DESC_L_MASK,
+    DESC_P_MASK,
+    DESC_S_MASK,
+    DESC_W_MASK,
+    EFER_LMA,
+    R_CS,
+    R_SS,
+    SegmentCache,
+)
 
 if TYPE_CHECKING:
     from accel.interp.cpu_exec import InterpCore
@@ -58,7 +69,7 @@ def _writable_data(hi: int) -> bool:
     return hi & (DESC_S_MASK | DESC_CS_MASK | DESC_W_MASK) == DESC_S_MASK | DESC_W_MASK
 
 
-def _in_table(core: "InterpCore", sel: int, size: int = 8) -> bool:
+def _in_table(core: InterpCore, sel: int, size: int = 8) -> bool:
     table = core.env.ldt if sel & 4 else core.env.gdt
     return (sel & ~7) + size - 1 <= table.limit
 
@@ -69,7 +80,7 @@ def _stack_mask(ss_flags: int) -> int:
 
 # -- far CALL / JMP through a system descriptor ---------------------------------------------
 
-def through_system_descriptor(core: "InterpCore", sel: int, lo: int, hi: int, *, call: bool,
+def through_system_descriptor(core: InterpCore, sel: int, lo: int, hi: int, *, call: bool,
                               next_ip: int) -> None:
     """A far CALL (``call``) or JMP to ``sel``, whose descriptor ``lo``/``hi`` has S = 0
     (SDM vol. 2A, CALL and JMP "Operation": the type dispatch after the descriptor read)."""
@@ -91,7 +102,7 @@ def through_system_descriptor(core: "InterpCore", sel: int, lo: int, hi: int, *,
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far {what} to system type {stype:#x}")
 
 
-def _tss_target(core: "InterpCore", sel: int, hi: int, what: str) -> None:
+def _tss_target(core: InterpCore, sel: int, hi: int, what: str) -> None:
     """TASK-STATE-SEGMENT (SDM vol. 2A, JMP/CALL): the checks, then the missing switch."""
     busy = hi & 0x200
     if _dpl(hi) < core.env.cpl or _dpl(hi) < (sel & 3) or busy:
@@ -102,7 +113,7 @@ def _tss_target(core: "InterpCore", sel: int, hi: int, what: str) -> None:
                       f"is not implemented")
 
 
-def _task_gate(core: "InterpCore", sel: int, lo: int, hi: int, what: str) -> None:
+def _task_gate(core: InterpCore, sel: int, lo: int, hi: int, what: str) -> None:
     """TASK-GATE (SDM vol. 2A, JMP/CALL): the gate and TSS checks, then the missing switch."""
     if _dpl(hi) < core.env.cpl or _dpl(hi) < (sel & 3):
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"task gate {sel:#x} privilege")
@@ -121,7 +132,7 @@ def _task_gate(core: "InterpCore", sel: int, lo: int, hi: int, what: str) -> Non
                       f"(TSS selector {tss:#x}) is not implemented")
 
 
-def _call_gate(core: "InterpCore", gate_sel: int, lo: int, hi: int, call: bool,
+def _call_gate(core: InterpCore, gate_sel: int, lo: int, hi: int, call: bool,
                next_ip: int, gsize: int) -> None:
     """CALL-GATE (SDM vol. 2A, CALL and JMP; vol. 3A, 5.8.3-5.8.5); ``gsize`` is the
     gate's size in bytes per stack slot: 2, 4 or 8 (the 16-byte IA-32e gate)."""
@@ -179,7 +190,7 @@ def _call_gate(core: "InterpCore", gate_sel: int, lo: int, hi: int, call: bool,
         _call_same_privilege(core, gsize, next_ip, cache, offset)
 
 
-def _push(core: "InterpCore", base: int, sp: int, mask: int,
+def _push(core: InterpCore, base: int, sp: int, mask: int,
           frame: list[tuple[int, int]], supervisor: bool) -> int:
     """Write ``frame`` ((value, size) pairs, first pushed first) below ``base``+``sp``;
     returns the new stack pointer.  Nothing in ``env`` changes.  ``supervisor``: the
@@ -195,7 +206,7 @@ def _push(core: "InterpCore", base: int, sp: int, mask: int,
     return (sp - off) & mask
 
 
-def _call_same_privilege(core: "InterpCore", gsize: int, next_ip: int, cache: SegmentCache,
+def _call_same_privilege(core: InterpCore, gsize: int, next_ip: int, cache: SegmentCache,
                          offset: int) -> None:
     """SAME-PRIVILEGE (SDM vol. 2A, CALL): push CS and the return offset, each a gate-size
     slot (a 64-bit gate pushes 8-byte slots on the 64-bit RSP, whatever the caller's mode)."""
@@ -216,7 +227,7 @@ def _call_same_privilege(core: "InterpCore", gsize: int, next_ip: int, cache: Se
     set_cs(core, cache, offset)
 
 
-def _tss_stack(core: "InterpCore", level: int) -> tuple[int, int]:
+def _tss_stack(core: InterpCore, level: int) -> tuple[int, int]:
     """SS and ESP/RSP for privilege ``level`` from the current TSS (SDM vol. 2A, CALL,
     MORE-PRIVILEGE; vol. 3A, 7.2.1 Figure 7-2, 7.6 Figure 7-10, 7.7 Figure 7-11):
     #TS(TSS selector) when the slot is past the TSS limit.  IA-32e: SS is the null
@@ -240,7 +251,7 @@ def _tss_stack(core: "InterpCore", level: int) -> tuple[int, int]:
     return int.from_bytes(raw[2:4], "little"), int.from_bytes(raw[:2], "little")
 
 
-def _call_more_privilege(core: "InterpCore", ghi: int, gsize: int,
+def _call_more_privilege(core: InterpCore, ghi: int, gsize: int,
                          next_ip: int, cache: SegmentCache, offset: int, new_cpl: int) -> None:
     """MORE-PRIVILEGE (SDM vol. 2A, CALL; vol. 3A, 5.8.5 and Figure 5-13): the stack of
     ``new_cpl`` from the TSS, then push the caller's SS and ESP, the parameters (legacy
@@ -289,7 +300,7 @@ def _call_more_privilege(core: "InterpCore", ghi: int, gsize: int,
 
 # -- far RET to an outer privilege level ----------------------------------------------------
 
-def return_code_segment(core: "InterpCore", sel: int) -> tuple[int, int]:
+def return_code_segment(core: InterpCore, sel: int) -> tuple[int, int]:
     """The checks on the CS popped by a far RET (SDM vol. 2B, RET "Operation", protected
     and IA-32e mode): #GP(0) null; #GP(sel) past the limit, not code, L and D both set in
     IA-32e mode, RPL < CPL, conforming with DPL > RPL, non-conforming with DPL != RPL;
@@ -310,7 +321,7 @@ def return_code_segment(core: "InterpCore", sel: int) -> tuple[int, int]:
     return lo, hi
 
 
-def return_to_outer(core: "InterpCore", ip: int, sel: int, lo: int, hi: int, size: int,
+def return_to_outer(core: InterpCore, ip: int, sel: int, lo: int, hi: int, size: int,
                     extra: int, sp_after_cs: int) -> None:
     """RETURN-TO-OUTER-PRIVILEGE-LEVEL (SDM vol. 2B, RET; vol. 3A, 5.8.6): ``ip``/``sel``
     were popped, ``sp_after_cs`` is the stack pointer past them plus ``extra`` (imm16);
@@ -360,7 +371,7 @@ def return_to_outer(core: "InterpCore", ip: int, sel: int, lo: int, hi: int, siz
         ss_cache.flags = mark_accessed(core, ss, shi) & 0x00F0FF00
     env.segs[R_SS] = ss_cache
     env.regs[4] = rsp
-    # SDM vol. 2B RET, both forms: ES, FS, GS and DS are checked in every mode, so the
-    # 64-bit-code exception _null_outer_data_segs makes for IRETQ is not asked for here.
+    # SDM vol. 2B RET, both forms: ES, FS, GS and DS are checked in every mode (the
+    # IRET rule, which excp._null_outer_data_segs implements for both instructions).
     _null_outer_data_segs(core, rpl, False)
     set_cs(core, cache, ip)

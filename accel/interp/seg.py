@@ -17,15 +17,31 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_UD, Fault, InterpError
-from hw.i386.cpu_state import (CR0_PE, DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK, DESC_DPL_SHIFT,
-                               DESC_G_MASK, DESC_L_MASK, DESC_P_MASK, DESC_R_MASK, DESC_S_MASK,
-                               DESC_W_MASK, EFER_LMA, R_CS, R_SS, VM_MASK, SegmentCache)
+from hw.i386.cpu_state import (
+    CR0_PE,
+    DESC_A_MASK,
+    DESC_B_MASK,
+    DESC_C_MASK,
+    DESC_CS_MASK,
+    DESC_DPL_SHIFT,
+    DESC_G_MASK,
+    DESC_L_MASK,
+    DESC_P_MASK,
+    DESC_R_MASK,
+    DESC_S_MASK,
+    DESC_W_MASK,
+    EFER_LMA,
+    R_CS,
+    R_SS,
+    VM_MASK,
+    SegmentCache,
+)
 
 if TYPE_CHECKING:
     from accel.interp.cpu_exec import InterpCore
 
 
-def protected(core: "InterpCore") -> bool:
+def protected(core: InterpCore) -> bool:
     env = core.env
     return bool(env.cr[0] & CR0_PE) and not env.eflags & VM_MASK
 
@@ -37,7 +53,7 @@ def _gates() -> ModuleType:
     return gates
 
 
-def read_descriptor(core: "InterpCore", sel: int) -> tuple[int, int]:
+def read_descriptor(core: InterpCore, sel: int) -> tuple[int, int]:
     """The 8-byte descriptor of ``sel`` as (low dword, high dword); #GP(sel) past the limit."""
     env = core.env
     table = env.ldt if sel & 4 else env.gdt
@@ -48,14 +64,14 @@ def read_descriptor(core: "InterpCore", sel: int) -> tuple[int, int]:
     return int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:], "little")
 
 
-def read_descriptor_hi64(core: "InterpCore", sel: int) -> int:
+def read_descriptor_hi64(core: InterpCore, sel: int) -> int:
     """Upper 8 bytes of a 16-byte system descriptor in long mode (SDM vol. 3A, 7.2.3)."""
     env = core.env
     raw = core.mmu.read_bytes(env.gdt.base + (sel & ~7) + 8, 8)
     return int.from_bytes(raw[:4], "little")
 
 
-def mark_accessed(core: "InterpCore", sel: int, hi: int) -> int:
+def mark_accessed(core: InterpCore, sel: int, hi: int) -> int:
     """Set the descriptor's accessed bit in memory when a load finds it clear; returns ``hi``
     with it set (SDM vol. 3A, 3.4.5.1: the processor sets A whenever it loads the selector
     of a code or data segment into a segment register; QEMU's helper_load_seg does too)."""
@@ -75,7 +91,7 @@ def cache_from(sel: int, lo: int, hi: int) -> SegmentCache:
     return SegmentCache(sel, base, limit, hi & 0x00F0FF00)
 
 
-def load_seg(core: "InterpCore", seg: int, sel: int) -> None:
+def load_seg(core: InterpCore, seg: int, sel: int) -> None:
     """MOV/POP to a segment register (SDM vol. 2B, MOV "Operation", POP "Operation")."""
     env = core.env
     if seg == R_CS:
@@ -114,7 +130,7 @@ def load_seg(core: "InterpCore", seg: int, sel: int) -> None:
     core.mode_changed()     # SS sets the stack size; any of ES CS SS DS may end flatness
 
 
-def target_descriptor(core: "InterpCore", sel: int) -> tuple[int, int]:
+def target_descriptor(core: InterpCore, sel: int) -> tuple[int, int]:
     """The descriptor a far JMP/CALL names: #GP(0) for a null selector, #GP(sel) past
     the table limit (SDM vol. 2A, CALL/JMP "Operation", before the type dispatch)."""
     if sel & 0xFFFC == 0:
@@ -122,7 +138,7 @@ def target_descriptor(core: "InterpCore", sel: int) -> tuple[int, int]:
     return read_descriptor(core, sel)
 
 
-def code_descriptor(core: "InterpCore", sel: int,
+def code_descriptor(core: InterpCore, sel: int,
                     desc: tuple[int, int] | None = None) -> tuple[SegmentCache, int]:
     """Check a far JMP/CALL target code segment (CONFORMING-/NONCONFORMING-CODE-SEGMENT
     of SDM vol. 2A CALL/JMP: no privilege change); returns its cache and the CPL.
@@ -148,7 +164,7 @@ def code_descriptor(core: "InterpCore", sel: int,
     return cache, cpl
 
 
-def set_cs(core: "InterpCore", cache: SegmentCache, rip: int) -> None:
+def set_cs(core: InterpCore, cache: SegmentCache, rip: int) -> None:
     env = core.env
     env.segs[R_CS] = cache
     code64 = bool(env.efer & 0x400) and bool(cache.flags & DESC_L_MASK)
@@ -159,7 +175,7 @@ def set_cs(core: "InterpCore", cache: SegmentCache, rip: int) -> None:
     core.mode_changed()
 
 
-def far_jump(core: "InterpCore", sel: int, off: int) -> None:
+def far_jump(core: InterpCore, sel: int, off: int) -> None:
     """JMP ptr16:xx / m16:xx (SDM vol. 2A, JMP, far jumps)."""
     env = core.env
     if not protected(core):
@@ -177,7 +193,7 @@ def far_jump(core: "InterpCore", sel: int, off: int) -> None:
     set_cs(core, cache, off)
 
 
-def far_call(core: "InterpCore", sel: int, off: int, size: int, next_ip: int) -> None:
+def far_call(core: InterpCore, sel: int, off: int, size: int, next_ip: int) -> None:
     """CALL far: push CS then the return offset, both ``size`` bytes (SDM vol. 2A, CALL)."""
     env = core.env
     cache = None
@@ -198,7 +214,7 @@ def far_call(core: "InterpCore", sel: int, off: int, size: int, next_ip: int) ->
         set_cs(core, cache, off)
 
 
-def far_return(core: "InterpCore", size: int, extra: int) -> None:
+def far_return(core: InterpCore, size: int, extra: int) -> None:
     """RET far [imm16] (SDM vol. 2B, RET): real mode, "RETURN-TO-SAME-PRIVILEGE-LEVEL",
     and to an outer level (RPL > CPL: :func:`accel.interp.gates.return_to_outer`)."""
     env = core.env
@@ -222,7 +238,7 @@ def far_return(core: "InterpCore", size: int, extra: int) -> None:
     set_cs(core, cache, ip)
 
 
-def load_system_seg(core: "InterpCore", which: str, sel: int) -> None:
+def load_system_seg(core: InterpCore, which: str, sel: int) -> None:
     """LTR/LLDT (SDM vol. 2A): a GDT system descriptor (16 bytes in long mode, 7.2.3);
     LTR also marks the TSS busy in the GDT."""
     env = core.env
@@ -252,7 +268,7 @@ def load_system_seg(core: "InterpCore", which: str, sel: int) -> None:
         env.ldt = cache
 
 
-def syscall(core: "InterpCore", next_ip: int) -> None:
+def syscall(core: InterpCore, next_ip: int) -> None:
     """SYSCALL in 64-bit mode (SDM vol. 2B, SYSCALL, Operation)."""
     env = core.env
     if not env.efer & 1:
@@ -268,7 +284,7 @@ def syscall(core: "InterpCore", next_ip: int) -> None:
     core.mode_changed()
 
 
-def sysret(core: "InterpCore", size: int) -> None:
+def sysret(core: InterpCore, size: int) -> None:
     """SYSRET to CPL 3: 64-bit (REX.W) or compatibility mode (SDM vol. 2B, SYSRET)."""
     env = core.env
     if not env.efer & 1:
@@ -292,13 +308,14 @@ _LAR_TYPES = ({1, 2, 3, 4, 5, 9, 0xB, 0xC}, {2, 9, 0xB, 0xC})
 _LSL_TYPES = ({1, 2, 3, 9, 0xB}, {2, 9, 0xB})
 
 
-def check_selector(core: "InterpCore", which: str, sel: int) -> int | None:
+def check_selector(core: InterpCore, which: str, sel: int) -> int | None:
     """LAR, LSL, VERR, VERW (SDM vol. 2A LAR/LSL, vol. 2B VERR/VERW, "Operation"): the
     access rights (LAR: descriptor bytes 4-7 masked 00F0FF00H), the scaled limit (LSL) or 1
     (VERR/VERW), or None where the instruction clears ZF: a null selector, an offset past
     the GDT/LDT limit, a type the instruction does not accept, or (except a conforming
-    code segment) DPL < CPL or DPL < RPL.  Presence is not checked; nothing faults but a
-    read of the descriptor table itself (#PF)."""
+    code segment) DPL < CPL or DPL < RPL.  In IA-32e mode the system descriptors LAR/LSL
+    take are 16 bytes: ZF is cleared unless the whole of one is within the table limit.
+    Presence is not checked; nothing faults but a read of the descriptor table itself (#PF)."""
     env = core.env
     if sel & 0xFFFC == 0:
         return None
@@ -336,7 +353,7 @@ def check_selector(core: "InterpCore", which: str, sel: int) -> int | None:
     return 1
 
 
-def sysenter(core: "InterpCore") -> None:
+def sysenter(core: InterpCore) -> None:
     """SYSENTER (SDM vol. 2B, SYSENTER, Operation): #GP(0) in real mode or with
     IA32_SYSENTER_CS[15:2] = 0; clears VM IF RF; flat CPL-0 CS = SYSENTER_CS & FFFCH
     (64-bit code in IA-32e mode, else 32-bit) and SS = CS + 8; RSP/RIP from
@@ -365,7 +382,7 @@ def _canonical(a: int) -> bool:
     return a < 0x800000000000 or a >= 0xFFFF800000000000
 
 
-def sysexit(core: "InterpCore", size: int) -> None:
+def sysexit(core: InterpCore, size: int) -> None:
     """SYSEXIT (SDM vol. 2B, SYSEXIT, Operation): #GP(0) in real mode, at CPL > 0 or with
     IA32_SYSENTER_CS[15:2] = 0; CPL-3 flat CS = (SYSENTER_CS + 32) | 3 for a 64-bit
     return (REX.W; #GP(0) for a non-canonical RCX or RDX), else (SYSENTER_CS + 16) | 3;

@@ -26,11 +26,11 @@ import pytest
 
 from accel.interp.errors import InterpError
 from hw.core.cpu import EXCP_DEBUG, EXCP_HLT
-from hw.i386.cpu_state import DESC_DPL_SHIFT, R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, SegmentCache
+from hw.i386.cpu_state import R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, SegmentCache
 from tests.accel.interp.harness import CODE, Guest, asm
 
 unicorn = pytest.importorskip("unicorn")
-from unicorn import x86_const as U  # noqa: E402
+from unicorn import x86_const as U
 
 # -- the 32-bit image ----------------------------------------------------------------------
 
@@ -90,8 +90,9 @@ GDT32 = {
     0xD8: seg(TSS + 0x200, 0x67, 0x9, 3, s=0, db=0, g=0),  # available 32-bit TSS, DPL 3
     0xE0: gate(0x18, USER, 0xC, 3),                        # to DPL 3 code: same privilege
     0xE8: data32(1, p=0),
+    0xF0: seg(TSS + 0x300, 0x2B, 0x1, 0, s=0, db=0, g=0),  # 16-bit TSS, available
 }
-GDT32_LIMIT = 0xEF
+GDT32_LIMIT = 0xF7
 END = 0x2F00                      # a CPL-3 scenario's last address (an interp breakpoint)
 
 
@@ -205,7 +206,7 @@ def run_unicorn(img: dict[int, bytes], end: int = END) -> dict[str, object]:
     uc.reg_write(U.UC_X86_REG_EDI, 0xFFFF)
     events: list[int] = []
 
-    def on_intr(u: "unicorn.Uc", intno: int, _: object) -> None:
+    def on_intr(u: unicorn.Uc, intno: int, _: object) -> None:
         events.append(intno)
         u.emu_stop()
 
@@ -317,6 +318,23 @@ def test_16_bit_call_gate_pushes_words_and_16_bit_retf_returns() -> None:
     assert s["eax"] & 0xFFFF == 0x48                           # CS.RPL = new CPL 0
 
 
+def test_call_gate_with_a_16_bit_tss_takes_sp0_ss0_from_it() -> None:
+    # A 16-bit TSS (type 1) holds SPn, SSn as words at 2 + 4n (SDM vol. 3A, 7.6, Figure
+    # 7-10; CALL MORE-PRIVILEGE "current TSS is 16-bit"): ESP = the zero-extended SP0.
+    sp0 = KSTACK - 0x80
+    img = image("mov ax, 0xf0\nltr ax", f"""
+        push 0x11111111
+        push 0x22222222
+        {far(0x9A, 0x33, 0)}
+        jmp {END:#x}
+    """, {KENTRY: "mov esi, esp\nmov edi, ss\nretf 8",
+          TSS + 0x300: struct.pack("<HHH", 0, sp0, 0x10)})
+    s = both(img)
+    assert (s["esi"], s["edi"], s["esp"]) == (sp0 - 24, 0x10, USTACK)
+    frame = dwords(s["mem"][2], 6, 0x100 - 0x80 - 24)           # type: ignore[index]
+    assert frame == [USER + 17, 0x1B, 0x22222222, 0x11111111, USTACK - 8, 0x23]
+
+
 def test_call_gate_to_cpl1_takes_ss1_esp1_and_retf_goes_back_to_cpl3() -> None:
     img = image("", f"""
         {far(0x9A, 0xAB, 0)}
@@ -324,7 +342,7 @@ def test_call_gate_to_cpl1_takes_ss1_esp1_and_retf_goes_back_to_cpl3() -> None:
         mov ecx, ss
         mov edx, esp
         jmp {END:#x}
-    """, {KENTRY1: f"""
+    """, {KENTRY1: """
         mov eax, ss
         mov esi, cs
         mov edi, esp
@@ -369,7 +387,7 @@ def test_call_gate_through_memory_operand_at_cpl0_to_cpl0() -> None:
         mov eax, {DATA + 0x40:#x}
         call fword ptr [eax]
     """.replace("call fword ptr [eax]", ".byte 0xff, 0x18"), f"jmp {END:#x}",
-        {KENTRY: f"mov esi, esp\nmov edi, cs\nretf"})
+        {KENTRY: "mov esi, esp\nmov edi, cs\nretf"})
     s = both(img)
     assert (s["esi"], s["edi"]) == (KSTACK - 8, 0x08)
 
@@ -395,7 +413,7 @@ def user_fault(user: str, extra: dict[int, str | bytes] | None = None) -> tuple[
     (0xCB, 13, 0),        # offset past the target's limit: #GP(0)
     (0xD3, 13, 0xD0),     # far CALL to a busy TSS: #GP(TSS)
     (0x7B, 13, 0x78),     # far CALL to a data segment: #GP(selector)
-    (0xF3, 13, 0xF0),     # past the GDT limit (0xEF): #GP(selector)
+    (0xFB, 13, 0xF8),     # past the GDT limit (0xF7): #GP(selector)
 ])
 def test_call_gate_faults_leave_the_caller_state(sel: int, vector: int, error: int) -> None:
     got, frame = user_fault(f"push 0x1234\n{far(0x9A, sel, 0)}\nhlt")
@@ -834,8 +852,8 @@ def test_lar_lsl_in_legacy_mode_take_an_8_byte_tss_at_the_table_end() -> None:
 def test_64_bit_call_gate_from_cpl3_matches_kvm() -> None:
     """CPL 3 -> 0 through a 64-bit call gate on the host CPU (the cpl3_oracle image, a
     gate added at 0x48) and on interp: CS, SS, RSP, RIP and the 32-byte frame."""
-    from tests.accel.interp.cpl3_oracle import GDT as OGDT
     from tests.accel.interp.cpl3_oracle import DATA_SIZE, STACK, InterpCpl3, KvmCpl3
+    from tests.accel.interp.cpl3_oracle import GDT as OGDT
     from tests.accel.kvm.kvm_support import kvm_usable
     ok, why = kvm_usable()
     if not ok:
