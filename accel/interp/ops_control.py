@@ -127,7 +127,7 @@ def gen_far(c: Ctx, i: Insn) -> None:
     c.end()
 
 
-@op("retf", "lret")
+@op("retf", "lret", "retfq")
 def gen_retf(c: Ctx, i: Insn) -> None:
     extra = i.ops[0].imm & 0xFFFF if i.ops else 0
     size = 8 if i.rex_w else i.opsize

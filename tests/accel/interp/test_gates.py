@@ -645,10 +645,11 @@ def run_to(g: Guest, addr: int) -> None:
 
 
 def rex_w_retf(g: Guest, imm: int = 0) -> None:
-    """REX.W RETF [imm16] (48 CB / 48 CA iw), run through the helper its generated code
-    calls: capstone names it ``retfq``, a row ops_control.py does not register yet."""
-    from accel.interp import seg as seg_mod
-    seg_mod.far_return(g.core, 8, imm)
+    """Execute REX.W RETF [imm16] (48 CB / 48 CA iw; capstone calls it ``retfq``) at RIP."""
+    code = b"\x48\xcb" if not imm else b"\x48\xca" + imm.to_bytes(2, "little")
+    g.mem.write_bytes(g.env.rip, code)          # 64-bit code: CS base 0, identity paging
+    g.core.tb_flush()
+    g.core.step()
 
 
 def test_64_bit_call_gate_to_cpl1_and_rex_w_retf_back_to_cpl3() -> None:
