@@ -41,7 +41,8 @@ flag) are not modelled: the interpreter has no task switches.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from accel.interp import excp
 from accel.interp.errors import EXCP_DB, Fault
@@ -67,7 +68,7 @@ _PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF
 class GuestDebug:
     """The decoded DR0-DR3/DR7 of one core and the debug events of the current instruction."""
 
-    def __init__(self, core: "InterpCore") -> None:
+    def __init__(self, core: InterpCore) -> None:
         self.core = core
         self.sig: tuple[int, ...] | None = None
         self.exec_bp: dict[int, int] = {}          # linear address -> B bits (R/W=00)
@@ -146,7 +147,7 @@ class GuestDebug:
                 self.hits |= bit
 
 
-def _movss_or_popss(core: "InterpCore", la: int) -> bool:
+def _movss_or_popss(core: InterpCore, la: int) -> bool:
     """Whether the instruction at ``la`` (which loaded SS) is MOV SS or POP SS, not LSS.
 
     MOV Sreg (8E) and POP SS (17) are one-byte opcodes; LSS is 0F B2.  The bytes were
@@ -160,7 +161,7 @@ def _movss_or_popss(core: "InterpCore", la: int) -> bool:
     return False
 
 
-def _raise_db(core: "InterpCore", dr6_bits: int) -> None:
+def _raise_db(core: InterpCore, dr6_bits: int) -> None:
     """Deliver #DB (vector 1, no error code: SDM vol. 3A, 6.15 "Interrupt 1") with DR6
     updated: B0-B3 replaced by this exception's, BD/BS/BT added (18.2.3)."""
     env = core.env
@@ -168,7 +169,7 @@ def _raise_db(core: "InterpCore", dr6_bits: int) -> None:
     excp.deliver(core, Fault(EXCP_DB, why=f"debug exception, DR6 bits {dr6_bits:#x}"))
 
 
-def step(core: "InterpCore", tb_for: Callable[[int], "TranslationBlock"]) -> int:
+def step(core: InterpCore, tb_for: Callable[[int], TranslationBlock]) -> int:
     """Run the instruction at RIP with the debug checks of chapter 18; returns how many
     events (an exception, a #DB) were delivered, which the caller's budget counts as
     steps of their own.
@@ -232,4 +233,4 @@ def step(core: "InterpCore", tb_for: Callable[[int], "TranslationBlock"]) -> int
     return 0
 
 
-__all__ = ["GuestDebug", "step", "DR6_B", "DR6_BD", "DR6_BS", "DR6_BT"]
+__all__ = ["DR6_B", "DR6_BD", "DR6_BS", "DR6_BT", "GuestDebug", "step"]

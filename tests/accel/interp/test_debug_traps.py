@@ -21,12 +21,16 @@ RIP, the pushed FLAGS, DR6 and RCX, then writes 0 to DR6 (which reads back 0xFFF
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
 import pytest
 
 from hw.core.cpu import EXCP_DEBUG, EXCP_HLT
 from hw.i386.cpu_state import CR4_DE
 from tests.accel.interp.harness import Guest, asm
+
+if TYPE_CHECKING:
+    from tests.accel.interp.cpl3_oracle import InterpCpl3, KvmCpl3
 
 RF, TF = 0x10000, 0x100
 DR6_INIT = 0xFFFF0FF0
@@ -260,7 +264,7 @@ def test_a_faulting_instruction_under_tf_raises_its_fault_not_a_trap(bits: int) 
     _load(g, code)
     g.run_to_hlt()
     k = len(pre)
-    assert [rip for rip, *_ in g.log()][0] == at[k + 2]          # after the NOP
+    assert g.log()[0][0] == at[k + 2]                            # after the NOP
     assert g.log()[0][1] & RF == 0
 
 
@@ -449,7 +453,7 @@ def test_dr7_gd_makes_mov_dr_a_fault_with_bd(bits: int) -> None:
     # The handler's own MOV from DR6 must not fault again: GD is clear on entry.
     g.run_to_hlt()
     log = g.log()
-    assert [(rip, dr6) for rip, _, dr6, _ in log][0] == (at[len(setup)], DR6_INIT | BD)
+    assert (log[0][0], log[0][2]) == (at[len(setup)], DR6_INIT | BD)
     assert g.env.dr[7] == 0x400
 
 
@@ -488,7 +492,7 @@ def test_host_breakpoint_and_guest_breakpoint_on_one_instruction() -> None:
     g = DbgGuest(64)
     target_probe = layout(_dr_setup(64, {0: 0, 7: 0x401}) + ["nop", "inc edx", "hlt"], 64)[1]
     target = target_probe[len(_dr_setup(64, {0: 0, 7: 0x401})) + 1]
-    code, at = layout(_dr_setup(64, {0: target, 7: 0x401}) + ["nop", "inc edx", "hlt"], 64)
+    code, _ = layout(_dr_setup(64, {0: target, 7: 0x401}) + ["nop", "inc edx", "hlt"], 64)
     _load(g, code)
     g.opts(OPT_SET_RF)
     g.core.breakpoints = {target}
@@ -504,7 +508,7 @@ def test_host_breakpoint_and_guest_breakpoint_on_one_instruction() -> None:
 _oracle: dict[str, object] = {}
 
 
-def _kvm_pair() -> tuple["KvmCpl3", "InterpCpl3"]:
+def _kvm_pair() -> tuple[KvmCpl3, InterpCpl3]:
     """Both CPL3 machines, or a skip naming what the host lacks (probed once)."""
     from tests.accel.interp.cpl3_oracle import STACK, InterpCpl3, KvmCpl3
     from tests.accel.kvm.kvm_support import kvm_usable
