@@ -181,7 +181,10 @@ def _long_mode(core: "InterpCore", vector: int, error_code: int | None, ret_ip: 
         off = 0x24 + (ist - 1) * 8 if ist else 4 + new_cpl * 8
         rsp = int.from_bytes(core.mmu.read_bytes(env.tr.base + off, 8), "little")
     if new_cpl < env.cpl:
-        env.segs[R_SS] = SegmentCache(new_cpl, 0, 0, 0)
+        # A null SS whose RPL and cached DPL are the new CPL (SDM vol. 3A, 6.14.4: "the
+        # new SS is set to NULL ... with the RPL set to the new CPL"); the CPL is read
+        # from SS.DPL, so a CPL-1/2 handler must not look like CPL 0.
+        env.segs[R_SS] = SegmentCache(new_cpl, 0, 0, new_cpl << DESC_DPL_SHIFT)
         core.segbase[R_SS] = 0
     rsp &= ~0xF
     frame = [(old_ss, 8), (old_sp, 8), (env.eflags, 8), (old_cs, 8), (ret_ip, 8)]
@@ -237,7 +240,9 @@ def iret(core: "InterpCore", size: int) -> None:
             slo, shi = read_descriptor(core, ss)
             env.segs[R_SS] = cache_from(ss, slo, mark_accessed(core, ss, shi))
         else:
-            env.segs[R_SS] = SegmentCache(ss, 0, 0, 0)
+            # IRETQ to CPL 0-2 may pop a null SS: keep its RPL as the cached DPL, since
+            # the CPL is read from SS.DPL (SDM vol. 2A, IRET, IA-32e mode).
+            env.segs[R_SS] = SegmentCache(ss, 0, 0, (ss & 3) << DESC_DPL_SHIFT)
         core.segbase[R_SS] = env.segs[R_SS].base
         env.segs[R_CS] = cache
         core.segbase[R_CS] = cache.base

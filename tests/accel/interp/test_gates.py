@@ -889,3 +889,37 @@ def test_64_bit_call_gate_from_cpl3_matches_kvm() -> None:
     assert (env.rip, env.segs[R_CS].selector, env.segs[R_SS].selector, env.regs[4]) == (
         kregs.rip, sregs.cs.selector, sregs.ss.selector, kregs.rsp)
     assert ours.mem.read_bytes(env.regs[4], 32) == kframe
+
+
+def test_interrupt_to_a_cpl1_handler_and_iretq_keep_the_null_ss_dpl() -> None:
+    """An interrupt gate to a DPL-1 handler from CPL 3 in IA-32e mode loads a null SS with
+    RPL 1 (SDM vol. 3A, 6.14.4); the CPL, read from SS.DPL, is 1 in the handler, and
+    IRETQ to CPL 1 with that null SS keeps it 1."""
+    g = guest64()
+    target = K64
+    g.mem.write(IDT64 + 16 * 0x21, gate(0x30, target, 0xE, 3), 8)
+    g.mem.write(IDT64 + 16 * 0x21 + 8, 0, 8)
+    g.env.idt.limit = 16 * 0x22 - 1
+    g.mem.write_bytes(U64, asm("int 0x21\nhlt", 64, U64))
+    # In the handler (CPL 1): IRETQ to itself at CPL 1 with the null SS it has.
+    g.mem.write_bytes(target, asm(f"""
+        mov r8, ss
+        mov r9, rsp
+        push 1
+        push r9
+        pushfq
+        push 0x31
+        lea rax, [rip + back]
+        push rax
+        iretq
+    back:
+        nop
+    """, 64, target))
+    g.core.tb_flush()
+    back = target + len(asm("mov r8, ss\nmov r9, rsp\npush 1\npush r9\npushfq\npush 0x31\n"
+                            "lea rax, [rip]\npush rax\niretq", 64, target))
+    run_to(g, back)
+    env = g.env
+    assert env.regs[8] == 1 and env.cpl == 1 and env.segs[R_CS].selector == 0x31
+    assert env.segs[R_SS].selector == 1 and env.segs[R_SS].dpl == 1
+    assert env.regs[4] == env.regs[9] and env.regs[9] == KRSP1 - 40
