@@ -109,7 +109,13 @@ def gen_cmpxchg(c: Ctx, i: Insn) -> None:
     c.emit(f"{r} = ({a} - {b}) & {MASK[size]:#x}")
     if dst.kind == "mem":
         put(f"{s} if {a} == {b} else {b}")
-        c.gpr_write(0, size, f"{a} if {a} == {b} else {b}")
+        # The accumulator is written only when the comparison fails: with a 32-bit
+        # operand in 64-bit mode an equal compare leaves RAX's upper half alone (the
+        # processor does; found by the deep KVM differential).
+        c.emit(f"if {a} != {b}:")
+        c.ind += 1
+        c.gpr_write(0, size, b)
+        c.ind -= 1
     else:
         c.emit(f"if {a} == {b}:")
         c.ind += 1
@@ -349,8 +355,14 @@ def gen_cmpxchg8b(c: Ctx, i: Insn) -> None:
     c.emit(f"{eq} = {lo} == {c.gpr_read(0, half)} and {hi} == {c.gpr_read(2, half)}")
     c.store(la, half, f"{c.gpr_read(3, half)} if {eq} else {lo}")
     c.store(f"({la} + {half}) & {MASK[8]:#x}", half, f"{c.gpr_read(1, half)} if {eq} else {hi}")
-    c.gpr_write(0, half, f"{c.gpr_read(0, half)} if {eq} else {lo}")
-    c.gpr_write(2, half, f"{c.gpr_read(2, half)} if {eq} else {hi}")
+    # rDX:rAX are written only when the comparison fails (SDM vol. 2A, CMPXCHG8B
+    # "Operation"): CMPXCHG8B in 64-bit mode leaves the upper halves of RAX and RDX
+    # alone when equal, as the processor does.
+    c.emit(f"if not {eq}:")
+    c.ind += 1
+    c.gpr_write(0, half, lo)
+    c.gpr_write(2, half, hi)
+    c.ind -= 1
     c.set_flag("Z", f"(1 if {eq} else 0)")
 
 

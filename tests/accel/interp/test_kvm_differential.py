@@ -848,3 +848,27 @@ def test_split_store_faulting_on_its_second_page_writes_nothing() -> None:
         hw = machines()[0].run(64, asm("mov dword ptr [rdi], eax", 64, CODE), regs, 0x202,
                                bytes(DATA_SIZE))
         assert (hw.fault, hw.cr2, hw.clean[-1]) == ((14, 7), 0x400000, 0)
+
+
+@pytest.mark.parametrize("text, equal, rax, rdx", [
+    ("lock cmpxchg dword ptr [rbx], ecx", True, 0xAAAAAAAA11111111, 0xBBBBBBBB22222222),
+    ("lock cmpxchg dword ptr [rbx + 4], ecx", False, 0x22222222, 0xBBBBBBBB22222222),
+    ("cmpxchg8b qword ptr [rbx]", True, 0xAAAAAAAA11111111, 0xBBBBBBBB22222222),
+    ("cmpxchg8b qword ptr [rbx + 4]", False, 0x22222222, 0x33333333)])
+def test_cmpxchg_writes_the_accumulator_only_when_unequal(text: str, equal: bool, rax: int,
+                                                         rdx: int) -> None:
+    """CMPXCHG m32 and CMPXCHG8B in 64-bit mode: an equal compare leaves RAX (and RDX)
+    whole; an unequal one loads EAX (EDX:EAX), zero-extending (found by the deep profile:
+    ``movsxd rax, [rbx+1]; lock cmpxchg [rbx+1], r9d`` kept RAX's upper half on the CPU)."""
+    regs = [0] * 16
+    regs[4], regs[3] = STACK, DATA
+    regs[0], regs[2], regs[1] = 0xAAAAAAAA11111111, 0xBBBBBBBB22222222, 0xCCCCCCCC33333333
+    data = bytearray(DATA_SIZE)
+    struct.pack_into("<III", data, 0, 0x11111111, 0x22222222, 0x33333333)
+    code = asm(text, 64, CODE)
+    ours = interp_only().run(64, code, regs, 0x202, bytes(data))
+    assert (ours.regs[0], ours.regs[2], bool(ours.rflags & Z)) == (rax, rdx, equal)
+    if kvm_usable()[0]:
+        hw = machines()[0].run(64, code, regs, 0x202, bytes(data))
+        assert (hw.regs, hw.rflags & ARITH, hw.data) == (ours.regs, ours.rflags & ARITH,
+                                                         ours.data)
