@@ -10,7 +10,7 @@ is polled every :data:`POLL` iterations (DESIGN.md: "inside long blocks' loops")
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from accel.interp.codegen import MASK
 from accel.interp.ioperm import io_perm_check
@@ -69,15 +69,14 @@ def _rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int,
         R[i] = v if adsize >= 4 else (R[i] & ~0xFFFF) | v
 
     checks = core.mode.checks
-    if checks and (checks[seg] or checks[R_ES]):
-        # A segment with a limit or type to check: element by element, each access
-        # checked before it is made (accel/interp/segcheck.py), so a fault leaves the
-        # progress up to the element that faulted, as the bulk paths could not.
-        _rep_checked(core, kind, size, seg, rep, next_ip, count, step, am, put)
-        return
+    # A segment with a limit or type to check: element by element, each access checked
+    # before it is made (accel/interp/segcheck.py), so that a fault leaves the progress
+    # up to the element that faulted; the bulk paths do not check.
+    checked = bool(checks) and bool(checks[seg] or checks[R_ES])
+    bulk = rep and step > 0 and not checked
 
     while count:
-        if rep and step > 0 and kind in ("movs", "stos") and count > 1:
+        if bulk and kind in ("movs", "stos") and count > 1:
             n = _bulk(core, kind, size, count, (src_base + (R[6] & am)) & lam,
                       (dst_base + (R[7] & am)) & lam, R[0] & amask)
             if n:
@@ -91,7 +90,7 @@ def _rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int,
                     core.icount += done
                     return
                 continue
-        if rep == "repne" and kind == "scas" and size == 1 and step > 0 and count > 1:
+        if bulk and rep == "repne" and kind == "scas" and size == 1 and count > 1:
             n, equal = _bulk_scasb(core, count, dst_base, R[7] & am, am, R[0] & 0xFF)
             if n:
                 put(7, ((R[7] & am) + n) & am)
@@ -105,6 +104,13 @@ def _rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int,
                     return
                 continue
         si, di = R[6] & am, R[7] & am
+        if checked:
+            if kind in ("cmps", "scas"):
+                check_access(core, R_ES, di, size, False)
+            if kind in ("movs", "lods", "cmps", "outs"):
+                check_access(core, seg, si, size, False)
+            if kind in ("movs", "stos", "ins"):
+                check_access(core, R_ES, di, size, True)
         if kind == "movs":
             st((dst_base + di) & lam, ld((src_base + si) & lam))
             put(6, (si + step) & am)
@@ -207,62 +213,3 @@ def _bulk_scasb(core: "InterpCore", count: int, base: int, di: int, am: int,
     core.cc = (core.lazy.eval["SUB", 8], al, last, (al - last) & 0xFF, None)
     return n, j >= 0
 
-
-def _rep_checked(core: "InterpCore", kind: str, size: int, seg: int, rep: str, next_ip: int,
-                 count: int, step: int, am: int, put: "Callable[[int, int], None]") -> None:
-    """The element loop with segment limit and type checks (protected or real mode with a
-    segment that is not flat); no bulk paths."""
-    env = core.env
-    R = env.regs
-    sb, lam = core.segbase, core.la_mask
-    ld, st = core.ld[size], core.st[size]
-    amask = MASK[size]
-    kick = core.kick
-    done = 0
-    src = dst = 0
-    while count:
-        si, di = R[6] & am, R[7] & am
-        if kind in ("cmps", "scas"):
-            check_access(core, R_ES, di, size, False)
-        if kind in ("movs", "lods", "cmps", "outs"):
-            check_access(core, seg, si, size, False)
-        if kind in ("movs", "stos", "ins"):
-            check_access(core, R_ES, di, size, True)
-        if kind == "movs":
-            st((sb[R_ES] + di) & lam, ld((sb[seg] + si) & lam))
-            put(6, (si + step) & am)
-            put(7, (di + step) & am)
-        elif kind == "stos":
-            st((sb[R_ES] + di) & lam, R[0] & amask)
-            put(7, (di + step) & am)
-        elif kind == "lods":
-            v = ld((sb[seg] + si) & lam)
-            R[0] = v if size >= 4 else (R[0] & ~amask) | v
-            put(6, (si + step) & am)
-        elif kind in ("cmps", "scas"):
-            dst = ld((sb[R_ES] + di) & lam)     # ES:[rDI] first, as the hardware faults
-            if kind == "cmps":
-                src = ld((sb[seg] + si) & lam)
-                put(6, (si + step) & am)
-            else:
-                src = R[0] & amask
-            put(7, (di + step) & am)
-            core.cc = (core.lazy.eval["SUB", size * 8], src, dst, (src - dst) & amask, None)
-        elif kind == "ins":
-            st((sb[R_ES] + di) & lam, core.io_read(R[2] & 0xFFFF, size))
-            put(7, (di + step) & am)
-        else:                                    # outs
-            core.io_write(R[2] & 0xFFFF, ld((sb[seg] + si) & lam), size)
-            put(6, (si + step) & am)
-        done += 1
-        if not rep:
-            break
-        count -= 1
-        put(1, count)
-        if kind in ("cmps", "scas") and (rep == "rep") != (src == dst):
-            break                        # REPE stops on "not equal", REPNE on "equal"
-        if not done % POLL and count and kick.exit_request:
-            core.icount += done
-            return
-    core.icount += max(done - 1, 0)
-    env.rip = next_ip
