@@ -419,11 +419,11 @@ class InterpCore:
         self.debug.event = True
         excp.do_interrupt(self, vector, None, next_ip, soft=check_dpl)
 
-    def iret(self, size: int) -> None:
-        excp.iret(self, size)
+    def iret(self, size: int, next_ip: int) -> None:
+        excp.iret(self, size, next_ip)
 
-    def far_jump(self, sel: int, off: int) -> None:
-        seg.far_jump(self, sel, off)
+    def far_jump(self, sel: int, off: int, next_ip: int) -> None:
+        seg.far_jump(self, sel, off, next_ip)
 
     def far_call(self, sel: int, off: int, size: int, next_ip: int) -> None:
         seg.far_call(self, sel, off, size, next_ip)

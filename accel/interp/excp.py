@@ -11,15 +11,21 @@
 * A fault while delivering an exception becomes #DF; a fault while delivering
   #DF is a triple fault (6.15 "Interrupt 8"), which the exec loop turns into a
   reset request and ``EXCP_SHUTDOWN``.
-Task gates and virtual-8086 interrupts are not implemented: reaching one stops
-the VM with :class:`InterpError` naming it.
+* A task gate in the IDT (6.11, 6.12.2; legacy protected mode only: in IA-32e mode
+  the gate type is #GP) switches tasks with :func:`accel.interp.task.switch_task`,
+  nesting the new task and pushing the error code on its stack; IRET with
+  EFLAGS.NT = 1 returns to the task in the back link (vol. 2A IRET, TASK-RETURN; in
+  IA-32e mode it is #GP(0)).
+Virtual-8086 interrupts are not implemented: reaching one stops the VM with
+:class:`InterpError` naming it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from accel.interp.errors import (EXCP_DB, EXCP_DF, EXCP_GP, EXCP_NP, HAS_ERROR_CODE,
+from accel.interp import task
+from accel.interp.errors import (EXCP_DB, EXCP_DF, EXCP_GP, EXCP_NP, EXCP_TS, HAS_ERROR_CODE,
                                  VECTOR_NAMES, Fault, InterpError, TripleFault)
 from accel.interp.seg import cache_from, mark_accessed, protected, read_descriptor
 from hw.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK,
@@ -93,22 +99,30 @@ def _real_mode(core: "InterpCore", vector: int, ret_ip: int) -> None:
     env.rip = entry & 0xFFFF
 
 
-def _gate(core: "InterpCore", vector: int, size: int, soft: bool) -> tuple[int, int, int]:
-    """Read and check a gate: returns (type, selector, offset) (SDM vol. 3A, 6.11, 6.12.1.1)."""
+def _gate(core: "InterpCore", vector: int, size: int, soft: bool,
+          task_ok: bool = False) -> tuple[int, int, int]:
+    """Read and check a gate: returns (type, selector, offset) (SDM vol. 3A, 6.11, 6.12.1.1).
+    With ``task_ok``, a task gate (type 5, 8-byte IDT only) passes the same checks (a
+    software interrupt's gate DPL, presence) and returns its TSS selector and offset 0
+    (:func:`_task_gate` takes it from there); without, a caller that has no task-switch
+    path stops with :class:`InterpError` on one."""
     env = core.env
     if vector * size + size - 1 > env.idt.limit:
         raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector} past the IDT limit")
     raw = core.mmu.read_bytes(env.idt.base + vector * size, size)
     lo, hi = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:8], "little")
     gtype = (hi >> 8) & 0x1F
-    if gtype == 5:
-        raise InterpError(f"interp: task gate for vector {vector} is not implemented")
-    if gtype not in (6, 7, 0xE, 0xF):
+    if gtype == 5 and size == 8 and not task_ok:
+        raise InterpError(f"interp: task gate for vector {vector} reached by a delivery path "
+                          f"without task switches")
+    if gtype not in ((5, 6, 7, 0xE, 0xF) if size == 8 else (0xE, 0xF)):
         raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector}: bad gate type {gtype:#x}")
     if soft and (hi >> DESC_DPL_SHIFT) & 3 < env.cpl:
         raise Fault(EXCP_GP, vector * 8 + 2, why=f"int {vector}: gate DPL < CPL")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, vector * 8 + 2, why=f"vector {vector}: gate not present")
+    if gtype == 5:
+        return gtype, lo >> 16, 0
     offset = (lo & 0xFFFF) | (hi & 0xFFFF0000)
     if size == 16:
         offset |= int.from_bytes(raw[8:12], "little") << 32
@@ -131,24 +145,26 @@ def _target_cs(core: "InterpCore", sel: int) -> tuple[SegmentCache, int]:
 
 
 def _tss_stack32(core: "InterpCore", cpl: int) -> tuple[int, int]:
-    """SS:ESP for privilege ``cpl`` from a 32-bit TSS (SDM vol. 3A, 7.2.1, Figure 7-2)."""
-    tr = core.env.tr
-    raw = core.mmu.read_bytes(tr.base + 4 + cpl * 8, 8)
-    return int.from_bytes(raw[4:6], "little"), int.from_bytes(raw[:4], "little")
+    """SS and ESP (SP) for privilege ``cpl`` from the current 32-bit (16-bit) TSS, with
+    the check against the TSS limit: :func:`accel.interp.task.tss_stack`, which the
+    call gates of :mod:`accel.interp.gates` use too (SDM vol. 3A, 6.12.1, 7.2.1, 7.6)."""
+    return task.tss_stack(core, cpl)
 
 
 def _protected(core: "InterpCore", vector: int, error_code: int | None, ret_ip: int,
                soft: bool) -> None:
     env = core.env
-    gtype, sel, offset = _gate(core, vector, 8, soft)
+    gtype, sel, offset = _gate(core, vector, 8, soft, task_ok=True)
+    if gtype == 5:
+        _task_gate(core, vector, sel, error_code if not soft else None, ret_ip)
+        return
     cache, new_cpl = _target_cs(core, sel)
     size = 4 if gtype & 8 else 2
     frame = []
     old_ss, old_sp = env.segs[R_SS].selector, env.regs[4]
     if new_cpl < env.cpl:
         ss_sel, esp = _tss_stack32(core, new_cpl)
-        lo, hi = read_descriptor(core, ss_sel)
-        env.segs[R_SS] = cache_from(ss_sel, lo, mark_accessed(core, ss_sel, hi))
+        env.segs[R_SS], _ = task.inner_stack_segment(core, ss_sel, new_cpl)
         core.segbase[R_SS] = env.segs[R_SS].base
         env.regs[4] = esp
         core.mode_changed()
@@ -163,6 +179,20 @@ def _protected(core: "InterpCore", vector: int, error_code: int | None, ret_ip: 
     env.segs[R_CS] = cache
     core.segbase[R_CS] = cache.base
     env.rip = offset if size == 4 else offset & 0xFFFF
+
+
+def _task_gate(core: "InterpCore", vector: int, tss: int, error_code: int | None,
+               ret_ip: int) -> None:
+    """An interrupt or exception through a task gate (SDM vol. 3A, 6.12.2; vol. 2A INT n
+    "TASK-GATE"): switch to the task, nested (back link, NT), saving ``ret_ip`` as the
+    old task's EIP; push the error code of an exception that has one on the new task's
+    stack; the new TSS's T flag traps (a #DB delivered here: a fault raised out of an
+    event delivery would become #DF)."""
+    if vector not in HAS_ERROR_CODE:
+        error_code = None
+    if task.switch_task(core, tss, task.INT, ret_ip, error_code):
+        core.mode_changed()
+        deliver(core, task.t_flag_trap(tss))
 
 
 def _long_mode(core: "InterpCore", vector: int, error_code: int | None, ret_ip: int,
@@ -201,13 +231,15 @@ def _long_mode(core: "InterpCore", vector: int, error_code: int | None, ret_ip: 
     env.rip = offset
 
 
-def iret(core: "InterpCore", size: int) -> None:
+def iret(core: "InterpCore", size: int, next_ip: int) -> None:
     """IRET/IRETD/IRETQ (SDM vol. 2A, IRET): real mode, same privilege, to an outer level,
-    and the 64-bit form that always pops SS:RSP."""
+    the 64-bit form that always pops SS:RSP, and the task return (NT = 1, protected mode:
+    ``next_ip``, the address after the IRET, is saved in the task left)."""
     env = core.env
     long64 = core.mode.code == 64
-    if env.eflags & NT_MASK and protected(core) and not env.efer & EFER_LMA:
-        raise InterpError("interp: IRET task return (NT=1) is not implemented")
+    if env.eflags & NT_MASK and protected(core):
+        _task_return(core, next_ip)
+        return
     sizes = [size] * (5 if long64 else 3)
     vals, new_sp = core.pop_rt(sizes)
     ip, sel, flags = vals[0], vals[1] & 0xFFFF, vals[2]
@@ -257,6 +289,23 @@ def iret(core: "InterpCore", size: int) -> None:
         core.set_sp_rt(new_sp)
     env.rip = ip if size != 2 else ip & 0xFFFF
     core.mode_changed()
+
+
+def _task_return(core: "InterpCore", next_ip: int) -> None:
+    """TASK-RETURN (SDM vol. 2A, IRET; vol. 3A, 7.4): switch, without nesting, to the
+    task whose TSS selector is in the previous-task link of the current TSS; that
+    task must be busy (:func:`accel.interp.task.new_tss_descriptor`: #TS(link) for a
+    link in the LDT, past the GDT limit, not a busy TSS; #NP(link) not present).  In
+    IA-32e mode there are no task switches: IRET with NT = 1 is #GP(0) (7.7)."""
+    env = core.env
+    if env.efer & EFER_LMA:
+        raise Fault(EXCP_GP, 0, why="iret with EFLAGS.NT=1 in IA-32e mode")
+    tr = env.tr
+    if tr.limit < 1:
+        raise Fault(EXCP_TS, tr.selector & 0xFFFC, why="iret: the back link is past the TSS limit")
+    link = int.from_bytes(core.mmu.read_bytes(tr.base, 2), "little")
+    if task.switch_task(core, link, task.IRET, next_ip):
+        raise task.t_flag_trap(link)
 
 
 def _null_outer_data_segs(core: "InterpCore", new_cpl: int, long64: bool) -> None:

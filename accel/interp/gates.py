@@ -1,4 +1,5 @@
-"""Far transfers between privilege levels: call gates and far RET to an outer level.
+"""Far transfers through system descriptors: call gates, task switches by far JMP/CALL,
+and far RET to an outer level.
 
 Follows Intel SDM vol. 3A, 5.8 ("Privilege Level Checking When Transferring
 Program Control Between Code Segments") and the "Operation" sections of
@@ -16,9 +17,12 @@ vol. 2A CALL and JMP (CALL-GATE, MORE-PRIVILEGE, SAME-PRIVILEGE) and vol. 2B RET
   stack, applies the imm16 adjustment to both stacks and nulls the data segment
   registers the outer level may not use.
 
-JMP through a call gate never changes privilege.  Task switches (a task gate or a
-TSS as the target of a far JMP/CALL) are not implemented: the architectural checks
-that come before the switch are made, then :class:`InterpError` names the feature.
+JMP through a call gate never changes privilege.  A far JMP or CALL to a TSS
+descriptor or through a task gate (vol. 2A, TASK-STATE-SEGMENT and TASK-GATE) makes
+the checks of its own, then switches tasks with :func:`accel.interp.task.switch_task`
+(a CALL nests: back link and NT; a JMP does not).  The stack of an inner level comes
+from the current TSS through :func:`accel.interp.task.tss_stack` and is checked by
+:func:`accel.interp.task.inner_stack_segment`, which interrupt delivery uses too.
 
 Every check that can fault runs before anything in ``env`` changes, and the stack
 frame is written before the new state is committed, so a fault leaves the caller's
@@ -29,7 +33,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_TS, Fault, InterpError
+from accel.interp import task
+from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, Fault
 from accel.interp.excp import _null_outer_data_segs
 from accel.interp.seg import cache_from, mark_accessed, read_descriptor, set_cs
 from hw.i386.cpu_state import (
@@ -95,41 +100,41 @@ def through_system_descriptor(core: InterpCore, sel: int, lo: int, hi: int, *, c
     elif stype in (4, 0xC):
         _call_gate(core, sel, lo, hi, call, next_ip, 4 if stype == 0xC else 2)
     elif stype in (1, 9, 3, 0xB):
-        _tss_target(core, sel, hi, what)
+        _tss_target(core, sel, hi, call, next_ip)
     elif stype == 5:
-        _task_gate(core, sel, lo, hi, what)
+        _task_gate(core, sel, lo, hi, call, next_ip)
     else:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far {what} to system type {stype:#x}")
 
 
-def _tss_target(core: InterpCore, sel: int, hi: int, what: str) -> None:
-    """TASK-STATE-SEGMENT (SDM vol. 2A, JMP/CALL): the checks, then the missing switch."""
-    busy = hi & 0x200
-    if _dpl(hi) < core.env.cpl or _dpl(hi) < (sel & 3) or busy:
+def _tss_target(core: InterpCore, sel: int, hi: int, call: bool, next_ip: int) -> None:
+    """TASK-STATE-SEGMENT (SDM vol. 2A, JMP/CALL): #GP(sel) when the TSS's DPL is below
+    the CPL or the RPL or it is busy, #NP(sel) not present; then the task switch, and
+    #GP(0) there when the new EIP is past the new CS limit."""
+    what = "call" if call else "jmp"
+    if _dpl(hi) < core.env.cpl or _dpl(hi) < (sel & 3) or hi & 0x200:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far {what} to TSS {sel:#x}: privilege or busy")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"far {what} to TSS {sel:#x}: not present")
-    raise InterpError(f"interp: task switch by far {what} to TSS selector {sel:#x} "
-                      f"is not implemented")
+    _switch(core, sel, call, next_ip)
 
 
-def _task_gate(core: InterpCore, sel: int, lo: int, hi: int, what: str) -> None:
-    """TASK-GATE (SDM vol. 2A, JMP/CALL): the gate and TSS checks, then the missing switch."""
+def _task_gate(core: InterpCore, sel: int, lo: int, hi: int, call: bool, next_ip: int) -> None:
+    """TASK-GATE (SDM vol. 2A, JMP/CALL): #GP(gate) when the gate's DPL is below the CPL
+    or the RPL, #NP(gate) not present; the TSS it names is checked by
+    :func:`accel.interp.task.new_tss_descriptor` (#GP(TSS) in the LDT, past the GDT,
+    not an available TSS; #NP(TSS) not present; #TS(TSS) too short), then the switch."""
     if _dpl(hi) < core.env.cpl or _dpl(hi) < (sel & 3):
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"task gate {sel:#x} privilege")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"task gate {sel:#x} not present")
-    tss = lo >> 16
-    if tss & 4 or not _in_table(core, tss & ~4):
-        raise Fault(EXCP_GP, tss & 0xFFFC, why=f"task gate {sel:#x}: TSS selector {tss:#x}")
-    _, thi = read_descriptor(core, tss)
-    if thi & DESC_S_MASK or (thi >> 8) & 0xF not in (1, 9):
-        raise Fault(EXCP_GP, tss & 0xFFFC, why=f"task gate {sel:#x}: {tss:#x} is not an "
-                                               f"available TSS")
-    if not thi & DESC_P_MASK:
-        raise Fault(EXCP_NP, tss & 0xFFFC, why=f"task gate {sel:#x}: TSS {tss:#x} not present")
-    raise InterpError(f"interp: task switch by far {what} through task gate {sel:#x} "
-                      f"(TSS selector {tss:#x}) is not implemented")
+    _switch(core, (lo >> 16) & 0xFFFF, call, next_ip)
+
+
+def _switch(core: InterpCore, tss: int, call: bool, next_ip: int) -> None:
+    """The task switch of a far CALL (nesting: back link, NT) or JMP (SDM vol. 3A, 7.3)."""
+    if task.switch_task(core, tss, task.CALL if call else task.JMP, next_ip):
+        raise task.t_flag_trap(tss)
 
 
 def _call_gate(core: InterpCore, gate_sel: int, lo: int, hi: int, call: bool,
@@ -227,28 +232,9 @@ def _call_same_privilege(core: InterpCore, gsize: int, next_ip: int, cache: Segm
     set_cs(core, cache, offset)
 
 
-def _tss_stack(core: InterpCore, level: int) -> tuple[int, int]:
-    """SS and ESP/RSP for privilege ``level`` from the current TSS (SDM vol. 2A, CALL,
-    MORE-PRIVILEGE; vol. 3A, 7.2.1 Figure 7-2, 7.6 Figure 7-10, 7.7 Figure 7-11):
-    #TS(TSS selector) when the slot is past the TSS limit.  IA-32e: SS is the null
-    selector with RPL = ``level``."""
-    env = core.env
-    tr = env.tr
-    if env.efer & EFER_LMA:
-        at, width = level * 8 + 4, 8
-    elif (tr.flags >> 8) & 8:
-        at, width = level * 8 + 4, 6                      # ESPn, then SSn
-    else:
-        at, width = level * 4 + 2, 4                      # 16-bit TSS: SPn, then SSn
-    if at + width - 1 > tr.limit:
-        raise Fault(EXCP_TS, tr.selector & 0xFFFC, why=f"TSS stack slot for CPL {level} "
-                                                       f"past the TSS limit")
-    raw = core.mmu.read_bytes(tr.base + at, width)
-    if width == 8:
-        return level, int.from_bytes(raw, "little")
-    if width == 6:
-        return int.from_bytes(raw[4:6], "little"), int.from_bytes(raw[:4], "little")
-    return int.from_bytes(raw[2:4], "little"), int.from_bytes(raw[:2], "little")
+#: The stack of an inner level from the current TSS (kept under this name for the modules
+#: that import it from here; one function serves call gates and interrupts).
+_tss_stack = task.tss_stack
 
 
 def _call_more_privilege(core: InterpCore, ghi: int, gsize: int,
@@ -258,7 +244,7 @@ def _call_more_privilege(core: InterpCore, ghi: int, gsize: int,
     gates: bits 4:0 of the gate's second dword count them, copied as gate-size slots in
     their order on the caller's stack), the caller's CS and EIP."""
     env = core.env
-    new_ss, new_sp = _tss_stack(core, new_cpl)
+    new_ss, new_sp = task.tss_stack(core, new_cpl)
     old_ss, old_sp = env.segs[R_SS], env.regs[4]
     old_cs = env.segs[R_CS].selector
     if gsize == 8:
@@ -269,18 +255,7 @@ def _call_more_privilege(core: InterpCore, ghi: int, gsize: int,
         sp = _push(core, 0, new_sp, _MASK[8], frame, True)
         rsp = sp
     else:
-        if new_ss & 0xFFFC == 0:
-            raise Fault(EXCP_TS, 0, why="call gate: null SS in the TSS")
-        if not _in_table(core, new_ss):
-            raise Fault(EXCP_TS, new_ss & 0xFFFC, why=f"TSS stack {new_ss:#x} past the table")
-        slo, shi = read_descriptor(core, new_ss)
-        if (new_ss & 3) != new_cpl or _dpl(shi) != new_cpl or not _writable_data(shi):
-            raise Fault(EXCP_TS, new_ss & 0xFFFC, why=f"TSS stack segment {new_ss:#x} "
-                                                      f"for CPL {new_cpl}")
-        if not shi & DESC_P_MASK:
-            raise Fault(EXCP_SS, new_ss & 0xFFFC, why=f"TSS stack segment {new_ss:#x} "
-                                                      f"not present")
-        ss_cache = cache_from(new_ss, slo, mark_accessed(core, new_ss, shi))
+        ss_cache, mask = task.inner_stack_segment(core, new_ss, new_cpl)
         # The parameters, read from the caller's stack before anything changes.
         count = ghi & 0x1F
         old_mask = _stack_mask(old_ss.flags)
@@ -288,7 +263,6 @@ def _call_more_privilege(core: InterpCore, ghi: int, gsize: int,
         for i in range(count - 1, -1, -1):          # the deepest first: order is kept
             la = (old_ss.base + ((old_sp + i * gsize) & old_mask)) & 0xFFFFFFFF
             params.append((int.from_bytes(core.mmu.read_bytes(la, gsize), "little"), gsize))
-        mask = _stack_mask(shi)
         frame = ([(old_ss.selector, gsize), (old_sp & _MASK[gsize], gsize)] + params
                  + [(old_cs, gsize), (next_ip & _MASK[gsize], gsize)])
         sp = _push(core, ss_cache.base, new_sp, mask, frame, True)

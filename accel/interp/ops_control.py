@@ -122,7 +122,7 @@ def gen_far(c: Ctx, i: Insn) -> None:
         c.emit(f"S.far_call({sel}, {off}, {i.opsize if c.mode.code != 64 else max(i.opsize, 4)},"
                f" {i.next_ip:#x})")
     else:
-        c.emit(f"S.far_jump({sel}, {off})")
+        c.emit(f"S.far_jump({sel}, {off}, {i.next_ip:#x})")   # a task switch saves it
     c.finish_after_helper(None)
     c.end()
 
@@ -141,7 +141,7 @@ def gen_retf(c: Ctx, i: Insn) -> None:
 def gen_iret(c: Ctx, i: Insn) -> None:
     size = i.opsize                       # from the encoding: 0x66 / REX.W
     c.sync(hex(i.ip))
-    c.emit(f"S.iret({size})")
+    c.emit(f"S.iret({size}, {i.next_ip:#x})")      # a task return saves it in the old TSS
     c.finish_after_helper(None)
     c.end()
 

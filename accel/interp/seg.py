@@ -175,8 +175,9 @@ def set_cs(core: InterpCore, cache: SegmentCache, rip: int) -> None:
     core.mode_changed()
 
 
-def far_jump(core: InterpCore, sel: int, off: int) -> None:
-    """JMP ptr16:xx / m16:xx (SDM vol. 2A, JMP, far jumps)."""
+def far_jump(core: InterpCore, sel: int, off: int, next_ip: int) -> None:
+    """JMP ptr16:xx / m16:xx (SDM vol. 2A, JMP, far jumps).  ``next_ip``: the address
+    after the instruction, which a task switch saves in the old TSS."""
     env = core.env
     if not protected(core):
         cs = env.segs[R_CS]
@@ -187,7 +188,7 @@ def far_jump(core: InterpCore, sel: int, off: int) -> None:
         return
     desc = target_descriptor(core, sel)
     if not desc[1] & DESC_S_MASK:
-        _gates().through_system_descriptor(core, sel, *desc, call=False, next_ip=0)
+        _gates().through_system_descriptor(core, sel, *desc, call=False, next_ip=next_ip)
         return
     cache, _ = code_descriptor(core, sel, desc)
     set_cs(core, cache, off)

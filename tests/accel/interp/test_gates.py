@@ -24,7 +24,6 @@ import struct
 
 import pytest
 
-from accel.interp.errors import InterpError
 from hw.core.cpu import EXCP_DEBUG, EXCP_HLT
 from hw.i386.cpu_state import R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, SegmentCache
 from tests.accel.interp.harness import CODE, Guest, asm
@@ -466,13 +465,6 @@ def test_tss_too_short_for_the_stack_slot_is_ts_on_the_tss() -> None:
     g = run_interp(img)
     assert g.env.regs[7] == 10 and g.env.regs[4] == KSTACK - 24
     assert g.mem.read(KSTACK - 24, 4) == 0x28 and g.mem.read(KSTACK - 20, 4) == USER
-
-
-def test_task_gate_and_tss_targets_stop_with_a_named_interp_error() -> None:
-    with pytest.raises(InterpError, match=r"task gate 0x73 \(TSS selector 0xd8\)"):
-        run_interp(image("", far(0x9A, 0x73, 0)))
-    with pytest.raises(InterpError, match=r"TSS selector 0xdb"):
-        run_interp(image("", far(0xEA, 0xDB, 0)))
 
 
 # -- RETF to an outer level: the checks on the popped SS --------------------------------------------
