@@ -103,7 +103,10 @@ def build_image(tss: Tss, snippet: bytes, iopl: int) -> bytes:
         iretd""", 32, BOOT)
     ram[BOOT:BOOT + len(boot)] = boot
     ram[USER:USER + len(snippet)] = snippet
-    struct.pack_into("<II", ram, TSS + 4, KSTACK, SEL_DATA0)  # ESP0, SS0 (7.2.1)
+    if tss.type & 8:
+        struct.pack_into("<II", ram, TSS + 4, KSTACK, SEL_DATA0)  # ESP0, SS0 (7.2.1)
+    else:
+        struct.pack_into("<HH", ram, TSS + 2, KSTACK, SEL_DATA0)  # SP0, SS0 (7.6)
     struct.pack_into("<H", ram, TSS + 0x66, tss.map_base)
     ram[TSS + tss.map_base:TSS + tss.map_base + len(tss.bitmap)] = tss.bitmap
     ram[BUF:BUF + 16] = bytes(range(0xA0, 0xB0))
