@@ -35,8 +35,8 @@ kept off its write side), so only the slow load/store paths, which call
 
 B0-B3 are reported for enabled breakpoints only: the SDM allows the processor to
 set them also for conditions met by breakpoints not enabled in DR7; KVM's emulator
-and QEMU report enabled ones, as this does.  Task-switch traps (DR6.BT, the TSS T
-flag) are not modelled: the interpreter has no task switches.
+and QEMU report enabled ones, as this does.  The task-switch trap (the TSS T flag,
+DR6.BT) is raised by :mod:`accel.interp.task`.
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@ keeps the hidden limit and attributes (SDM vol. 3A, 20.1.1; that is what makes
 the descriptor is checked as the MOV/POP/JMP/CALL/RET "Operation" sections of
 SDM vol. 2 say (type, DPL/RPL/CPL, present) and its base, limit and attributes
 fill the segment cache (3.4.5).  Far transfers through call gates and far returns
-to an outer privilege level are in :mod:`accel.interp.gates`; task switches (a
-task gate or a TSS as a far JMP/CALL target) are not implemented: reaching one
-stops the VM with :class:`InterpError` naming it.
+to an outer privilege level are in :mod:`accel.interp.gates`, task switches (a
+task gate or a TSS as a far JMP/CALL target) in :mod:`accel.interp.task`.
 """
 
 from __future__ import annotations

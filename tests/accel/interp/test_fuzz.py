@@ -10,8 +10,8 @@ budget per example so nothing hangs.  Every example must end in one of:
   in real mode faults go through the all-zero IVT) -- all architectural outcomes;
 * :class:`UnimplementedInstruction` whose message names the instruction, its
   bytes and its address;
-* :class:`InterpError` for a documented unimplemented *feature* (task gates,
-  virtual-8086 interrupts...), whose message starts with ``interp:``.
+* :class:`InterpError` for a documented unimplemented *feature* (see the
+  interpreter section of README.md), whose message starts with ``interp:``.
 
 Anything else (an ``IndexError``, a ``KeyError``, a ``TypeError`` from generated
 code) is a bug in the interpreter.  ``PYQEMU_FUZZ_EXAMPLES`` sets the number of
