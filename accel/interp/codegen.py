@@ -67,17 +67,20 @@ class Mode:
     """What a block's code depends on: part of the TB key (QEMU's ``hflags``)."""
 
     __slots__ = ("code", "stack", "cpl", "pe", "long", "paging", "cs_base", "flat", "checks",
-                 "key")
+                 "vm86", "key")
 
     def __init__(self, code: int, stack: int, cpl: int, pe: bool, long: bool, paging: bool,
-                 cs_base: int, flat: bool = False, checks: tuple[int, ...] = ()) -> None:
+                 cs_base: int, flat: bool = False, checks: tuple[int, ...] = (),
+                 vm86: bool = False) -> None:
         self.code, self.stack, self.cpl, self.pe = code, stack, cpl, pe
         self.long, self.paging, self.cs_base = long, paging, cs_base
         # ES CS SS DS all have base 0 (QEMU's !HF_ADDSEG): generated code skips the adds.
         self.flat = flat
         # Each segment's limit/type check kind (accel.interp.segcheck); () when none.
         self.checks = checks
-        self.key = (cs_base, code, stack, cpl, pe, long, paging, flat, checks)
+        # EFLAGS.VM (QEMU's HF_VM): some rows differ there (accel.interp.vm86.semantic).
+        self.vm86 = vm86
+        self.key = (cs_base, code, stack, cpl, pe, long, paging, flat, checks, vm86)
 
     @property
     def ipmask(self) -> int:

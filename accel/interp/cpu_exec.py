@@ -26,7 +26,7 @@ import struct
 import time
 from typing import Any, Callable
 
-from accel.interp import debug, excp, seg, string_rt
+from accel.interp import debug, excp, seg, string_rt, vm86
 from accel.interp.codegen import MASK, Mode
 from accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumentError,
                                  TripleFault)
@@ -148,9 +148,14 @@ class InterpCore:
         else:
             stack = 32 if env.segs[cs.R_SS].flags & cs.DESC_B_MASK else 16
         flat = not any(env.segs[i].base for i in (cs.R_ES, cs.R_CS, cs.R_SS, cs.R_DS))
-        return Mode(code, stack, env.cpl, bool(env.cr[0] & cs.CR0_PE), env.long_mode_active,
+        pe = bool(env.cr[0] & cs.CR0_PE)
+        v86 = pe and bool(env.eflags & cs.VM_MASK)
+        if v86:
+            # Whatever entered VM86 (IRET, a task switch, a test writing env): no CR4.VME.
+            vm86.check_supported(env)
+        return Mode(code, stack, env.cpl, pe, env.long_mode_active,
                     bool(env.cr[0] & cs.CR0_PG), env.segs[cs.R_CS].base, flat,
-                    segment_checks(env))
+                    segment_checks(env), v86)
 
     def mode_changed(self) -> None:
         """Recompute the mode key after anything that may change it (QEMU's hflags update)."""

@@ -16,12 +16,13 @@
   nesting the new task and pushing the error code on its stack; IRET with
   EFLAGS.NT = 1 returns to the task in the back link (vol. 2A IRET, TASK-RETURN; in
   IA-32e mode it is #GP(0)).
-Virtual-8086 interrupts are not implemented: reaching one stops the VM with
-:class:`InterpError` naming it.
+* Virtual-8086 mode (20.3): an interrupt or exception from VM86 and the IRETs into
+  and inside it are in :mod:`accel.interp.vm86` (the VM86 branches below).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from accel.interp import task
@@ -36,6 +37,12 @@ from util import trace
 
 if TYPE_CHECKING:
     from accel.interp.cpu_exec import InterpCore
+
+
+def _vm86() -> ModuleType:
+    """:mod:`accel.interp.vm86`, imported on first use: it imports this module."""
+    from accel.interp import vm86
+    return vm86
 
 
 def deliver(core: "InterpCore", fault: Fault) -> None:
@@ -75,7 +82,7 @@ def do_interrupt(core: "InterpCore", vector: int, error_code: int | None, ret_ip
     if not env.cr[0] & CR0_PE:
         _real_mode(core, vector, ret_ip)
     elif env.eflags & VM_MASK:
-        raise InterpError(f"interp: interrupt {vector} in virtual-8086 mode is not implemented")
+        _vm86().interrupt(core, vector, error_code, ret_ip, soft)
     elif env.efer & EFER_LMA:
         _long_mode(core, vector, error_code, ret_ip, soft)
     else:
@@ -234,8 +241,13 @@ def _long_mode(core: "InterpCore", vector: int, error_code: int | None, ret_ip: 
 def iret(core: "InterpCore", size: int, next_ip: int) -> None:
     """IRET/IRETD/IRETQ (SDM vol. 2A, IRET): real mode, same privilege, to an outer level,
     the 64-bit form that always pops SS:RSP, and the task return (NT = 1, protected mode:
-    ``next_ip``, the address after the IRET, is saved in the task left)."""
+    ``next_ip``, the address after the IRET, is saved in the task left); in and into
+    virtual-8086 mode: :mod:`accel.interp.vm86`."""
     env = core.env
+    if env.eflags & VM_MASK:
+        # RETURN-FROM-VIRTUAL-8086-MODE comes first: NT plays no part in VM86.
+        _vm86().iret_in_vm86(core, size)
+        return
     long64 = core.mode.code == 64
     if env.eflags & NT_MASK and protected(core):
         _task_return(core, next_ip)
@@ -252,8 +264,9 @@ def iret(core: "InterpCore", size: int, next_ip: int) -> None:
         env.rip = ip
         core.mode_changed()
         return
-    if flags & VM_MASK and size == 4 and env.cpl == 0 and not long64:
-        raise InterpError("interp: IRET to virtual-8086 mode is not implemented")
+    if flags & VM_MASK and size == 4 and env.cpl == 0 and not env.efer & EFER_LMA:
+        _vm86().iret_to_vm86(core, ip, sel, flags, new_sp)   # (IA-32e mode has no VM86)
+        return
     rpl = sel & 3
     cpl = env.cpl
     lo, hi = read_descriptor(core, sel)
@@ -341,10 +354,12 @@ def _set_flags(core: "InterpCore", value: int, size: int, iret: bool = False) ->
     A new TF or RF arms the exec loop's debug path (accel/interp/debug.py).
     """
     env = core.env
-    cpl = env.cpl if protected(core) else 0
+    cpl = env.cpl        # 0 in real mode, 3 in virtual-8086 mode
     iopl = (env.eflags & IOPL_MASK) >> 12
     mask = 0x247FD5   # CF PF AF ZF SF TF IF DF OF IOPL NT AC ID
-    if protected(core):
+    if env.cr[0] & CR0_PE:
+        # Protected and virtual-8086 mode (POPF "Operation": in VM86 at IOPL 3 the
+        # IOPL is not modified; VM, VIP and VIF are never in the mask).
         if cpl > 0:
             mask &= ~IOPL_MASK
         if cpl > iopl:

@@ -153,10 +153,15 @@ def gen_int(c: Ctx, i: Insn) -> None:
         vector = str(i.ops[0].imm & 0xFF)
     else:
         vector = {"int3": "3", "into": "4", "int1": "1"}[i.mnem]
-    cond = c.cond("o") if i.mnem == "into" else None
+    of = None
+    if i.mnem == "into":
+        # OF as the block has it now: after sync the flags may be pending in S.cc, not
+        # in env.eflags.
+        of = c.t("of")
+        c.emit(f"{of} = {c.cond('o')}")
     c.sync(hex(i.ip))
-    if cond is not None:
-        c.emit("if not (env.eflags >> 11 & 1):")
+    if of is not None:
+        c.emit(f"if not {of}:")
         c.ind += 1
         c.finish_after_helper(hex(i.next_ip))
         c.ind -= 1

@@ -32,8 +32,9 @@ def _privileged(c: Ctx, i: Insn) -> bool:
 
 
 def _iopl_check(c: Ctx, i: Insn) -> None:
-    """CLI/STI: #GP(0) at CPL > IOPL (SDM vol. 2A CLI, vol. 2B STI; no bit map for these)."""
-    if c.mode.pe and c.mode.cpl:
+    """CLI/STI: #GP(0) at CPL > IOPL (SDM vol. 2A CLI, vol. 2B STI; no bit map for these).
+    In virtual-8086 mode the VM86 row makes the test (accel/interp/vm86.py, IOPL < 3)."""
+    if c.mode.pe and c.mode.cpl and not c.mode.vm86:
         c.may_fault()
         c.emit(f"if {c.mode.cpl} > (env.eflags >> 12 & 3): "
                f"raise Fault({EXCP_GP}, 0, why='{i.mnem}: CPL > IOPL')")
@@ -302,7 +303,8 @@ def gen_ud2(c: Ctx, i: Insn) -> None:
 
 @op("ltr", "lldt")
 def gen_ltr(c: Ctx, i: Insn) -> None:
-    """LTR/LLDT: load TR/LDTR from a GDT system descriptor (SDM vol. 2A, LTR, LLDT)."""
+    """LTR/LLDT: load TR/LDTR from a GDT system descriptor (SDM vol. 2A, LTR, LLDT).
+    #UD in real-address and virtual-8086 mode (the VM86 row, accel/interp/vm86.py)."""
     if not c.mode.pe:
         c.may_fault()
         c.emit(f"raise Fault({EXCP_UD}, why='{i.mnem} in real mode')")
@@ -320,8 +322,15 @@ def gen_ltr(c: Ctx, i: Insn) -> None:
 
 @op("str", "sldt")
 def gen_str(c: Ctx, i: Insn) -> None:
-    """STR/SLDT store the selector; to a register it is zero-extended (SDM vol. 2B, STR)."""
+    """STR/SLDT store the selector; to a register it is zero-extended (SDM vol. 2B, STR).
+    "Not recognized in real-address mode": #UD (and in virtual-8086 mode: the VM86 row,
+    accel/interp/vm86.py)."""
     (dst,) = i.ops
+    if not c.mode.pe:
+        c.may_fault()
+        c.emit(f"raise Fault({EXCP_UD}, why='{i.mnem} in real mode')")
+        c.end()
+        return
     value = "env.tr.selector" if i.mnem == "str" else "env.ldt.selector"
     if dst.kind == "mem":
         c.store(c.addr(dst), 2, value)
@@ -393,13 +402,12 @@ def gen_lar(c: Ctx, i: Insn) -> None:
     readability/writability, each setting ZF when the selector passes the checks of
     :func:`accel.interp.seg.check_selector` (SDM vol. 2A LAR, LSL; vol. 2B VERR, VERW).
     Only ZF changes; with ZF = 0 the destination keeps its value.  #UD in real-address
-    and virtual-8086 mode."""
+    mode, and in virtual-8086 mode (the VM86 row, accel/interp/vm86.py)."""
     c.may_fault()
     if not c.mode.pe:
         c.emit(f"raise Fault({EXCP_UD}, why='{i.mnem} in real mode')")
         c.end()
         return
-    c.emit(f"if env.eflags & {VM_MASK:#x}: raise Fault({EXCP_UD}, why='{i.mnem} in v8086 mode')")
     src = i.ops[-1]
     sel = c.t("sel")
     c.emit(f"{sel} = {c.read(src)} & 0xFFFF")

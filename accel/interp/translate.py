@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import capstone
 from capstone import x86 as csx
 
+from accel.interp import vm86
 from accel.interp.codegen import Ctx, Insn, Mode, Op
 from accel.interp.errors import EXCP_UD, Fault, UnimplementedInstruction
 from accel.interp.mmu import ACC_EXEC, PAGE
@@ -180,6 +181,8 @@ class Translator:
             i = self._insn(ci, mode, k)
             c.k, c.insn = k, i
             sem = self.ops.get(i.mnem)
+            if mode.vm86:
+                sem = vm86.semantic(i.mnem, sem)
             cp = c.checkpoint()
             try:
                 if sem is None or any(o.kind == "other" for o in i.ops):
