@@ -132,8 +132,7 @@ class InterpCore:
             if dbg.watches:
                 dbg.check_data(la, size, True)     # an RMW read counts as a write access
             if (la & 0xFFF) + size > 4096:
-                lo = 4096 - (la & 0xFFF)
-                pa1, pa2 = mmu.fill(la, ACC_WRITE), mmu.fill(la + lo, ACC_WRITE)
+                pa1, pa2, lo = mmu.fill_split(la, size, ACC_WRITE)
                 raw = mem.read_bytes(pa1, lo) + mem.read_bytes(pa2, size - lo)
                 return int.from_bytes(raw, "little")
             return int(mem.read(mmu.fill(la, ACC_WRITE), size))

@@ -197,14 +197,21 @@ class Mmu:
                 self.tlb_r[vp] = (r.mr.ram(), delta)
         return pa
 
+    def fill_split(self, la: int, size: int, access: int) -> tuple[int, int, int]:
+        """Translate both pages of an access that crosses a page boundary, the lower
+        one first, before either is used (all or nothing); returns (pa1, pa2, bytes in the
+        first page).  A fault on the first page wins, even when the last byte is
+        non-canonical (this host's KVM answers ``mov rax, [0x7ffffffffff9]`` with the
+        first page's #PF: test_access_ending_non_canonical_faults_on_its_first_page)."""
+        lo = PAGE - (la & 0xFFF)
+        return self.fill(la, access), self.fill(la + lo, access), lo
+
     # -- slow paths ------------------------------------------------------------------
     def slow_load(self, la: int, size: int) -> int:
         if self.dbg.watches:
             self.dbg.check_data(la, size, False)
         if (la & 0xFFF) + size > PAGE:
-            lo = PAGE - (la & 0xFFF)
-            pa1 = self.fill(la, ACC_READ)
-            pa2 = self.fill(la + lo, ACC_READ)
+            pa1, pa2, lo = self.fill_split(la, size, ACC_READ)
             v = self.mem.read_bytes(pa1, lo) + self.mem.read_bytes(pa2, size - lo)
             return int.from_bytes(v, "little")
         pa = self.fill(la, ACC_READ)
@@ -215,10 +222,8 @@ class Mmu:
             self.dbg.check_data(la, size, True)
         value &= (1 << (8 * size)) - 1
         if (la & 0xFFF) + size > PAGE:
-            lo = PAGE - (la & 0xFFF)
             # Translate both pages before writing anything: the store is all or nothing.
-            pa1 = self.fill(la, ACC_WRITE)
-            pa2 = self.fill(la + lo, ACC_WRITE)
+            pa1, pa2, lo = self.fill_split(la, size, ACC_WRITE)
             data = value.to_bytes(size, "little")
             self._phys_store(pa1, data[:lo])
             self._phys_store(pa2, data[lo:])

@@ -492,7 +492,9 @@ def programs(draw: st.DrawFn, families: tuple[str, ...] = Gen.FAMILIES) -> Progr
 #: interp follows the processor in every mode (test_cmps_faults_on_the_destination_first).
 #: And PVM hands a #GP taken at CPL3 to that emulator, which does not know POPCNT: a
 #: POPCNT with a non-canonical memory operand gets #UD from this host, where the SDM
-#: (vol. 2B, POPCNT, 64-bit mode exceptions) and the processor give #GP(0).
+#: (vol. 2B, POPCNT, 64-bit mode exceptions) and the processor give #GP(0).  The same
+#: #UD comes back for a POPCNT whose operand starts on a not-present page and ends
+#: non-canonical, where interp gives the #PF that this host gives for MOV.
 #: That emulator also splits a store that crosses into a page it cannot write: it
 #: writes the bytes below the boundary, then raises the #PF.  The processor (64-bit
 #: mode, native, same store: test_split_store_faulting_on_its_second_page_writes_nothing)
@@ -548,7 +550,7 @@ def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
     if (hw.fault and ours.fault and {hw.fault[0], ours.fault[0]} == {13, 14}
             and _known_reference_error(prog, "cmps-two-faults")):
         return []
-    if (hw.fault == (6, None) and ours.fault == (13, 0)
+    if (hw.fault == (6, None) and ours.fault and ours.fault[0] in (13, 14)
             and _known_reference_error(prog, "popcnt-gp-emulated")):
         return []
     if hw.fault != ours.fault and not (cmps_order and hw.fault and ours.fault
@@ -872,3 +874,25 @@ def test_cmpxchg_writes_the_accumulator_only_when_unequal(text: str, equal: bool
         hw = machines()[0].run(64, code, regs, 0x202, bytes(data))
         assert (hw.regs, hw.rflags & ARITH, hw.data) == (ours.regs, ours.rflags & ARITH,
                                                          ours.data)
+
+
+@pytest.mark.parametrize("text, vector", [
+    ("mov rax, qword ptr [rbx]", (14, 4)), ("add qword ptr [rbx], rax", (14, 6)),
+    ("mov qword ptr [rbx], rax", (14, 6)), ("popcnt r8, qword ptr [rbx]", (14, 4))])
+def test_access_ending_non_canonical_faults_on_its_first_page(
+        text: str, vector: tuple[int, int]) -> None:
+    """An 8-byte access at 0x7FFFFFFFFFF9: its first page is not present, its last byte
+    non-canonical.  This host's KVM gives the first page's #PF (for POPCNT its
+    instruction emulator gives #UD instead: the ``popcnt-gp-emulated`` entry, found by
+    the deep profile, program 115742 of seed 20261122, covers #PF too now); interp
+    does the same.  Whether the processor itself checks the last byte's canonical form
+    first could not be measured here: the SDM (vol. 3A, 3.3.7.1) does not order the
+    two."""
+    regs = [0] * 16
+    regs[4], regs[3] = STACK, 0x7FFFFFFFFFF9
+    code = asm(text, 64, CODE)
+    ours = interp_only().run(64, code, regs, 0x202, bytes(DATA_SIZE))
+    assert (ours.fault, ours.cr2) == (vector, 0x7FFFFFFFFFF9)
+    if kvm_usable()[0] and "popcnt" not in text:
+        hw = machines()[0].run(64, code, regs, 0x202, bytes(DATA_SIZE))
+        assert (hw.fault, hw.frame, hw.cr2) == (ours.fault, ours.frame, ours.cr2)
