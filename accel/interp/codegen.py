@@ -66,21 +66,26 @@ class Insn:
 class Mode:
     """What a block's code depends on: part of the TB key (QEMU's ``hflags``)."""
 
-    __slots__ = ("code", "stack", "cpl", "pe", "long", "paging", "cs_base", "flat", "checks",
+    __slots__ = ("code", "stack", "cpl", "pe", "long", "paging", "cs_base", "cs_limit",
+                 "flat", "checks",
                  "vm86", "key")
 
     def __init__(self, code: int, stack: int, cpl: int, pe: bool, long: bool, paging: bool,
                  cs_base: int, flat: bool = False, checks: tuple[int, ...] = (),
-                 vm86: bool = False) -> None:
+                 vm86: bool = False, cs_limit: int = 0xFFFFFFFF) -> None:
         self.code, self.stack, self.cpl, self.pe = code, stack, cpl, pe
         self.long, self.paging, self.cs_base = long, paging, cs_base
+        # The last offset code may be fetched from (no limit in 64-bit code): the
+        # translator ends a block there and raises #GP(0) past it (SDM vol. 3A, 5.3).
+        self.cs_limit = 0xFFFFFFFFFFFFFFFF if code == 64 else cs_limit
         # ES CS SS DS all have base 0 (QEMU's !HF_ADDSEG): generated code skips the adds.
         self.flat = flat
         # Each segment's limit/type check kind (accel.interp.segcheck); () when none.
         self.checks = checks
         # EFLAGS.VM (QEMU's HF_VM): some rows differ there (accel.interp.vm86.semantic).
         self.vm86 = vm86
-        self.key = (cs_base, code, stack, cpl, pe, long, paging, flat, checks, vm86)
+        self.key = (cs_base, code, stack, cpl, pe, long, paging, flat, checks, vm86,
+                    self.cs_limit)
 
     @property
     def ipmask(self) -> int:

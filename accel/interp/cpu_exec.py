@@ -154,7 +154,7 @@ class InterpCore:
             vm86.check_supported(env)
         return Mode(code, stack, env.cpl, pe, env.long_mode_active,
                     bool(env.cr[0] & cs.CR0_PG), env.segs[cs.R_CS].base, flat,
-                    segment_checks(env), v86)
+                    segment_checks(env), v86, env.segs[cs.R_CS].limit)
 
     def mode_changed(self) -> None:
         """Recompute the mode key after anything that may change it (QEMU's hflags update)."""

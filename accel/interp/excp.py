@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING
 from accel.interp import task
 from accel.interp.errors import (EXCP_DB, EXCP_DF, EXCP_GP, EXCP_NP, EXCP_TS, HAS_ERROR_CODE,
                                  VECTOR_NAMES, Fault, InterpError, TripleFault)
-from accel.interp.seg import cache_from, mark_accessed, protected, read_descriptor
+from accel.interp.seg import (cache_from, check_target_ip, mark_accessed, protected,
+                              read_descriptor)
 from hw.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK,
-                               DESC_DPL_SHIFT, DESC_P_MASK, EFER_LMA, IF_MASK, IOPL_MASK, NT_MASK,
-                               R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, RF_MASK, TF_MASK, VM_MASK,
-                               SegmentCache)
+                               DESC_DPL_SHIFT, DESC_L_MASK, DESC_P_MASK, EFER_LMA, IF_MASK,
+                               IOPL_MASK, NT_MASK, R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, RF_MASK,
+                               TF_MASK, VM_MASK, SegmentCache)
 from util import trace
 
 if TYPE_CHECKING:
@@ -257,6 +258,7 @@ def iret(core: "InterpCore", size: int, next_ip: int) -> None:
     ip, sel, flags = vals[0], vals[1] & 0xFFFF, vals[2]
     if not protected(core):
         cs = env.segs[R_CS]
+        check_target_ip(core, cs, ip)
         cs.selector, cs.base = sel, sel << 4
         core.segbase[R_CS] = cs.base
         core.set_sp_rt(new_sp)
@@ -274,21 +276,23 @@ def iret(core: "InterpCore", size: int, next_ip: int) -> None:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"iret to {sel:#x}")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"iret to {sel:#x}: not present")
-    cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
     if long64 or rpl > cpl:
+        from accel.interp.gates import return_stack_segment
         if not long64:
             (sp, ss), new_sp = core.pop_rt([size, size], 0, start=new_sp)
         else:
             sp, ss = vals[3], vals[4] & 0xFFFF
+        # The popped SS is checked as RET's (#GP/#SS; a null SS only for 64-bit code at
+        # CPL 0-2, keeping the RPL as its DPL), then the new EIP, all before any change.
+        to64 = bool(env.efer & EFER_LMA) and bool(hi & DESC_L_MASK)
+        ss_cache, shi = return_stack_segment(core, ss, rpl, to64, "iret")
+        check_target_ip(core, cache_from(sel, lo, hi), ip)
+        cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
         _set_flags(core, flags, size, iret=True)
-        if ss & 0xFFFC:
-            slo, shi = read_descriptor(core, ss)
-            env.segs[R_SS] = cache_from(ss, slo, mark_accessed(core, ss, shi))
-        else:
-            # IRETQ to CPL 0-2 may pop a null SS: keep its RPL as the cached DPL, since
-            # the CPL is read from SS.DPL (SDM vol. 2A, IRET, IA-32e mode).
-            env.segs[R_SS] = SegmentCache(ss, 0, 0, (ss & 3) << DESC_DPL_SHIFT)
-        core.segbase[R_SS] = env.segs[R_SS].base
+        if shi is not None:
+            ss_cache.flags = mark_accessed(core, ss, shi) & 0x00F0FF00
+        env.segs[R_SS] = ss_cache
+        core.segbase[R_SS] = ss_cache.base
         env.segs[R_CS] = cache
         core.segbase[R_CS] = cache.base
         env.regs[4] = sp if size == 8 or env.segs[R_SS].flags & DESC_B_MASK else (
@@ -296,6 +300,8 @@ def iret(core: "InterpCore", size: int, next_ip: int) -> None:
         if rpl > cpl:
             _null_outer_data_segs(core, rpl, long64)
     else:
+        check_target_ip(core, cache_from(sel, lo, hi), ip)
+        cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
         _set_flags(core, flags, size, iret=True)
         env.segs[R_CS] = cache
         core.segbase[R_CS] = cache.base

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from accel.interp import task
 from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, Fault
 from accel.interp.excp import _null_outer_data_segs
-from accel.interp.seg import cache_from, mark_accessed, read_descriptor, set_cs
+from accel.interp.seg import cache_from, canonical, mark_accessed, read_descriptor, set_cs
 from hw.i386.cpu_state import (
     DESC_B_MASK,
     DESC_C_MASK,
@@ -60,10 +60,6 @@ _MASK = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
 def _dpl(hi: int) -> int:
     return (hi >> DESC_DPL_SHIFT) & 3
-
-
-def _canonical(a: int) -> bool:
-    return a < 0x800000000000 or a >= 0xFFFF800000000000
 
 
 def _is_code(hi: int) -> bool:
@@ -183,7 +179,7 @@ def _call_gate(core: InterpCore, gate_sel: int, lo: int, hi: int, call: bool,
     new_cpl = cdpl if call and not conforming and cdpl < cpl else cpl
     cache = cache_from((cs_sel & ~3) | new_cpl, clo, mark_accessed(core, cs_sel, chi))
     if code64:
-        if not _canonical(offset):
+        if not canonical(offset):
             raise Fault(EXCP_GP, 0, why=f"call gate {gate_sel:#x}: non-canonical {offset:#x}")
     elif offset > cache.limit:
         raise Fault(EXCP_GP, 0, why=f"call gate {gate_sel:#x}: {offset:#x} past the CS limit")
@@ -219,7 +215,7 @@ def _call_same_privilege(core: InterpCore, gsize: int, next_ip: int, cache: Segm
     old_cs = env.segs[R_CS].selector
     rsp = env.regs[4]
     if gsize == 8:
-        if not (_canonical(rsp - 16) and _canonical(rsp - 1)):
+        if not (canonical(rsp - 16) and canonical(rsp - 1)):
             raise Fault(EXCP_SS, 0, why="call gate: pushes at a non-canonical RSP")
         sp = _push(core, 0, rsp, _MASK[8], [(old_cs, 8), (next_ip, 8)], False)
         env.regs[4] = sp
@@ -249,7 +245,7 @@ def _call_more_privilege(core: InterpCore, ghi: int, gsize: int,
     old_cs = env.segs[R_CS].selector
     if gsize == 8:
         ss_cache = SegmentCache(new_ss, 0, 0, new_cpl << DESC_DPL_SHIFT)   # null, DPL = CPL
-        if not (_canonical(new_sp - 32) and _canonical(new_sp - 1)):
+        if not (canonical(new_sp - 32) and canonical(new_sp - 1)):
             raise Fault(EXCP_SS, 0, why="call gate: new stack at a non-canonical RSP")
         frame = [(old_ss.selector, 8), (old_sp, 8), (old_cs, 8), (next_ip, 8)]
         sp = _push(core, 0, new_sp, _MASK[8], frame, True)
@@ -295,6 +291,27 @@ def return_code_segment(core: InterpCore, sel: int) -> tuple[int, int]:
     return lo, hi
 
 
+def return_stack_segment(core: InterpCore, ss: int, rpl: int, to64: bool,
+                         what: str) -> tuple[SegmentCache, int | None]:
+    """Check the SS that RET far or IRET pops to return to privilege level ``rpl``
+    (SDM vol. 2B RET, vol. 2A IRET, both RETURN-TO-OUTER-PRIVILEGE-LEVEL and their
+    IA-32e forms): legacy: #GP(0) null; #GP(SS) past the table limit, RPL or DPL not
+    ``rpl``, not writable data; #SS(SS) not present.  A null SS is taken for a 64-bit
+    CS (``to64``) with ``rpl`` < 3, with ``rpl`` as its DPL (the CPL is read from
+    SS.DPL).  Returns the new SS cache (accessed bit not yet written) and the
+    descriptor's high dword (None for a null SS)."""
+    if ss & 0xFFFC == 0:
+        if not to64 or rpl == 3:
+            raise Fault(EXCP_GP, 0, why=f"{what} to an outer level with a null SS")
+        return SegmentCache(ss, 0, 0, rpl << DESC_DPL_SHIFT), None
+    slo, shi = read_descriptor(core, ss)              # #GP(ss) past the limit
+    if (ss & 3) != rpl or _dpl(shi) != rpl or not _writable_data(shi):
+        raise Fault(EXCP_GP, ss & 0xFFFC, why=f"{what}: stack segment {ss:#x}")
+    if not shi & DESC_P_MASK:
+        raise Fault(EXCP_SS, ss & 0xFFFC, why=f"{what}: stack segment {ss:#x} not present")
+    return cache_from(ss, slo, shi), shi
+
+
 def return_to_outer(core: InterpCore, ip: int, sel: int, lo: int, hi: int, size: int,
                     extra: int, sp_after_cs: int) -> None:
     """RETURN-TO-OUTER-PRIVILEGE-LEVEL (SDM vol. 2B, RET; vol. 3A, 5.8.6): ``ip``/``sel``
@@ -310,21 +327,9 @@ def return_to_outer(core: InterpCore, ip: int, sel: int, lo: int, hi: int, size:
     to64 = ia32e and bool(hi & DESC_L_MASK)
     (sp, ss), _ = core.pop_rt([size, size], 0, start=sp_after_cs)
     ss &= 0xFFFF
-    if ss & 0xFFFC == 0:
-        if not to64 or rpl == 3:
-            raise Fault(EXCP_GP, 0, why="far return to an outer level with a null SS")
-        ss_cache = SegmentCache(ss, 0, 0, rpl << DESC_DPL_SHIFT)
-        shi = None
-    else:
-        slo, shi = read_descriptor(core, ss)          # #GP(ss) past the limit
-        if (ss & 3) != rpl or _dpl(shi) != rpl or not _writable_data(shi):
-            raise Fault(EXCP_GP, ss & 0xFFFC, why=f"far return: stack segment {ss:#x}")
-        if not shi & DESC_P_MASK:
-            raise Fault(EXCP_SS, ss & 0xFFFC, why=f"far return: stack segment {ss:#x} "
-                                                  f"not present")
-        ss_cache = cache_from(ss, slo, shi)
+    ss_cache, shi = return_stack_segment(core, ss, rpl, to64, "far return")
     if to64:
-        if not _canonical(ip):
+        if not canonical(ip):
             raise Fault(EXCP_GP, 0, why=f"far return to non-canonical {ip:#x}")
     else:
         if size == 2:

@@ -52,6 +52,25 @@ def _gates() -> ModuleType:
     return gates
 
 
+def canonical(a: int) -> bool:
+    """A 48-bit canonical linear address (SDM vol. 1, 3.3.7.1)."""
+    return a < 0x800000000000 or a >= 0xFFFF800000000000
+
+
+def check_target_ip(core: InterpCore, cache: SegmentCache, ip: int) -> None:
+    """#GP(0) unless a far transfer's new instruction pointer lies within the new CS
+    limit, or is canonical when the new CS is 64-bit code (SDM vol. 2A JMP and CALL,
+    vol. 2B RET, vol. 2A IRET: "IF tempEIP not within code segment limits THEN
+    #GP(0)"; in real mode the limit is the one CS keeps in its cache).  Made before any
+    register or the stack changes."""
+    if core.env.efer & EFER_LMA and cache.flags & DESC_L_MASK:
+        if not canonical(ip):
+            raise Fault(EXCP_GP, 0, why=f"far transfer to non-canonical {ip:#x}")
+    elif ip > cache.limit:
+        raise Fault(EXCP_GP, 0, why=f"far transfer to {ip:#x}, past the CS limit "
+                                    f"{cache.limit:#x}")
+
+
 def read_descriptor(core: InterpCore, sel: int) -> tuple[int, int]:
     """The 8-byte descriptor of ``sel`` as (low dword, high dword); #GP(sel) past the limit."""
     env = core.env
@@ -180,6 +199,7 @@ def far_jump(core: InterpCore, sel: int, off: int, next_ip: int) -> None:
     env = core.env
     if not protected(core):
         cs = env.segs[R_CS]
+        check_target_ip(core, cs, off)
         cs.selector, cs.base = sel, sel << 4
         env.rip = off
         core.segbase[R_CS] = cs.base
@@ -190,6 +210,7 @@ def far_jump(core: InterpCore, sel: int, off: int, next_ip: int) -> None:
         _gates().through_system_descriptor(core, sel, *desc, call=False, next_ip=next_ip)
         return
     cache, _ = code_descriptor(core, sel, desc)
+    check_target_ip(core, cache, off)
     set_cs(core, cache, off)
 
 
@@ -203,6 +224,7 @@ def far_call(core: InterpCore, sel: int, off: int, size: int, next_ip: int) -> N
             _gates().through_system_descriptor(core, sel, *desc, call=True, next_ip=next_ip)
             return
         cache, _ = code_descriptor(core, sel, desc)   # validate before touching the stack
+    check_target_ip(core, cache or env.segs[R_CS], off)
     core.push_rt([(env.segs[R_CS].selector, size), (next_ip, size)])
     if cache is None:
         cs = env.segs[R_CS]
@@ -222,6 +244,7 @@ def far_return(core: InterpCore, size: int, extra: int) -> None:
     sel &= 0xFFFF
     if not protected(core):
         cs = env.segs[R_CS]
+        check_target_ip(core, cs, ip)
         cs.selector, cs.base = sel, sel << 4
         core.set_sp_rt(new_sp)
         env.rip = ip
@@ -233,6 +256,7 @@ def far_return(core: InterpCore, size: int, extra: int) -> None:
     if (sel & 3) > env.cpl:
         g.return_to_outer(core, ip, sel, lo, hi, size, extra, new_sp)
         return
+    check_target_ip(core, cache_from(sel, lo, hi), ip)
     cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
     core.set_sp_rt(new_sp)
     set_cs(core, cache, ip)
@@ -378,10 +402,6 @@ def sysenter(core: InterpCore) -> None:
     core.mode_changed()
 
 
-def _canonical(a: int) -> bool:
-    return a < 0x800000000000 or a >= 0xFFFF800000000000
-
-
 def sysexit(core: InterpCore, size: int) -> None:
     """SYSEXIT (SDM vol. 2B, SYSEXIT, Operation): #GP(0) in real mode, at CPL > 0 or with
     IA32_SYSENTER_CS[15:2] = 0; CPL-3 flat CS = (SYSENTER_CS + 32) | 3 for a 64-bit
@@ -394,7 +414,7 @@ def sysexit(core: InterpCore, size: int) -> None:
         raise Fault(EXCP_GP, 0, why="sysexit with IA32_SYSENTER_CS null")
     rcx, rdx = env.regs[1], env.regs[2]
     if size == 8:
-        if not (_canonical(rcx) and _canonical(rdx)):
+        if not (canonical(rcx) and canonical(rdx)):
             raise Fault(EXCP_GP, 0, why="sysexit to a non-canonical RCX/RDX")
         sel = ((env.sysenter_cs + 32) & 0xFFFF) | 3
         code = DESC_L_MASK

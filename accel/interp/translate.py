@@ -21,7 +21,7 @@ from capstone import x86 as csx
 
 from accel.interp import vm86
 from accel.interp.codegen import Ctx, Insn, Mode, Op
-from accel.interp.errors import EXCP_UD, Fault, UnimplementedInstruction
+from accel.interp.errors import EXCP_GP, EXCP_UD, Fault, UnimplementedInstruction
 from accel.interp.mmu import ACC_EXEC, PAGE
 from accel.interp.table import load_families
 from hw.i386.cpu_state import GPR_PARTS, SEG_NAMES
@@ -170,6 +170,8 @@ class Translator:
         if max_insns > 1 and rip not in breakpoints:
             c.loop_rip = rip          # a jump back here may loop inside the block
         first_page = la >> 12
+        if rip > mode.cs_limit:
+            raise Fault(EXCP_GP, 0, why=f"code fetch at {rip:#x}, past the CS limit")
         k = 0
         last: Insn | None = None
         used_len = 0
@@ -178,6 +180,11 @@ class Translator:
             if k and (ilin >> 12 != first_page or ci.address in breakpoints
                       or k >= max_insns):
                 break
+            if ci.address + ci.size - 1 > mode.cs_limit:
+                if k:
+                    break                 # the block that starts there faults
+                raise Fault(EXCP_GP, 0, why=f"instruction at {ci.address:#x} crosses "
+                                            f"the CS limit")
             i = self._insn(ci, mode, k)
             c.k, c.insn = k, i
             sem = self.ops.get(i.mnem)
