@@ -33,7 +33,7 @@ from accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumen
 from accel.interp.debug import GuestDebug
 from accel.interp.flags import ARITH_MASK, PARITY, LazyFlags
 from accel.interp.mmu import ACC_WRITE, Mmu
-from accel.interp.segcheck import segment_checks
+from accel.interp.segcheck import check_stack, segment_checks
 from accel.interp.table import RUNTIME, load_families
 from accel.interp.translate import MAX_BLOCK_INSNS, TranslationBlock, Translator
 from hw.core.cpu import EXCP_DEBUG, EXCP_INTERRUPT, EXCP_SHUTDOWN
@@ -508,10 +508,19 @@ class InterpCore:
     def _stack_mask(self) -> int:
         return {16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}[self.mode.stack]
 
-    def push_rt(self, values: list[tuple[int, int]]) -> None:
+    def push_rt(self, values: list[tuple[int, int]], stack64: bool = False) -> None:
+        """Push from a helper (far CALL, ...): every slot checked against SS's limit first,
+        so that a #SS(0) leaves the stack untouched (accel/interp/segcheck.py), unless
+        ``stack64``: an IA-32e interrupt frame, pushed to a 64-bit stack before CS is
+        the handler's."""
         m = self._stack_mask()
         base = 0 if self.mode.code == 64 else self.segbase[cs.R_SS]
         sp = self.env.regs[4]
+        off = 0
+        for _, size in values:
+            off += size
+            if not stack64:
+                check_stack(self, (sp - off) & m, size, True)
         off = 0
         for value, size in values:
             off += size
@@ -526,6 +535,7 @@ class InterpCore:
         vals = []
         off = 0
         for size in sizes:
+            check_stack(self, (sp + off) & m, size, False)
             vals.append(self.ld[size]((base + ((sp + off) & m)) & self.la_mask))
             off += size
         return vals, (sp + off + extra) & m

@@ -230,7 +230,7 @@ def _long_mode(core: "InterpCore", vector: int, error_code: int | None, ret_ip: 
         frame.append((error_code, 8))
     env.regs[4] = rsp
     core.mode_changed()
-    core.push_rt(frame)
+    core.push_rt(frame, stack64=True)
     env.eflags &= ~(TF_MASK | NT_MASK | RF_MASK | VM_MASK)
     if not gtype & 1:
         env.eflags &= ~IF_MASK

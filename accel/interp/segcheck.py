@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 from accel.interp.errors import EXCP_GP, EXCP_SS, Fault
 from hw.i386.cpu_state import (CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_E_MASK, DESC_P_MASK,
-                               DESC_R_MASK, DESC_W_MASK, R_SS, VM_MASK, CPUX86State)
+                               DESC_R_MASK, DESC_W_MASK, R_SS, VM_MASK, CPUX86State,
+                               SegmentCache)
 
 if TYPE_CHECKING:
     from accel.interp.codegen import Ctx
@@ -52,23 +53,40 @@ def segment_checks(env: CPUX86State) -> tuple[int, ...]:
     if env.code64:
         return ()
     protected = bool(env.cr[0] & CR0_PE) and not env.eflags & VM_MASK
-    kinds = []
-    for s in env.segs:
-        flags = s.flags
-        kind = 0
-        if protected and not flags & DESC_P_MASK:
-            kind = NULL
-        elif not flags & DESC_CS_MASK and flags & DESC_E_MASK:
-            kind = DOWN | (BIG if flags & DESC_B_MASK else 0)
-        elif s.limit < 0xFFFFFFFF:
-            kind = LIMIT
-        if protected and kind != NULL:
-            if flags & DESC_CS_MASK:
-                kind |= NOWRITE | (0 if flags & DESC_R_MASK else NOREAD)
-            elif not flags & DESC_W_MASK:
-                kind |= NOWRITE
-        kinds.append(kind)
-    return tuple(kinds) if any(kinds) else ()
+    kinds = tuple(_kind(s, protected) for s in env.segs)
+    return kinds if any(kinds) else ()
+
+
+def _kind(s: SegmentCache, protected: bool) -> int:
+    flags = s.flags
+    kind = 0
+    if protected and not flags & DESC_P_MASK:
+        return NULL
+    if not flags & DESC_CS_MASK and flags & DESC_E_MASK:
+        kind = DOWN | (BIG if flags & DESC_B_MASK else 0)
+    elif s.limit < 0xFFFFFFFF:
+        kind = LIMIT
+    if protected:
+        if flags & DESC_CS_MASK:
+            kind |= NOWRITE | (0 if flags & DESC_R_MASK else NOREAD)
+        elif not flags & DESC_W_MASK:
+            kind |= NOWRITE
+    return kind
+
+
+def check_stack(core: "InterpCore", off: int, size: int, write: bool) -> None:
+    """:func:`check_access` for SS, from the segment caches as they are now rather than
+    the block's mode: interrupt delivery pushes right after switching SS (and perhaps
+    from compatibility to 64-bit mode), before the mode is recomputed."""
+    env = core.env
+    if env.code64:
+        return
+    kind = _kind(env.segs[R_SS], bool(env.cr[0] & CR0_PE) and not env.eflags & VM_MASK)
+    # An unusable SS outside 64-bit code exists only as the placeholder a task switch
+    # leaves when it faults after its commit point (accel/interp/task.py); the SDM
+    # leaves that frame's stack open, and it is pushed with the cache as it is.
+    if kind and not kind & NULL:
+        check_access(core, R_SS, off, size, write, kind)
 
 
 def emit_limit_check(c: "Ctx", seg: int, ea: str, size: int) -> None:
@@ -103,11 +121,14 @@ def emit_type_check(c: "Ctx", seg: int, write: bool) -> None:
         c.emit(f"raise Fault({EXCP_GP}, 0, why='{what} {_NAMES[seg]}')")
 
 
-def check_access(core: "InterpCore", seg: int, off: int, size: int, write: bool) -> None:
+def check_access(core: "InterpCore", seg: int, off: int, size: int, write: bool,
+                 kind: int | None = None) -> None:
     """The same checks at run time, for helpers that access memory themselves (the REP
-    string loop, accel/interp/string_rt.py): raise the fault, or return."""
-    checks = core.mode.checks
-    kind = checks[seg] if checks else 0
+    string loop, accel/interp/string_rt.py): raise the fault, or return.  ``kind``:
+    the segment's check kind when not the current block's."""
+    if kind is None:
+        checks = core.mode.checks
+        kind = checks[seg] if checks else 0
     if not kind:
         return
     name = _NAMES[seg]
@@ -127,4 +148,5 @@ def check_access(core: "InterpCore", seg: int, off: int, size: int, write: bool)
         raise Fault(EXCP_SS if seg == R_SS else EXCP_GP, 0, why=f"{name} limit")
 
 
-__all__ = ["segment_checks", "emit_limit_check", "emit_type_check", "check_access"]
+__all__ = ["segment_checks", "emit_limit_check", "emit_type_check", "check_access",
+           "check_stack"]

@@ -85,13 +85,16 @@ def test_stack_segment_limit_is_ss_fault() -> None:
 
 
 def test_push_below_an_expand_down_stack_limit() -> None:
-    """A push whose slot reaches the limit of an expand-down stack is #SS(0); ESP stays."""
+    """A push whose slot reaches the limit of an expand-down stack is #SS(0); ESP stays.
+    At CPL 3, so that the #SS is delivered on the ring-0 stack from the TSS (at the same
+    level its own frame would not fit either: #DF, then a triple fault)."""
+    from tests.accel.interp.test_sysinsn import user
     g = with_seg(SS, 0x0FFF, DATA | DESC_E_MASK | DESC_B_MASK)
-    g.load("mov esp, 0x1002\npush eax\nhlt")
-    g.run(50)
-    assert g.env.regs[7] == SSF
-    # The handler's own frame would also be below the limit: the fault is delivered
-    # through the stack switch-free path all the same here, so only the vector is checked.
+    user(g)
+    g.load("push eax\nhlt")
+    g.env.regs[4] = 0x1002
+    assert g.run() == EXCP_HLT
+    assert fault(g) == (SSF, 0, CODE) and frame(g, 4) == 0x1002
 
 
 def test_read_only_data_segment() -> None:
@@ -299,3 +302,22 @@ def test_segment_checks_match_kvm(bits: int, text: str, ebx: int, vector: int | 
     assert [r for j, r in enumerate(ours.regs[:8]) if j != 4] == \
         [r for j, r in enumerate(hw.regs[:8]) if j != 4]
     assert ours.data == hw.data
+
+
+def test_far_call_and_retf_check_the_stack_limit() -> None:
+    """Helper-run stack accesses (far CALL's pushes, RETF's pops) are limit-checked too:
+    #SS(0) with nothing pushed or popped (SDM vol. 2A CALL: "#SS(0) If pushing the
+    return address exceeds the bounds of the stack segment"; vol. 2B RET).  At CPL 3,
+    so that the #SS is delivered on the ring-0 stack from the TSS."""
+    from tests.accel.interp.test_sysinsn import user
+    for text, esp in (("lcall 0x33:0x3000", 0x10004), ("retf", 0xFFFC)):
+        g = with_seg(SS, 0xFFFF, DATA | DESC_B_MASK)
+        g.mem.write(0x1700 + 0x30, 0x00CFFA000000FFFF, 8)    # code, DPL 3, 4 GiB
+        g.env.gdt.limit = 0x37
+        user(g)
+        g.load(text + "\nhlt")
+        g.env.regs[4] = esp
+        assert g.run() == EXCP_HLT
+        v, err, eip = fault(g)
+        assert (v, err, eip) == (SSF, 0, CODE), text
+        assert frame(g, 4) == esp, text              # the user ESP, unchanged
