@@ -3,8 +3,8 @@ RDMSR WRMSR, LGDT LIDT SGDT SIDT, MOV to/from CRn/DRn/Sreg, POP Sreg, INVLPG, CL
 WBINVD/INVD, UD2, LMSW, LAR LSL VERR VERW, SYSENTER SYSEXIT, BOUND.
 
 Intel SDM vol. 2A/2B, the instruction pages of those names; privilege checks
-from vol. 3A, 5.9 (privileged instructions: CPL 0) and 20.2.x / 18.2 (I/O
-sensitivity: CPL <= IOPL, without an I/O permission bitmap here).  Whatever
+from vol. 3A, 5.9 (privileged instructions: CPL 0) and vol. 1, 19.5 (I/O: CPL <=
+IOPL, else the TSS I/O permission bitmap, :mod:`accel.interp.ioperm`).  Whatever
 changes the mode, a segment or a control register runs in a helper after the
 block has written its state back, and ends the block.
 """
