@@ -26,10 +26,8 @@ import pytest
 
 from hw.core.cpu import EXCP_DEBUG, EXCP_HLT
 from hw.i386.cpu_state import R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, SegmentCache
+from tests.accel.interp import prot32_pair
 from tests.accel.interp.harness import CODE, Guest, asm
-
-unicorn = pytest.importorskip("unicorn")
-from unicorn import x86_const as U
 
 # -- the 32-bit image ----------------------------------------------------------------------
 
@@ -166,58 +164,20 @@ def image(kernel_body: str, user: str, extra: dict[int, str | bytes] | None = No
 
 # -- running an image --------------------------------------------------------------------------
 
-REGS32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
-UC32 = (U.UC_X86_REG_EAX, U.UC_X86_REG_ECX, U.UC_X86_REG_EDX, U.UC_X86_REG_EBX,
-        U.UC_X86_REG_ESP, U.UC_X86_REG_EBP, U.UC_X86_REG_ESI, U.UC_X86_REG_EDI)
-UC_SEGS = (U.UC_X86_REG_ES, U.UC_X86_REG_CS, U.UC_X86_REG_SS, U.UC_X86_REG_DS,
-           U.UC_X86_REG_FS, U.UC_X86_REG_GS)
 COMPARED = ((DATA, 0x200), (USTACK - 0x100, 0x100), (KSTACK - 0x100, 0x100),
             (STACK1 - 0x100, 0x100), (GDT, GDT32_LIMIT + 1))
 
 
 def run_interp(img: dict[int, bytes], end: int = END) -> Guest:
-    g = Guest(32)
-    for addr, raw in img.items():
-        g.mem.write_bytes(addr, raw)
-    g.env.regs[7] = 0xFFFF                 # EDI: the vector a handler sets
-    g.core.tb_flush()
-    g.core.breakpoints = {end}
-    reason = g.core.run(100_000)
-    assert reason in (EXCP_DEBUG, EXCP_HLT), f"stopped with {reason:#x} at {g.env.rip:#x}"
-    return g
+    return prot32_pair.run_interp(img, end)
 
 
 def state_interp(g: Guest) -> dict[str, object]:
-    env = g.env
-    out: dict[str, object] = {n: env.regs[i] & 0xFFFFFFFF for i, n in enumerate(REGS32)}
-    out["eip"] = env.rip
-    out["eflags"] = env.eflags
-    out["sregs"] = [s.selector for s in env.segs]
-    out["mem"] = [g.mem.read_bytes(a, n) for a, n in COMPARED]
-    return out
+    return prot32_pair.interp_state(g, COMPARED)
 
 
 def run_unicorn(img: dict[int, bytes], end: int = END) -> dict[str, object]:
-    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
-    uc.mem_map(0, 2 << 20)
-    for addr, raw in img.items():
-        uc.mem_write(addr, raw)
-    uc.reg_write(U.UC_X86_REG_EDI, 0xFFFF)
-    events: list[int] = []
-
-    def on_intr(u: unicorn.Uc, intno: int, _: object) -> None:
-        events.append(intno)
-        u.emu_stop()
-
-    uc.hook_add(unicorn.UC_HOOK_INTR, on_intr)
-    uc.emu_start(CODE, end, count=100_000)
-    assert not events, f"Unicorn raised exception {events} at {uc.reg_read(U.UC_X86_REG_EIP):#x}"
-    out: dict[str, object] = {n: uc.reg_read(r) for n, r in zip(REGS32, UC32)}
-    out["eip"] = uc.reg_read(U.UC_X86_REG_EIP)
-    out["eflags"] = uc.reg_read(U.UC_X86_REG_EFLAGS)
-    out["sregs"] = [uc.reg_read(r) for r in UC_SEGS]
-    out["mem"] = [bytes(uc.mem_read(a, n)) for a, n in COMPARED]
-    return out
+    return prot32_pair.run_unicorn(img, CODE, end, COMPARED)
 
 
 def both(img: dict[int, bytes], unicorn_differs: tuple[str, ...] = ()) -> dict[str, object]:
@@ -894,7 +854,7 @@ def test_interrupt_to_a_cpl1_handler_and_iretq_keep_the_null_ss_dpl() -> None:
     g.env.idt.limit = 16 * 0x22 - 1
     g.mem.write_bytes(U64, asm("int 0x21\nhlt", 64, U64))
     # In the handler (CPL 1): IRETQ to itself at CPL 1 with the null SS it has.
-    g.mem.write_bytes(target, asm(f"""
+    g.mem.write_bytes(target, asm("""
         mov r8, ss
         mov r9, rsp
         push 1

@@ -27,8 +27,8 @@ import pytest
 
 from accel.interp import excp
 from accel.interp.errors import Fault
-from hw.core.cpu import EXCP_DEBUG, EXCP_HLT
 from hw.i386.cpu_state import CR0_PG, CR0_TS, NT_MASK, R_CS, R_SS, SegmentCache
+from tests.accel.interp import prot32_pair
 from tests.accel.interp.harness import CODE, Guest, asm
 from tests.accel.interp.test_gates import (
     BODY,
@@ -36,10 +36,7 @@ from tests.accel.interp.test_gates import (
     IDT,
     KSTACK,
     PSEUDO,
-    REGS32,
     TSS,
-    UC32,
-    UC_SEGS,
     USER,
     USTACK,
     code32,
@@ -49,9 +46,6 @@ from tests.accel.interp.test_gates import (
     prologue,
     seg,
 )
-
-unicorn = pytest.importorskip("unicorn")
-from unicorn import x86_const as U
 
 # -- the image: the prologue of test_gates (LGDT, LIDT, CS=08, data 10, GS=23, LTR 28) ----
 
@@ -176,53 +170,18 @@ COMPARED = ((TSS, 0x68), (TSS_B, 0x68), (TSS_C, 0x68), (GDT, 0x100),
 
 
 def run_interp(img: dict[int, bytes], end: int = END, budget: int = 100_000) -> Guest:
-    g = Guest(32)
-    for addr, raw in img.items():
-        g.mem.write_bytes(addr, raw)
-    g.mem.write_bytes(END, asm("hlt", 32, END))
-    g.env.regs[7] = 0xFFFF                 # EDI: the vector a handler sets
-    g.core.tb_flush()
-    g.core.breakpoints = {end}
-    reason = g.core.run(budget)
-    assert reason in (EXCP_DEBUG, EXCP_HLT), f"stopped with {reason:#x} at {g.env.rip:#x}"
-    return g
+    """The scenario with a HLT at END (a task that runs off its end stops there)."""
+    hlt = asm("hlt", 32, END)
+    img = {**img, END: hlt + img.get(END, b"")[len(hlt):]}
+    return prot32_pair.run_interp(img, end, budget)
 
 
 def state_interp(g: Guest) -> dict[str, object]:
-    env = g.env
-    out: dict[str, object] = {n: env.regs[i] & 0xFFFFFFFF for i, n in enumerate(REGS32)}
-    out["eip"] = env.rip
-    out["eflags"] = g.core.get_flags()
-    out["sregs"] = [s.selector for s in env.segs]
-    out["tr"] = env.tr.selector
-    out["ts"] = bool(env.cr[0] & CR0_TS)
-    out["mem"] = [g.mem.read_bytes(a, n) for a, n in COMPARED]
-    return out
+    return prot32_pair.interp_state(g, COMPARED, system=True)
 
 
 def run_unicorn(img: dict[int, bytes], end: int = END) -> dict[str, object]:
-    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
-    uc.mem_map(0, 2 << 20)
-    for addr, raw in img.items():
-        uc.mem_write(addr, raw)
-    uc.reg_write(U.UC_X86_REG_EDI, 0xFFFF)
-    events: list[int] = []
-
-    def on_intr(u: unicorn.Uc, intno: int, _: object) -> None:
-        events.append(intno)
-        u.emu_stop()
-
-    uc.hook_add(unicorn.UC_HOOK_INTR, on_intr)
-    uc.emu_start(CODE, end, count=100_000)
-    assert not events, f"Unicorn raised exception {events} at {uc.reg_read(U.UC_X86_REG_EIP):#x}"
-    out: dict[str, object] = {n: uc.reg_read(r) for n, r in zip(REGS32, UC32)}
-    out["eip"] = uc.reg_read(U.UC_X86_REG_EIP)
-    out["eflags"] = uc.reg_read(U.UC_X86_REG_EFLAGS)
-    out["sregs"] = [uc.reg_read(r) for r in UC_SEGS]
-    out["tr"] = uc.reg_read(U.UC_X86_REG_TR)[0]
-    out["ts"] = bool(uc.reg_read(U.UC_X86_REG_CR0) & CR0_TS)
-    out["mem"] = [bytes(uc.mem_read(a, n)) for a, n in COMPARED]
-    return out
+    return prot32_pair.run_unicorn(img, CODE, end, COMPARED, system=True)
 
 
 def both(img: dict[int, bytes]) -> dict[str, object]:

@@ -30,7 +30,6 @@ import struct
 import pytest
 
 from accel.interp.errors import InterpError
-from hw.core.cpu import EXCP_DEBUG, EXCP_HLT
 from hw.i386.cpu_state import (
     DESC_P_MASK,
     IF_MASK,
@@ -45,11 +44,8 @@ from hw.i386.cpu_state import (
     TF_MASK,
     VM_MASK,
 )
+from tests.accel.interp import prot32_pair
 from tests.accel.interp.harness import Guest, asm
-
-unicorn = pytest.importorskip("unicorn")
-from unicorn import x86_const as U
-
 from tests.accel.interp.test_gates import (
     BODY,
     CODE,
@@ -165,53 +161,15 @@ COMPARED = ((DATA, 0x100), (V86_SS * 16 + V86_SP - 0x40, 0x40), (KSTACK - 0x40, 
 
 
 def run_interp(img: dict[int, bytes], end: int = END_IP) -> Guest:
-    g = Guest(32)
-    for addr, raw in img.items():
-        g.mem.write_bytes(addr, raw)
-    g.env.regs[7] = 0xFFFF                   # EDI: the vector a handler sets
-    g.core.tb_flush()
-    g.core.breakpoints = {end}
-    reason = g.core.run(100_000)
-    assert reason in (EXCP_DEBUG, EXCP_HLT), f"stopped with {reason:#x} at {g.env.rip:#x}"
-    return g
+    return prot32_pair.run_interp(img, end)
 
 
 def state(g: Guest) -> dict[str, object]:
-    env = g.env
-    out: dict[str, object] = {n: env.regs[i] & 0xFFFFFFFF for i, n in enumerate(
-        ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"))}
-    out["eip"] = env.rip
-    out["eflags"] = env.eflags
-    out["sregs"] = [s.selector for s in env.segs]
-    out["mem"] = [g.mem.read_bytes(a, n) for a, n in COMPARED]
-    return out
+    return prot32_pair.interp_state(g, COMPARED)
 
 
 def run_unicorn(img: dict[int, bytes], until: int = V86_BASE + END_IP) -> dict[str, object]:
-    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
-    uc.mem_map(0, 2 << 20)
-    for addr, raw in img.items():
-        uc.mem_write(addr, raw)
-    uc.reg_write(U.UC_X86_REG_EDI, 0xFFFF)
-    events: list[int] = []
-
-    def on_intr(u: unicorn.Uc, intno: int, _: object) -> None:
-        events.append(intno)
-        u.emu_stop()
-
-    uc.hook_add(unicorn.UC_HOOK_INTR, on_intr)
-    uc.emu_start(CODE, until, count=100_000)
-    assert not events, f"Unicorn raised exception {events} at {uc.reg_read(U.UC_X86_REG_EIP):#x}"
-    regs = (U.UC_X86_REG_EAX, U.UC_X86_REG_ECX, U.UC_X86_REG_EDX, U.UC_X86_REG_EBX,
-            U.UC_X86_REG_ESP, U.UC_X86_REG_EBP, U.UC_X86_REG_ESI, U.UC_X86_REG_EDI)
-    out: dict[str, object] = {n: uc.reg_read(r) for n, r in zip(
-        ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"), regs)}
-    out["eip"] = uc.reg_read(U.UC_X86_REG_EIP)
-    out["eflags"] = uc.reg_read(U.UC_X86_REG_EFLAGS)
-    out["sregs"] = [uc.reg_read(r) for r in (U.UC_X86_REG_ES, U.UC_X86_REG_CS, U.UC_X86_REG_SS,
-                                             U.UC_X86_REG_DS, U.UC_X86_REG_FS, U.UC_X86_REG_GS)]
-    out["mem"] = [bytes(uc.mem_read(a, n)) for a, n in COMPARED]
-    return out
+    return prot32_pair.run_unicorn(img, CODE, until, COMPARED)
 
 
 #: Unicorn 2.1 leaves VM set in the image PUSHFD stores in VM86; the SDM (vol. 2B PUSHF,
