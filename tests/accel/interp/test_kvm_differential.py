@@ -512,6 +512,14 @@ KNOWN_REFERENCE_ERRORS = {
     # #GP or #PF.
     "cmps-two-faults": lambda prog: any(
         "cmps" in ln or (ln.startswith(".byte") and "0xa7" in ln) for ln in prog.lines),
+    # A 64-bit CMPS whose operands lie at the canonical edge (RBX = 7FFFFFFFFFF8H): one
+    # access that runs past it is a #GP at CPL3, which PVM hands to KVM's emulator, and
+    # the emulator reads DS:[rSI] first and reports that page's #PF (with P=1 where the
+    # guest's tables have no entry: seed 20261123, program 1352).  The processor's own
+    # answer cannot be seen here; both sides must still give #GP or #PF.
+    "cmps-canonical-edge-emulated": lambda prog: prog.bits == 64
+    and prog.regs[3] == 0x7FFFFFFFFFF8 and any(
+        "cmps" in ln or (ln.startswith(".byte") and "0xa7" in ln) for ln in prog.lines),
 }
 
 
@@ -549,6 +557,9 @@ def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
     cmps_order = _known_reference_error(prog, "cmps-order")
     if (hw.fault and ours.fault and {hw.fault[0], ours.fault[0]} == {13, 14}
             and _known_reference_error(prog, "cmps-two-faults")):
+        return []
+    if (hw.fault and ours.fault and {hw.fault[0], ours.fault[0]} <= {13, 14}
+            and _known_reference_error(prog, "cmps-canonical-edge-emulated")):
         return []
     if (hw.fault == (6, None) and ours.fault and ours.fault[0] in (13, 14)
             and _known_reference_error(prog, "popcnt-gp-emulated")):
