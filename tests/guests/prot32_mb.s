@@ -2,8 +2,8 @@
 # kernel builds its GDT (ring-0/ring-3 code and data, two 32-bit TSSs, two DPL-3 call
 # gates, a 16-byte data segment, a conforming code segment) and an IDT (#SS and #GP
 # handlers that print vector, error code and EIP and exit with 0x7f: any fault fails).
-# * IRET to CPL 3 (Intel SDM vol. 3A 5.8.x, IRET in vol. 2A): DS..GS held DPL-0 data,
-#   so they arrive null ("r3 ... ds=0").
+# * IRET to CPL 3 (Intel SDM vol. 2A IRET, return to an outer privilege level): DS..GS
+#   held DPL-0 data, so they arrive null ("r3 ... ds=0").
 # * Call gate with two parameters (SDM 3A 5.8.3-5.8.6): CPL 3 pushes 0x11111111 and
 #   0x22222222 and calls gate 0x3B; the procedure runs at CPL 0 on SS0:ESP0 of TSS 0
 #   (ESP = 0x80000 - 24: old SS, old ESP, both parameters copied, CS, EIP) and logs
@@ -33,8 +33,10 @@
 # emits 66-prefixed CALL/RET/RETF, so the VM86 transfers are .byte; it rejects
 # PUSH of a label, so such values go through EAX.  After OUT 0xF4 the VM86 code spins
 # (JMP $): HLT there is #GP(0).
-# This host's KVM (PVM) stops on the IRET to CPL 3 with an emulation failure (it runs
-# CPL-3 code on its own GDT and emulates CPL-0 code): the KVM comparison is a skip.
+# This host's KVM (PVM) stops on the IRETD to CPL 3 with an emulation failure (it runs
+# CPL-3 code on its own GDT and emulates CPL-0 code), which tests/test_conformance.py
+# skips with that reason; the '#! kvm:' line would turn a triple fault into one too.
+# Unicorn confirms what it can: the same serial output, exit status and registers.
 #! mode: multiboot
 #! include: lib/uart32.inc
 #! exit: 0x2e
