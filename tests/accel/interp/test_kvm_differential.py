@@ -512,13 +512,14 @@ KNOWN_REFERENCE_ERRORS = {
     # #GP or #PF.
     "cmps-two-faults": lambda prog: any(
         "cmps" in ln or (ln.startswith(".byte") and "0xa7" in ln) for ln in prog.lines),
-    # A 64-bit CMPS whose operands lie at the canonical edge (RBX = 7FFFFFFFFFF8H): one
-    # access that runs past it is a #GP at CPL3, which PVM hands to KVM's emulator, and
-    # the emulator reads DS:[rSI] first and reports that page's #PF (with P=1 where the
-    # guest's tables have no entry: seed 20261123, program 1352).  The processor's own
-    # answer cannot be seen here; both sides must still give #GP or #PF.
+    # A 64-bit CMPS whose operands lie at the canonical edge (RBX = 7FFFFFFFFFF8H or
+    # 800000000000H, the two fault bases there): one access that runs past it is a #GP
+    # at CPL3, which PVM hands to KVM's emulator, and the emulator reads DS:[rSI] first
+    # and reports that page's #PF (with P=1 where the guest's tables have no entry:
+    # seed 20261123, programs 1352 and 32265).  The processor's own answer cannot be
+    # seen here; both sides must still give #GP or #PF.
     "cmps-canonical-edge-emulated": lambda prog: prog.bits == 64
-    and prog.regs[3] == 0x7FFFFFFFFFF8 and any(
+    and prog.regs[3] in (0x7FFFFFFFFFF8, 0x800000000000) and any(
         "cmps" in ln or (ln.startswith(".byte") and "0xa7" in ln) for ln in prog.lines),
 }
 
