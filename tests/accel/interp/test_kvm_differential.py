@@ -500,8 +500,13 @@ def programs(draw: st.DrawFn, families: tuple[str, ...] = Gen.FAMILIES) -> Progr
 #: mode, native, same store: test_split_store_faulting_on_its_second_page_writes_nothing)
 #: writes nothing, as the SDM's fault model requires (vol. 3A, 6.5: a fault is reported
 #: with the state before the instruction); interp follows the processor.
+#: The same emulator takes the pages of a split access in its own order: a write whose
+#: first page is read-only and whose second is not present gets the second page's
+#: #PF from it, where the processor (64-bit mode, natively:
+#: test_split_write_faults_on_its_first_page_first) reports the first page's.
 KNOWN_REFERENCE_ERRORS = {
     "split-store-emulated": lambda prog: prog.bits != 64,
+    "split-fault-order-emulated": lambda prog: prog.bits != 64,
     "cmps-order": lambda prog: prog.bits != 64 and any(
         "cmps" in ln or (ln.startswith(".byte") and "0xa7" in ln) for ln in prog.lines),
     "popcnt-gp-emulated": lambda prog: any("popcnt" in ln for ln in prog.lines),
@@ -564,6 +569,10 @@ def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
         return []
     if (hw.fault == (6, None) and ours.fault and ours.fault[0] in (13, 14)
             and _known_reference_error(prog, "popcnt-gp-emulated")):
+        return []
+    if (hw.fault and ours.fault and hw.fault[0] == ours.fault[0] == 14
+            and hw.cr2 & 0xFFF == 0 and hw.cr2 - 7 <= ours.cr2 < hw.cr2
+            and _known_reference_error(prog, "split-fault-order-emulated")):
         return []
     if hw.fault != ours.fault and not (cmps_order and hw.fault and ours.fault
                                        and hw.fault[0] == ours.fault[0]):
@@ -908,3 +917,21 @@ def test_access_ending_non_canonical_faults_on_its_first_page(
     if kvm_usable()[0] and "popcnt" not in text:
         hw = machines()[0].run(64, code, regs, 0x202, bytes(DATA_SIZE))
         assert (hw.fault, hw.frame, hw.cr2) == (ours.fault, ours.frame, ours.cr2)
+
+
+@pytest.mark.parametrize("text", ["btr dword ptr [rbx + 1], eax", "add dword ptr [rbx - 0x13], eax",
+                                  "mov dword ptr [rbx - 0x13], eax"])
+def test_split_write_faults_on_its_first_page_first(text: str) -> None:
+    """A dword write at 0x5FFFFD: its first page is read-only, its second not present.
+    The processor reports the first page's protection #PF (W|U|P, CR2 = 0x5FFFFD);
+    interp does, in every mode, though this host's emulator answers the second page's
+    #PF in compatibility mode (``split-fault-order-emulated``; seed 20261123, program
+    234416)."""
+    regs = [0] * 16
+    regs[4], regs[3], regs[0] = STACK, 0x600010, 0xFFFFFF67
+    code = asm(text, 64, CODE)
+    ours = interp_only().run(64, code, regs, 0x202, bytes(DATA_SIZE))
+    assert (ours.fault, ours.cr2) == ((14, 7), 0x5FFFFD)
+    if kvm_usable()[0]:
+        hw = machines()[0].run(64, code, regs, 0x202, bytes(DATA_SIZE))
+        assert (hw.fault, hw.cr2, hw.frame) == (ours.fault, ours.cr2, ours.frame)
