@@ -13,6 +13,7 @@
 # Unicorn (tests/unicorn_ref.py, test_interp_matches_unicorn).
 #! mode: multiboot
 #! include: lib/uart32.inc
+#! include: lib/flat32.inc
 #! include: lib/pf32.inc
 #! exit: 0x2d
 #! kvm: PAE paging
@@ -21,19 +22,7 @@
     .code32
 entry:
     mov esp, 0x90000
-    .byte 0x0f, 0x01, 0x15                   # lgdt [gdtr] (no stray 0x66)
-    .long gdtr
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov fs, ax
-    mov gs, ax
-    mov ss, ax
-    mov eax, reload_cs
-    push 0x8
-    push eax
-    retf
-reload_cs:
+    call flat32_load                         # lib/flat32.inc: our GDT, flat segments
     # 0x10000 PDPT, 0x11000 page directory, 0x12000 page table (4..6 MiB), 0x13000
     # page table (12..14 MiB), 0x14000 IDT, 0x20000 the event log: zero them.
     mov edi, 0x10000

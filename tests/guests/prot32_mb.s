@@ -39,6 +39,7 @@
 # Unicorn confirms what it can: the same serial output, exit status and registers.
 #! mode: multiboot
 #! include: lib/uart32.inc
+#! include: lib/flat32.inc
 #! exit: 0x2e
 #! kvm: CPL-3 code and task switches on the guest's own GDT
 #! reference: unicorn
@@ -46,19 +47,7 @@
     .code32
 entry:
     mov esp, 0x90000
-    .byte 0x0f, 0x01, 0x15                   # lgdt [gdtr] (no stray 0x66)
-    .long gdtr
-    mov ax, 0x10
-    mov ds, ax
-    mov es, ax
-    mov fs, ax
-    mov gs, ax
-    mov ss, ax
-    mov eax, reload_cs
-    push 0x8
-    push eax
-    retf
-reload_cs:
+    call flat32_load                         # lib/flat32.inc: our GDT, flat segments
     # 0x12000 TSS 0 (+0x68 its I/O bitmap), 0x12200 TSS 1, 0x14000 the IDT: zero them.
     cld
     mov edi, 0x12000
