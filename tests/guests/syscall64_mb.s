@@ -10,6 +10,7 @@
 # fault; the `#! kvm:` line names that, and the suite skips kvm only when the run ends so.
 #! kvm: SYSCALL from ring 3 to the guest's own LSTAR
 #! mode: multiboot
+#! include: lib/user64.inc
 #! exit: 0x2c
 #! serial: kernel: to ring 3\r\nHi from ring 3\r\nr11=0000000000000447 rcx-ok cs=0010 ss=0018\r\n
     .code32
@@ -23,69 +24,10 @@ entry:
     xor eax, eax
     cld
     rep stosd
-    mov dword ptr [0x10000], 0x11007         # user-accessible above: U/S is ANDed (4.6.1)
-    mov dword ptr [0x11000], 0x12007
-    mov dword ptr [0x12000], 0x00000083      # 0..2 MiB: supervisor 2 MiB page
-    mov dword ptr [0x12008], 0x00013007      # 2..4 MiB: 4 KiB user pages
-    mov edi, 0x13000
-    xor ecx, ecx
-pt_loop:
-    mov eax, ecx
-    shl eax, 0xc
-    cmp ecx, 0x20
-    jae pt_ident
-    add eax, 0x100000                        # 0x200000.. -> the image at 0x100000
-    jmp pt_set
-pt_ident:
-    add eax, 0x200000
-pt_set:
-    or eax, 0x7
-    mov dword ptr [edi + ecx*8], eax
-    inc ecx
-    cmp ecx, 0x200
-    jb pt_loop
-    mov dword ptr [0x13800], 0               # 0x300000: not present
-    # The TSS descriptor (SDM 7.2.3, Figure 7-4): 64-bit available TSS, limit 0x67.
-    mov eax, tss
-    mov edx, eax
-    shl eax, 0x10
-    or eax, 0x67
-    mov dword ptr [gdt + 0x30], eax
-    mov eax, edx
-    shr eax, 0x10
-    and eax, 0xff
-    and edx, 0xff000000
-    or eax, edx
-    or eax, 0x8900
-    mov dword ptr [gdt + 0x34], eax
-    mov eax, cr4
-    or eax, 0x20
-    mov cr4, eax
-    mov eax, 0x10000
-    mov cr3, eax
-    mov ecx, 0xc0000080
-    rdmsr
-    or eax, 0x100
-    wrmsr
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-    mov eax, long_entry
-    push 0x10
-    push eax
-    retf
+    jmp user64_enter                         # lib/user64.inc: paging, TSS, IA-32e
 
     .code64
 long_entry:
-    mov ax, 0x18
-    mov ds, ax
-    mov es, ax
-    mov fs, ax
-    mov gs, ax
-    mov ss, ax
-    mov rsp, 0x90000
-    mov ax, 0x30
-    ltr ax
     mov ecx, 0xc0000080                      # EFER.SCE
     rdmsr
     or eax, 0x1
