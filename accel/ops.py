@@ -16,10 +16,10 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any, Callable
 
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 if TYPE_CHECKING:
-    from hw.core.cpu import CPUState
+    from pyqemu.hw.core.cpu import CPUState
 
 # Breakpoint kinds (include/exec/gdbstub.h GDB_BREAKPOINT_SW/HW).
 GDB_BREAKPOINT_SW = 0
@@ -139,8 +139,8 @@ def register_accel(name: str, description: str, factory: Callable[[Any], AccelSt
 
 def _load_builtin_accels() -> None:
     # Importing registers them; deferred so that ``accel`` never imports ``hw`` at import time.
-    import accel.interp  # noqa: F401
-    import accel.kvm  # noqa: F401
+    import pyqemu.accel.interp  # noqa: F401
+    import pyqemu.accel.kvm  # noqa: F401
 
 
 def accel_list() -> list[tuple[str, str, str | None]]:

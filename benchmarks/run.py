@@ -55,7 +55,7 @@ class RunOutcome:
 
 def accel_unavailable_reason(name: str) -> str | None:
     """Why accelerator ``name`` cannot be used here (None when it can)."""
-    from accel.ops import accel_list
+    from pyqemu.accel.ops import accel_list
     for accel, _, why in accel_list():
         if accel == name:
             return why

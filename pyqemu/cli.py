@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 PROG = "pyqemu"
 
@@ -195,33 +195,33 @@ def print_help(what: str) -> None:
             v = "(not installed)"
         print(f"{PROG} version {v}: QEMU's vCPU lifecycle in Python (kvm and interp)")
     elif what == "machine":
-        from hw.core.machine import MACHINE_TYPE_SUFFIX, machine_class_list
-        import hw.i386.pc  # noqa: F401
+        from pyqemu.hw.core.machine import MACHINE_TYPE_SUFFIX, machine_class_list
+        import pyqemu.hw.i386.pc  # noqa: F401
         print("Supported machines are:")
         for mc in machine_class_list():
             name = mc.alias or mc.name.removesuffix(MACHINE_TYPE_SUFFIX)
             print(f"{name:<20} {mc.desc}{' (default)' if mc.is_default else ''}")
     elif what == "accel":
-        from accel.ops import accel_list
+        from pyqemu.accel.ops import accel_list
         print("Accelerators supported in pyqemu:")
         for name, desc, why in accel_list():
             state = f" (unavailable here: {why})" if why else ""
             print(f"{name:<8} {desc}{state}")
     elif what == "cpu":
-        from hw.i386.cpu import x86_cpu_list
+        from pyqemu.hw.i386.cpu import x86_cpu_list
         print(x86_cpu_list(), end="")
     elif what == "device":
-        from hw.core.qdev import DeviceClass
-        from qom import object_class_get_list
-        import hw.char.serial_isa  # noqa: F401
-        import hw.misc.debugexit  # noqa: F401
+        from pyqemu.hw.core.qdev import DeviceClass
+        from pyqemu.qom import object_class_get_list
+        import pyqemu.hw.char.serial_isa  # noqa: F401
+        import pyqemu.hw.misc.debugexit  # noqa: F401
         print("Devices you can add with -device:")
         for k in object_class_get_list("device"):
             if isinstance(k, DeviceClass) and k.user_creatable:
                 props = ", ".join(f"{p.name}=<{p.type}>" for p in k.props)
                 print(f'name "{k.name}", desc "{k.desc}"' + (f"\n    {props}" if props else ""))
     elif what == "log":
-        from util.trace import GROUPS
+        from pyqemu.util.trace import GROUPS
         print("Log items (comma separated):")
         for name, desc in GROUPS.items():
             print(f"{name:<13} {desc}")
@@ -235,7 +235,7 @@ def _default_serial(o: Options) -> str:
 
 def build_machine(o: Options):  # type: ignore[no-untyped-def]
     from pyqemu.machine import Machine
-    from util import trace
+    from pyqemu.util import trace
     groups = trace.parse_groups(o.log) if o.log else set()
     sink = None
     if groups:

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from importlib import resources
 
-from accel.ops import accel_list
+from pyqemu.accel.ops import accel_list
 from pyqemu.images import GuestProgram
 
 DEMO = "demo_bios.s"
@@ -33,7 +33,7 @@ def pick_accel() -> tuple[str, str]:
 def demo_main(argv: list[str]) -> int:
     from pyqemu.cli import UsageError
     from pyqemu.machine import Machine
-    from util import trace
+    from pyqemu.util import trace
 
     accel, why = pick_accel()
     if argv[:1] == ["-accel"] and len(argv) == 2:

@@ -1,6 +1,6 @@
 """Exceptions of the public facade; everything pyqemu raises derives from :class:`PyQemuError`."""
 
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 __all__ = ["PyQemuError", "MachineStateError", "GuestError"]
 

@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hw.core.errors import LoaderError
-from hw.i386 import loader_asm
+from pyqemu.hw.core.errors import LoaderError
+from pyqemu.hw.i386 import loader_asm
 
 BIOS_SIZE = 64 * 1024
 MULTIBOOT_BASE = 0x100000

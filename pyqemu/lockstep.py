@@ -46,11 +46,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
-from accel.interp.undefined_flags import undefined_flags
-from hw.i386 import cpu_state as cs
-from hw.i386.cpu_state import CPUX86State
+from pyqemu.accel.interp.undefined_flags import undefined_flags
+from pyqemu.hw.i386 import cpu_state as cs
+from pyqemu.hw.i386.cpu_state import CPUX86State
 from pyqemu.machine import Machine, RunResult
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 __all__ = [
     "Divergence",
@@ -439,7 +439,7 @@ class Lockstep:
                  on_step: StepHook | None = None,
                  ram_check_interval: int = _RAM_CHECK_INTERVAL,
                  step_timeout: float = 5.0) -> None:
-        from hw.i386.cpu import x86_cpu_filtered_feature_names
+        from pyqemu.hw.i386.cpu import x86_cpu_filtered_feature_names
         self.on_step = on_step
         self.ram_check_interval = ram_check_interval
         self.notes: list[str] = []
@@ -472,8 +472,8 @@ class Lockstep:
 
     @staticmethod
     def _default_model(machine: str) -> str:
-        from hw.core.machine import find_machine_class
-        from hw.i386.cpu import X86_CPU_TYPE_SUFFIX
+        from pyqemu.hw.core.machine import find_machine_class
+        from pyqemu.hw.i386.cpu import X86_CPU_TYPE_SUFFIX
         return str(find_machine_class(machine).default_cpu_type).removesuffix(X86_CPU_TYPE_SUFFIX)
 
     # -- setup ------------------------------------------------------------------------
@@ -797,7 +797,7 @@ def lockstep(*, machine: str = "pc", cpu: str | None = None, memory: str | int |
 def lockstep_main(o: Any) -> int:
     """``pyqemu -lockstep``: exit status 0 without a divergence, 2 with one; the report
     goes to stdout."""
-    from accel.ops import accel_list
+    from pyqemu.accel.ops import accel_list
     why = next((w for n, _, w in accel_list() if n == "kvm"), "not registered")
     if why:
         raise LockstepError(f"-lockstep needs kvm as the oracle, unavailable here: {why}")

@@ -17,21 +17,21 @@ import dataclasses
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import hw.char.serial_isa  # noqa: F401  registers isa-serial
-import hw.i386.cpu  # noqa: F401  registers the x86 CPU types
-import hw.i386.pc  # noqa: F401  registers the pc machine
-import hw.misc.debugexit  # noqa: F401  registers isa-debug-exit
-from accel.ops import AccelError, AccelState, accel_init, accel_list
-from hw.core.machine import (MachineState, find_machine_class, machine_run_board_init,
+import pyqemu.hw.char.serial_isa  # noqa: F401  registers isa-serial
+import pyqemu.hw.i386.cpu  # noqa: F401  registers the x86 CPU types
+import pyqemu.hw.i386.pc  # noqa: F401  registers the pc machine
+import pyqemu.hw.misc.debugexit  # noqa: F401  registers isa-debug-exit
+from pyqemu.accel.ops import AccelError, AccelState, accel_init, accel_list
+from pyqemu.hw.core.machine import (MachineState, find_machine_class, machine_run_board_init,
                              parse_mem_size, parse_smp)
-from hw.i386.cpu_state import CPUX86State
+from pyqemu.hw.i386.cpu_state import CPUX86State
 from pyqemu.errors import MachineStateError
-from qom import (object_get_root, object_new, object_property_add_child,
+from pyqemu.qom import (object_get_root, object_new, object_property_add_child,
                  object_unparent, object_unref)
-from system import cpus as cpus_mod
-from system.cpus import qemu_global_mutex
-from system.runstate import RunControl, RunState, ShutdownCause
-from util import trace as tracing
+from pyqemu.system import cpus as cpus_mod
+from pyqemu.system.cpus import qemu_global_mutex
+from pyqemu.system.runstate import RunControl, RunState, ShutdownCause
+from pyqemu.util import trace as tracing
 
 IoHook = Callable[[str, int, int, int, bool], None]
 
@@ -59,7 +59,7 @@ def parse_cpu_option(spec: str | None, default_type: str | None) -> str:
     is created (QEMU's global properties).  Options of an earlier machine in this
     process are forgotten first.
     """
-    from hw.i386.cpu import (x86_cpu_clear_featurestr, x86_cpu_parse_featurestr,
+    from pyqemu.hw.i386.cpu import (x86_cpu_clear_featurestr, x86_cpu_parse_featurestr,
                              x86_cpu_type_by_model)
     with tracing.span("parse_cpu_option", cpu=spec or "(default)"):
         x86_cpu_clear_featurestr()
@@ -96,9 +96,9 @@ def check_options(machine: str = "pc", cpu: str | None = None, smp: str | int = 
 
 
 def _check_device_driver(driver: str) -> None:
-    from hw.core.errors import DeviceError
-    from hw.core.qdev import DeviceClass
-    from qom import object_class_by_name
+    from pyqemu.hw.core.errors import DeviceError
+    from pyqemu.hw.core.qdev import DeviceClass
+    from pyqemu.qom import object_class_by_name
     k = object_class_by_name(driver)
     if not isinstance(k, DeviceClass) or k.abstract:
         raise DeviceError(f"'{driver}' is not a valid device model name; -device help lists them")
@@ -113,12 +113,12 @@ def _check_images(bios: str | None, kernel: str | None, append: str, ram_size: i
     memory: pages never touched cost nothing), so every check the real load makes
     (header, segments, entry point, fit in RAM) runs here first.
     """
-    from system.memory import AddressSpace, MemoryRegion
+    from pyqemu.system.memory import AddressSpace, MemoryRegion
     if bios is not None:
-        from hw.i386.loader_bios import read_bios_image
+        from pyqemu.hw.i386.loader_bios import read_bios_image
         read_bios_image(bios)
     if kernel is not None:
-        from hw.i386.multiboot import multiboot_load
+        from pyqemu.hw.i386.multiboot import multiboot_load
         root = MemoryRegion.container_new("scratch", 1 << 32)
         root.add_subregion(0, MemoryRegion.ram_new("scratch.ram", ram_size))
         try:
@@ -201,7 +201,7 @@ class Machine:
                     machine_run_board_init(ms)
                     # 4. The guest.
                     if kernel is not None:
-                        from hw.i386.multiboot import load_multiboot
+                        from pyqemu.hw.i386.multiboot import load_multiboot
                         load_multiboot(ms, kernel, append)
                         self.cpus[0].vcpu_dirty = True
                     for c in self.cpus:
@@ -266,7 +266,7 @@ class Machine:
                  stack: int | None = None, cpu: int = 0, user: bool = False) -> bytes:
         """Assemble ``source`` with keystone for ``mode`` (real, prot32, long64), load it at
         ``addr`` and make ``cpu`` start there in that mode.  Returns the bytes."""
-        from hw.i386.loader_asm import assemble
+        from pyqemu.hw.i386.loader_asm import assemble
         code = assemble(source, mode, addr)
         self.mem_write(addr, code)
         self.set_entry(mode, addr if entry is None else entry, stack=stack, cpu=cpu, user=user)
@@ -275,7 +275,7 @@ class Machine:
     def set_entry(self, mode: str, entry: int, *, stack: int | None = None, cpu: int = 0,
                   user: bool = False) -> None:
         """Set ``cpu``'s registers for ``mode`` at ``entry`` and make it runnable."""
-        from hw.i386.loader_asm import setup_entry_state
+        from pyqemu.hw.i386.loader_asm import setup_entry_state
         self._require_stopped("set the entry state")
         c = self.cpu(cpu)
         with qemu_global_mutex:
@@ -376,7 +376,7 @@ class Machine:
     def breakpoint_insert(self, addr: int, cpu: int | None = None) -> None:
         """A software breakpoint at guest address ``addr`` (every vCPU unless ``cpu``):
         :meth:`run` returns ``RunResult("debug")`` with RIP at ``addr``."""
-        from accel.ops import GDB_BREAKPOINT_SW
+        from pyqemu.accel.ops import GDB_BREAKPOINT_SW
         self._require_stopped("insert a breakpoint")
         for c in (self.cpus if cpu is None else [self.cpu(cpu)]):
             with qemu_global_mutex:
@@ -384,7 +384,7 @@ class Machine:
                     c, GDB_BREAKPOINT_SW, addr, 1)
 
     def breakpoint_remove(self, addr: int, cpu: int | None = None) -> None:
-        from accel.ops import GDB_BREAKPOINT_SW
+        from pyqemu.accel.ops import GDB_BREAKPOINT_SW
         self._require_stopped("remove a breakpoint")
         for c in (self.cpus if cpu is None else [self.cpu(cpu)]):
             with qemu_global_mutex:
@@ -507,7 +507,7 @@ class Machine:
 
     def _system_reset(self) -> None:
         """``qemu_system_reset``: every vCPU back to its reset state (a guest reset request)."""
-        from hw.core.cpu import cpu_reset
+        from pyqemu.hw.core.cpu import cpu_reset
         ms = self.state
         with tracing.span("qemu_system_reset"):
             cpus_mod.pause_all_vcpus(ms.cpus)

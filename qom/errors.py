@@ -1,6 +1,6 @@
 """Exceptions of the QOM layer (QEMU reports these through ``Error **errp``)."""
 
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 
 class QOMError(PyQemuError):

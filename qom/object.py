@@ -19,10 +19,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from qom.errors import (AbstractTypeError, CastError, PathError, PropertyAccessError,
+from pyqemu.qom.errors import (AbstractTypeError, CastError, PathError, PropertyAccessError,
                         PropertyNotFoundError, PropertyValueError, TypeNotFoundError,
                         TypeRegistrationError)
-from util import trace
+from pyqemu.util import trace
 
 TYPE_OBJECT = "object"
 TYPE_INTERFACE = "interface"

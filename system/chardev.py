@@ -43,7 +43,7 @@ import select
 import threading
 from typing import BinaryIO, Callable
 
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 ReceiveHandler = Callable[[bytes], None]
 CanReceive = Callable[[], int]

@@ -20,11 +20,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from util import trace
-from util.error import PyQemuError
+from pyqemu.util import trace
+from pyqemu.util.error import PyQemuError
 
 if TYPE_CHECKING:
-    from hw.core.cpu import CPUState
+    from pyqemu.hw.core.cpu import CPUState
 
 #: The big QEMU lock.  Re-entrant: device callbacks may be reached from code that holds it.
 qemu_global_mutex = threading.RLock()
@@ -91,7 +91,7 @@ def cpu_thread_is_idle(cpu: "CPUState") -> bool:
         return True
     if cpu.unplug:
         return False
-    from hw.core.cpu import cpu_has_work
+    from pyqemu.hw.core.cpu import cpu_has_work
     if not cpu.halted or cpu_has_work(cpu):
         return False
     ops = cpu.accel_ops
@@ -226,7 +226,7 @@ def resume_all_vcpus(cpus: list["CPUState"]) -> None:
 
 def run_on_cpu(cpu: "CPUState", func: Callable[["CPUState"], Any]) -> Any:
     """``run_on_cpu``: run ``func`` on ``cpu``'s thread and wait for it."""
-    from hw.core.cpu import QueuedWork
+    from pyqemu.hw.core.cpu import QueuedWork
     if cpu.thread is threading.current_thread() or cpu.thread is None or not cpu.created:
         return func(cpu)
     with qemu_global_mutex:

@@ -22,9 +22,9 @@ import mmap
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from system.cpus import qemu_global_mutex
-from util import trace
-from util.error import PyQemuError
+from pyqemu.system.cpus import qemu_global_mutex
+from pyqemu.util import trace
+from pyqemu.util.error import PyQemuError
 
 
 class MemoryError_(PyQemuError, ValueError):

@@ -13,7 +13,7 @@ import enum
 import threading
 from typing import Callable
 
-from system.cpus import qemu_global_mutex
+from pyqemu.system.cpus import qemu_global_mutex
 
 
 class RunState(enum.Enum):

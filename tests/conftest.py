@@ -7,7 +7,7 @@ from typing import Iterator
 import pytest
 
 from tests.support import require_accel, vcpu_threads
-from util import trace
+from pyqemu.util import trace
 
 
 @pytest.fixture(params=["interp", "kvm"])

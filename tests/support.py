@@ -14,7 +14,7 @@ GUEST_DIR = Path(__file__).parent / "guests"
 def kvm_unavailable_reason() -> str | None:
     """Why /dev/kvm cannot be used here, or None (probed once)."""
     if not hasattr(kvm_unavailable_reason, "_cached"):
-        from accel.ops import accel_list
+        from pyqemu.accel.ops import accel_list
         reason = next((why for name, _, why in accel_list() if name == "kvm"),
                       "the kvm accelerator is not registered")
         kvm_unavailable_reason._cached = reason  # type: ignore[attr-defined]

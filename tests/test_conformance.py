@@ -79,7 +79,7 @@ def _run(prog: GuestProgram, accel: str, kwargs: dict[str, object],
                  "cs", "ds", "es", "ss", "fs", "gs")}
         regs["rflags"] = env.eflags & RFLAGS_MASK
         ram = m.mem_read(0, COMPARED_RAM)
-        from hw.i386.cpu import x86_cpu_filtered_feature_names
+        from pyqemu.hw.i386.cpu import x86_cpu_filtered_feature_names
         return Outcome(m.serial_output, result.reason, result.exit_code, regs, ram, io,
                        x86_cpu_filtered_feature_names(m.cpu(0)), result.cause)
 

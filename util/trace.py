@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator, TextIO
 
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 #: The groups ``-d`` accepts, with the help text ``-d help`` prints.
 GROUPS: dict[str, str] = {

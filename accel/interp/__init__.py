@@ -13,10 +13,10 @@ Importing this package registers ``-accel interp``.  The pieces:
   (the vCPU thread and AccelOps).
 """
 
-from accel.interp.accel_ops import InterpAccelOps, InterpAccelState, interp_accel_factory
-from accel.interp.cpu_exec import EXCP_BUDGET, InterpCore
-from accel.interp.errors import Fault, InterpError, UnimplementedInstruction
-from accel.ops import register_accel
+from pyqemu.accel.interp.accel_ops import InterpAccelOps, InterpAccelState, interp_accel_factory
+from pyqemu.accel.interp.cpu_exec import EXCP_BUDGET, InterpCore
+from pyqemu.accel.interp.errors import Fault, InterpError, UnimplementedInstruction
+from pyqemu.accel.ops import register_accel
 
 register_accel("interp", "pure-Python x86 interpreter (TCG-style, capstone decoder)",
                interp_accel_factory)

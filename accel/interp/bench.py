@@ -13,12 +13,12 @@ import time
 
 from keystone import KS_ARCH_X86, KS_MODE_32, Ks
 
-from accel.interp.cpu_exec import InterpCore
-from hw.core.cpu import EXCP_HLT
-from hw.i386.cpu_state import (CR0_ET, CR0_PE, DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK,
+from pyqemu.accel.interp.cpu_exec import InterpCore
+from pyqemu.hw.core.cpu import EXCP_HLT
+from pyqemu.hw.i386.cpu_state import (CR0_ET, CR0_PE, DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK,
                                DESC_G_MASK, DESC_P_MASK, DESC_R_MASK, DESC_S_MASK, DESC_W_MASK,
                                CPUX86State, SegmentCache, x86_reset_state)
-from system.memory import AddressSpace, MemoryRegion
+from pyqemu.system.memory import AddressSpace, MemoryRegion
 
 LOOPS = {
     "register loop (add/xor/dec/jnz)": """

@@ -26,20 +26,20 @@ import struct
 import time
 from typing import Any, Callable
 
-from accel.interp import debug, excp, seg, string_rt, vm86
-from accel.interp.codegen import MASK, Mode
-from accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumentError,
+from pyqemu.accel.interp import debug, excp, seg, string_rt, vm86
+from pyqemu.accel.interp.codegen import MASK, Mode
+from pyqemu.accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumentError,
                                  TripleFault)
-from accel.interp.debug import GuestDebug
-from accel.interp.flags import ARITH_MASK, PARITY, LazyFlags
-from accel.interp.mmu import ACC_WRITE, Mmu
-from accel.interp.segcheck import check_stack, segment_checks
-from accel.interp.table import RUNTIME, load_families
-from accel.interp.translate import MAX_BLOCK_INSNS, TranslationBlock, Translator
-from hw.core.cpu import EXCP_DEBUG, EXCP_INTERRUPT, EXCP_SHUTDOWN
-from hw.i386 import cpu_state as cs
-from hw.i386.cpu_state import CPUX86State
-from util import trace
+from pyqemu.accel.interp.debug import GuestDebug
+from pyqemu.accel.interp.flags import ARITH_MASK, PARITY, LazyFlags
+from pyqemu.accel.interp.mmu import ACC_WRITE, Mmu
+from pyqemu.accel.interp.segcheck import check_stack, segment_checks
+from pyqemu.accel.interp.table import RUNTIME, load_families
+from pyqemu.accel.interp.translate import MAX_BLOCK_INSNS, TranslationBlock, Translator
+from pyqemu.hw.core.cpu import EXCP_DEBUG, EXCP_INTERRUPT, EXCP_SHUTDOWN
+from pyqemu.hw.i386 import cpu_state as cs
+from pyqemu.hw.i386.cpu_state import CPUX86State
+from pyqemu.util import trace
 
 #: run() stopped because ``max_insns`` instructions ran (not an exit request).
 EXCP_BUDGET = 0x10101

@@ -44,15 +44,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from accel.interp import excp
-from accel.interp.errors import EXCP_DB, Fault
-from accel.interp.mmu import ACC_EXEC
-from hw.i386.cpu_state import CR4_DE, RF_MASK, TF_MASK
-from util import trace
+from pyqemu.accel.interp import excp
+from pyqemu.accel.interp.errors import EXCP_DB, Fault
+from pyqemu.accel.interp.mmu import ACC_EXEC
+from pyqemu.hw.i386.cpu_state import CR4_DE, RF_MASK, TF_MASK
+from pyqemu.util import trace
 
 if TYPE_CHECKING:
-    from accel.interp.cpu_exec import InterpCore
-    from accel.interp.translate import TranslationBlock
+    from pyqemu.accel.interp.cpu_exec import InterpCore
+    from pyqemu.accel.interp.translate import TranslationBlock
 
 DR6_B = 0xF
 DR6_BD, DR6_BS, DR6_BT = 1 << 13, 1 << 14, 1 << 15

@@ -12,7 +12,7 @@ Two kinds live here:
 
 from __future__ import annotations
 
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 # Exception vectors (Intel SDM vol. 3A, 6.3.1, Table 6-1).
 EXCP_DE, EXCP_DB, EXCP_NMI, EXCP_BP, EXCP_OF, EXCP_BR, EXCP_UD, EXCP_NM = range(8)

@@ -25,24 +25,24 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from accel.interp import task
-from accel.interp.errors import (EXCP_DB, EXCP_DF, EXCP_GP, EXCP_NP, EXCP_TS, HAS_ERROR_CODE,
+from pyqemu.accel.interp import task
+from pyqemu.accel.interp.errors import (EXCP_DB, EXCP_DF, EXCP_GP, EXCP_NP, EXCP_TS, HAS_ERROR_CODE,
                                  VECTOR_NAMES, Fault, InterpError, TripleFault)
-from accel.interp.seg import (cache_from, check_target_ip, mark_accessed, protected,
+from pyqemu.accel.interp.seg import (cache_from, check_target_ip, mark_accessed, protected,
                               read_descriptor)
-from hw.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK,
+from pyqemu.hw.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK,
                                DESC_DPL_SHIFT, DESC_L_MASK, DESC_P_MASK, EFER_LMA, IF_MASK,
                                IOPL_MASK, NT_MASK, R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, RF_MASK,
                                TF_MASK, VM_MASK, SegmentCache)
-from util import trace
+from pyqemu.util import trace
 
 if TYPE_CHECKING:
-    from accel.interp.cpu_exec import InterpCore
+    from pyqemu.accel.interp.cpu_exec import InterpCore
 
 
 def _vm86() -> ModuleType:
     """:mod:`accel.interp.vm86`, imported on first use: it imports this module."""
-    from accel.interp import vm86
+    from pyqemu.accel.interp import vm86
     return vm86
 
 
@@ -277,7 +277,7 @@ def iret(core: "InterpCore", size: int, next_ip: int) -> None:
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"iret to {sel:#x}: not present")
     if long64 or rpl > cpl:
-        from accel.interp.gates import return_stack_segment
+        from pyqemu.accel.interp.gates import return_stack_segment
         if not long64:
             (sp, ss), new_sp = core.pop_rt([size, size], 0, start=new_sp)
         else:

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from accel.interp import task
-from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, Fault
-from accel.interp.excp import _null_outer_data_segs
-from accel.interp.seg import cache_from, canonical, mark_accessed, read_descriptor, set_cs
-from hw.i386.cpu_state import (
+from pyqemu.accel.interp import task
+from pyqemu.accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, Fault
+from pyqemu.accel.interp.excp import _null_outer_data_segs
+from pyqemu.accel.interp.seg import cache_from, canonical, mark_accessed, read_descriptor, set_cs
+from pyqemu.hw.i386.cpu_state import (
     DESC_B_MASK,
     DESC_C_MASK,
     DESC_CS_MASK,
@@ -53,7 +53,7 @@ from hw.i386.cpu_state import (
 )
 
 if TYPE_CHECKING:
-    from accel.interp.cpu_exec import InterpCore
+    from pyqemu.accel.interp.cpu_exec import InterpCore
 
 _MASK = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from accel.interp.errors import EXCP_GP, Fault
-from accel.interp.table import runtime
-from hw.i386.cpu_state import CR0_PE, DESC_P_MASK, IOPL_MASK, VM_MASK
+from pyqemu.accel.interp.errors import EXCP_GP, Fault
+from pyqemu.accel.interp.table import runtime
+from pyqemu.hw.i386.cpu_state import CR0_PE, DESC_P_MASK, IOPL_MASK, VM_MASK
 
 if TYPE_CHECKING:
-    from accel.interp.cpu_exec import InterpCore
+    from pyqemu.accel.interp.cpu_exec import InterpCore
 
 IO_MAP_BASE = 0x66            # offset of the I/O map base address in a 32/64-bit TSS
 TSS32_TYPES = (9, 11)         # available / busy 32-bit TSS (a 64-bit TSS in long mode)

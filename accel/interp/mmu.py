@@ -20,12 +20,12 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any, Callable
 
-from accel.interp.errors import EXCP_GP, EXCP_PF, Fault
-from hw.i386.cpu_state import (CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA,
+from pyqemu.accel.interp.errors import EXCP_GP, EXCP_PF, Fault
+from pyqemu.hw.i386.cpu_state import (CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA,
                                EFER_NXE)
 
 if TYPE_CHECKING:
-    from accel.interp.cpu_exec import InterpCore
+    from pyqemu.accel.interp.cpu_exec import InterpCore
 
 PAGE = 4096
 # Page-table entry bits (SDM vol. 3A, 4.5, Tables 4-15..4-20).

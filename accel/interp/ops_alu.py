@@ -7,8 +7,8 @@ names ("Operation", "Flags Affected"); the flag formulas live in
 
 from __future__ import annotations
 
-from accel.interp.codegen import MASK, Ctx, Insn
-from accel.interp.table import op
+from pyqemu.accel.interp.codegen import MASK, Ctx, Insn
+from pyqemu.accel.interp.table import op
 
 #: mnemonic -> (flag kind, result template, writes the destination)
 ALU: dict[str, tuple[str, str, bool]] = {

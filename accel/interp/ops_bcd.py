@@ -9,9 +9,9 @@ from AL (OF AF CF undefined, cleared).
 
 from __future__ import annotations
 
-from accel.interp.codegen import Ctx, Insn
-from accel.interp.errors import EXCP_DE, Fault
-from accel.interp.table import op, runtime
+from pyqemu.accel.interp.codegen import Ctx, Insn
+from pyqemu.accel.interp.errors import EXCP_DE, Fault
+from pyqemu.accel.interp.table import op, runtime
 
 
 @runtime

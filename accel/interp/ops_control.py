@@ -9,11 +9,11 @@ instruction here ends the block.
 
 from __future__ import annotations
 
-from accel.interp.codegen import MASK, Ctx, Insn
-from accel.interp.errors import EXCP_GP
-from accel.interp.ops_move import stack_size
-from accel.interp.table import op
-from hw.core.cpu import EXCP_HLT
+from pyqemu.accel.interp.codegen import MASK, Ctx, Insn
+from pyqemu.accel.interp.errors import EXCP_GP
+from pyqemu.accel.interp.ops_move import stack_size
+from pyqemu.accel.interp.table import op
+from pyqemu.hw.core.cpu import EXCP_HLT
 
 # Conditional jumps as capstone spells them.
 JCC = {"jo": "o", "jno": "no", "jb": "b", "jae": "ae", "je": "e", "jne": "ne", "jbe": "be",

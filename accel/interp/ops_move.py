@@ -9,10 +9,10 @@ are system instructions (:mod:`accel.interp.ops_system`).
 
 from __future__ import annotations
 
-from accel.interp import flags as F
-from accel.interp.codegen import MASK, SIGN, Ctx, Insn, Op
-from accel.interp.table import op
-from hw.i386.cpu_state import R_DS, RF_MASK, VM_MASK
+from pyqemu.accel.interp import flags as F
+from pyqemu.accel.interp.codegen import MASK, SIGN, Ctx, Insn, Op
+from pyqemu.accel.interp.table import op
+from pyqemu.hw.i386.cpu_state import R_DS, RF_MASK, VM_MASK
 
 # Segment-override prefix bytes -> segment register (SDM vol. 2A, 2.1.1).
 SEG_PREFIX = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}
@@ -29,7 +29,7 @@ def stack_size(c: Ctx, i: Insn) -> int:
 def gen_mov(c: Ctx, i: Insn) -> None:
     dst, src = i.ops
     if dst.kind in ("seg", "cr", "dr") or src.kind in ("cr", "dr"):
-        from accel.interp.ops_system import gen_mov_system
+        from pyqemu.accel.interp.ops_system import gen_mov_system
         gen_mov_system(c, i)
         return
     if src.kind == "seg":
@@ -148,7 +148,7 @@ def gen_push(c: Ctx, i: Insn) -> None:
 def gen_pop(c: Ctx, i: Insn) -> None:
     (dst,) = i.ops
     if dst.kind == "seg":
-        from accel.interp.ops_system import gen_pop_seg
+        from pyqemu.accel.interp.ops_system import gen_pop_seg
         gen_pop_seg(c, i)
         return
     size = stack_size(c, i)

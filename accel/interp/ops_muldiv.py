@@ -11,9 +11,9 @@ unchanged.
 
 from __future__ import annotations
 
-from accel.interp.codegen import MASK, SIGN, Ctx, Insn
-from accel.interp.errors import EXCP_DE, Fault
-from accel.interp.table import op, runtime
+from pyqemu.accel.interp.codegen import MASK, SIGN, Ctx, Insn
+from pyqemu.accel.interp.errors import EXCP_DE, Fault
+from pyqemu.accel.interp.table import op, runtime
 
 # Accumulator register pairs by operand size: (low, high) register indices; 8-bit is AX.
 RAX, RDX = 0, 2

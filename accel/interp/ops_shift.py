@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from accel.interp.codegen import MASK, Ctx, Insn, Op
-from accel.interp.flags import FLAG_BITS
-from accel.interp.segcheck import emit_limit_check
-from accel.interp.table import op
+from pyqemu.accel.interp.codegen import MASK, Ctx, Insn, Op
+from pyqemu.accel.interp.flags import FLAG_BITS
+from pyqemu.accel.interp.segcheck import emit_limit_check
+from pyqemu.accel.interp.table import op
 
 # Each template computes r (result) and, where the kind defines them, cf and of,
 # from a (operand), n (effective count, nonzero), w (width), m (mask), s (w-1), ci (CF in).

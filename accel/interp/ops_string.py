@@ -14,10 +14,10 @@ INS/OUTS check the I/O permission there (IOPL, then the TSS bit map: SDM vol. 1,
 
 from __future__ import annotations
 
-from accel.interp.codegen import MASK, Ctx, Insn
-from accel.interp.ops_move import SEG_PREFIX
-from accel.interp.table import op
-from hw.i386.cpu_state import R_DS, R_ES
+from pyqemu.accel.interp.codegen import MASK, Ctx, Insn
+from pyqemu.accel.interp.ops_move import SEG_PREFIX
+from pyqemu.accel.interp.table import op
+from pyqemu.hw.i386.cpu_state import R_DS, R_ES
 
 SIZES = {"b": 1, "w": 2, "d": 4, "q": 8}
 KINDS = ("movs", "stos", "lods", "cmps", "scas", "ins", "outs")

@@ -11,12 +11,12 @@ block has written its state back, and ends the block.
 
 from __future__ import annotations
 
-from accel.interp.codegen import MASK, SIGN, Ctx, Insn
-from accel.interp.errors import EXCP_BR, EXCP_DB, EXCP_GP, EXCP_UD
-from accel.interp.ioperm import io_perm_check  # noqa: F401  (registers the runtime helper)
-from accel.interp.ops_move import stack_size
-from accel.interp.table import op
-from hw.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK, VM_MASK
+from pyqemu.accel.interp.codegen import MASK, SIGN, Ctx, Insn
+from pyqemu.accel.interp.errors import EXCP_BR, EXCP_DB, EXCP_GP, EXCP_UD
+from pyqemu.accel.interp.ioperm import io_perm_check  # noqa: F401  (registers the runtime helper)
+from pyqemu.accel.interp.ops_move import stack_size
+from pyqemu.accel.interp.table import op
+from pyqemu.hw.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK, VM_MASK
 
 CR4_UMIP = 1 << 11
 

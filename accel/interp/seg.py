@@ -15,8 +15,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_UD, Fault, InterpError
-from hw.i386.cpu_state import (
+from pyqemu.accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_UD, Fault, InterpError
+from pyqemu.hw.i386.cpu_state import (
     CR0_PE,
     DESC_A_MASK,
     DESC_B_MASK,
@@ -37,7 +37,7 @@ from hw.i386.cpu_state import (
 )
 
 if TYPE_CHECKING:
-    from accel.interp.cpu_exec import InterpCore
+    from pyqemu.accel.interp.cpu_exec import InterpCore
 
 
 def protected(core: InterpCore) -> bool:
@@ -48,7 +48,7 @@ def protected(core: InterpCore) -> bool:
 def _gates() -> ModuleType:
     """:mod:`accel.interp.gates`, imported on first use: it imports this module and
     :mod:`accel.interp.excp` (which imports this one), so it cannot be imported at the top."""
-    from accel.interp import gates
+    from pyqemu.accel.interp import gates
     return gates
 
 

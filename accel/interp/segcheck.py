@@ -29,14 +29,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from accel.interp.errors import EXCP_GP, EXCP_SS, Fault
-from hw.i386.cpu_state import (CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_E_MASK, DESC_P_MASK,
+from pyqemu.accel.interp.errors import EXCP_GP, EXCP_SS, Fault
+from pyqemu.hw.i386.cpu_state import (CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_E_MASK, DESC_P_MASK,
                                DESC_R_MASK, DESC_W_MASK, R_SS, VM_MASK, CPUX86State,
                                SegmentCache)
 
 if TYPE_CHECKING:
-    from accel.interp.codegen import Ctx
-    from accel.interp.cpu_exec import InterpCore
+    from pyqemu.accel.interp.codegen import Ctx
+    from pyqemu.accel.interp.cpu_exec import InterpCore
 
 LIMIT = 1        # expand-up with a limit below 4 GiB - 1
 DOWN = 2         # expand-down: offsets must lie above the limit

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from accel.interp.codegen import Ctx, Insn
+    from pyqemu.accel.interp.codegen import Ctx, Insn
 
 Semantic = Callable[["Ctx", "Insn"], None]
 
@@ -43,6 +43,6 @@ def op(*mnemonics: str) -> Callable[[Semantic], Semantic]:
 
 def load_families() -> dict[str, Semantic]:
     """Import every family module (each registers its rows) and return the table."""
-    from accel.interp import (ops_alu, ops_bcd, ops_control, ops_move,  # noqa: F401
+    from pyqemu.accel.interp import (ops_alu, ops_bcd, ops_control, ops_move,  # noqa: F401
                               ops_muldiv, ops_shift, ops_string, ops_system)
     return OPS

@@ -36,11 +36,11 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
-from accel.interp.errors import EXCP_DB, EXCP_GP, EXCP_NP, EXCP_SS, EXCP_TS, Fault, InterpError
-from accel.interp.mmu import ACC_WRITE
-from accel.interp.seg import cache_from, mark_accessed, read_descriptor
-from accel.interp.segcheck import check_access
-from hw.i386.cpu_state import (
+from pyqemu.accel.interp.errors import EXCP_DB, EXCP_GP, EXCP_NP, EXCP_SS, EXCP_TS, Fault, InterpError
+from pyqemu.accel.interp.mmu import ACC_WRITE
+from pyqemu.accel.interp.seg import cache_from, mark_accessed, read_descriptor
+from pyqemu.accel.interp.segcheck import check_access
+from pyqemu.hw.i386.cpu_state import (
     CR0_PG,
     CR0_TS,
     DESC_A_MASK,
@@ -65,7 +65,7 @@ from hw.i386.cpu_state import (
 )
 
 if TYPE_CHECKING:
-    from accel.interp.cpu_exec import InterpCore
+    from pyqemu.accel.interp.cpu_exec import InterpCore
 
 
 class Source(enum.Enum):

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any, Callable
 import capstone
 from capstone import x86 as csx
 
-from accel.interp import vm86
-from accel.interp.codegen import Ctx, Insn, Mode, Op
-from accel.interp.errors import EXCP_GP, EXCP_UD, Fault, UnimplementedInstruction
-from accel.interp.mmu import ACC_EXEC, PAGE
-from accel.interp.table import load_families
-from hw.i386.cpu_state import GPR_PARTS, SEG_NAMES
-from util import trace
+from pyqemu.accel.interp import vm86
+from pyqemu.accel.interp.codegen import Ctx, Insn, Mode, Op
+from pyqemu.accel.interp.errors import EXCP_GP, EXCP_UD, Fault, UnimplementedInstruction
+from pyqemu.accel.interp.mmu import ACC_EXEC, PAGE
+from pyqemu.accel.interp.table import load_families
+from pyqemu.hw.i386.cpu_state import GPR_PARTS, SEG_NAMES
+from pyqemu.util import trace
 
 if TYPE_CHECKING:
-    from accel.interp.cpu_exec import InterpCore
+    from pyqemu.accel.interp.cpu_exec import InterpCore
 
 #: Most instructions per block (QEMU's TCG_MAX_INSNS is 512; Python blocks stay small).
 MAX_BLOCK_INSNS = 64

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from accel.interp import excp
-from accel.interp.errors import (
+from pyqemu.accel.interp import excp
+from pyqemu.accel.interp.errors import (
     EXCP_GP,
     EXCP_NP,
     EXCP_SS,
@@ -39,9 +39,9 @@ from accel.interp.errors import (
     Fault,
     InterpError,
 )
-from accel.interp.excp import _gate, _set_flags, _tss_stack32
-from accel.interp.seg import cache_from, mark_accessed, read_descriptor
-from hw.i386.cpu_state import (
+from pyqemu.accel.interp.excp import _gate, _set_flags, _tss_stack32
+from pyqemu.accel.interp.seg import cache_from, mark_accessed, read_descriptor
+from pyqemu.hw.i386.cpu_state import (
     CR4_VME,
     DESC_A_MASK,
     DESC_B_MASK,
@@ -69,9 +69,9 @@ from hw.i386.cpu_state import (
 )
 
 if TYPE_CHECKING:
-    from accel.interp.codegen import Ctx, Insn
-    from accel.interp.cpu_exec import InterpCore
-    from accel.interp.table import Semantic
+    from pyqemu.accel.interp.codegen import Ctx, Insn
+    from pyqemu.accel.interp.cpu_exec import InterpCore
+    from pyqemu.accel.interp.table import Semantic
 
 #: The attributes of every segment register in VM86: present, S=1, DPL 3, read/write
 #: accessed data, 16-bit (the access rights F3H the SDM requires of VM86 guest state,

@@ -48,8 +48,8 @@ from typing import Any, Union
 
 import cffi
 
-from accel.kvm import kvm_abi as abi
-from accel.kvm.errors import KvmError, KvmUnavailableError
+from pyqemu.accel.kvm import kvm_abi as abi
+from pyqemu.accel.kvm.errors import KvmError, KvmUnavailableError
 
 __all__ = [
     "Kvm",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 __all__ = ["KvmError", "KvmUnavailableError"]
 

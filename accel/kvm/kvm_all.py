@@ -44,8 +44,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from accel.kvm import kvm_abi as abi
-from accel.kvm.binding import (
+from pyqemu.accel.kvm import kvm_abi as abi
+from pyqemu.accel.kvm.binding import (
     CpuidEntry,
     Debug,
     FailEntry,
@@ -65,16 +65,16 @@ from accel.kvm.binding import (
     VcpuFd,
     VmFd,
 )
-from accel.kvm.errors import KvmError, KvmUnavailableError
-from accel.ops import GDB_BREAKPOINT_SW, AccelError, AccelOps, AccelState, register_accel
-from system import cpus as cpus_mod
-from system.cpus import qemu_global_mutex
-from system.memory import address_space_rw
-from util import trace
+from pyqemu.accel.kvm.errors import KvmError, KvmUnavailableError
+from pyqemu.accel.ops import GDB_BREAKPOINT_SW, AccelError, AccelOps, AccelState, register_accel
+from pyqemu.system import cpus as cpus_mod
+from pyqemu.system.cpus import qemu_global_mutex
+from pyqemu.system.memory import address_space_rw
+from pyqemu.util import trace
 
 if TYPE_CHECKING:
-    from hw.core.cpu import CPUState
-    from system.memory import AddressSpace
+    from pyqemu.hw.core.cpu import CPUState
+    from pyqemu.system.memory import AddressSpace
 
 __all__ = [
     "SIG_IPI",
@@ -464,7 +464,7 @@ def kvm_cpuid_entries(cpu: CPUState) -> list[CpuidEntry]:
     A CPU without a model (a bare CPUState in the accelerator's own tests) gets the
     host's KVM_GET_SUPPORTED_CPUID as is.
     """
-    from hw.i386.cpuid import cpuid_entries_for_kvm  # lazily: accel must not import hw early
+    from pyqemu.hw.i386.cpuid import cpuid_entries_for_kvm  # lazily: accel must not import hw early
     if not hasattr(cpu, "cpuid_level") and not hasattr(cpu, "features"):
         trace.event("no CPU model CPUID: using KVM_GET_SUPPORTED_CPUID")
         return list(_kvm_state(cpu).supported_cpuid)
@@ -664,7 +664,7 @@ def kvm_cpu_exec(cpu: CPUState) -> int:
     with trace.span("kvm_cpu_exec", cpu=cpu.cpu_index):
         # kvm_arch_process_async_events: a halted vCPU stays out of KVM_RUN until it has work.
         if cpu.halted:
-            from hw.core.cpu import cpu_has_work
+            from pyqemu.hw.core.cpu import cpu_has_work
 
             if not cpu_has_work(cpu):
                 cpu.exit_request = False
@@ -743,7 +743,7 @@ def kvm_handle_exit(cpu: CPUState, exit_: VcpuExit) -> int:
             return EXCP_INTERRUPT
         case SystemEvent(type=kind):
             trace.event("KVM_EXIT_SYSTEM_EVENT", type=kind)
-            from system.runstate import ShutdownCause
+            from pyqemu.system.runstate import ShutdownCause
 
             runctl = cpu.machine.runctl
             if kind == abi.KVM_SYSTEM_EVENT_RESET:

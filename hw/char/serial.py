@@ -38,7 +38,7 @@ import threading
 from collections import deque
 from typing import Callable, Protocol
 
-from util import trace
+from pyqemu.util import trace
 
 # --- register offsets (Table II) ------------------------------------------------------
 UART_RBR = UART_THR = UART_DLL = 0

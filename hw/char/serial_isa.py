@@ -30,14 +30,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from hw.char.serial import SerialState
-from hw.core.errors import DeviceError
-from hw.core.qdev import (DeviceClass, DeviceState, Property, TYPE_DEVICE,
+from pyqemu.hw.char.serial import SerialState
+from pyqemu.hw.core.errors import DeviceError
+from pyqemu.hw.core.qdev import (DeviceClass, DeviceState, Property, TYPE_DEVICE,
                           device_class_set_props)
-from qom import Object, ObjectClass, TypeInfo, type_init
-from system.chardev import Chardev, ChardevError, qemu_chr_find, qemu_chr_new
-from system.cpus import qemu_global_mutex
-from system.memory import MemoryRegion
+from pyqemu.qom import Object, ObjectClass, TypeInfo, type_init
+from pyqemu.system.chardev import Chardev, ChardevError, qemu_chr_find, qemu_chr_new
+from pyqemu.system.cpus import qemu_global_mutex
+from pyqemu.system.memory import MemoryRegion
 
 TYPE_ISA_SERIAL = "isa-serial"
 
@@ -194,7 +194,7 @@ def isa_serial_class_init(klass: ObjectClass, data: Any) -> None:
 
 def serial_isa_init(machine: Any, index: int, chr: Chardev | None) -> ISASerialState:
     """Create and realize COM``index+1`` at its standard port and IRQ (``serial_isa_init``)."""
-    from hw.core.qdev import qdev_new, qdev_prop_set, qdev_realize
+    from pyqemu.hw.core.qdev import qdev_new, qdev_prop_set, qdev_realize
     if not 0 <= index < len(ISA_SERIAL_PORTS):
         raise DeviceError(f"isa-serial: index {index} has no standard port (0..3)")
     dev = qdev_new(TYPE_ISA_SERIAL)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
-from hw.core.qdev import DeviceClass, DeviceState, TYPE_DEVICE
-from qom import Object, ObjectClass, TypeInfo, object_property_add_uint, type_init
-from util import trace
+from pyqemu.hw.core.qdev import DeviceClass, DeviceState, TYPE_DEVICE
+from pyqemu.qom import Object, ObjectClass, TypeInfo, object_property_add_uint, type_init
+from pyqemu.util import trace
 
 if TYPE_CHECKING:
-    from accel.ops import AccelOps
-    from system.memory import AddressSpace
+    from pyqemu.accel.ops import AccelOps
+    from pyqemu.system.memory import AddressSpace
 
 TYPE_CPU = "cpu"
 

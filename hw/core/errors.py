@@ -1,6 +1,6 @@
 """Exceptions of the device core and the machine."""
 
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 
 class DeviceError(PyQemuError, ValueError):

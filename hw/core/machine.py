@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from hw.core.errors import MachineError
-from qom import Object, ObjectClass, TypeInfo, object_class_get_list, type_init
-from util import trace
+from pyqemu.hw.core.errors import MachineError
+from pyqemu.qom import Object, ObjectClass, TypeInfo, object_class_get_list, type_init
+from pyqemu.util import trace
 
 TYPE_MACHINE = "machine"
 MACHINE_TYPE_SUFFIX = "-machine"

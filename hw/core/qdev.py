@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from hw.core.errors import DeviceError
-from qom import (ObjectClass, Object, PropertyAccessError, TypeInfo, check_property_value,
+from pyqemu.hw.core.errors import DeviceError
+from pyqemu.qom import (ObjectClass, Object, PropertyAccessError, TypeInfo, check_property_value,
                  container_get, object_class_property_add, object_get_root, object_new,
                  object_property_add_bool, object_property_add_child, object_unref,
                  object_property_set_bool, type_init, object_get_canonical_path)
-from util import trace
+from pyqemu.util import trace
 
 TYPE_DEVICE = "device"
 

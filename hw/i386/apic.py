@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.core.errors import DeviceError
-from hw.core.qdev import DeviceClass, DeviceState, Property, TYPE_DEVICE, device_class_set_props
-from hw.i386.cpu_state import (APIC_DEFAULT_ADDRESS, MSR_IA32_APICBASE_BSP,
+from pyqemu.hw.core.errors import DeviceError
+from pyqemu.hw.core.qdev import DeviceClass, DeviceState, Property, TYPE_DEVICE, device_class_set_props
+from pyqemu.hw.i386.cpu_state import (APIC_DEFAULT_ADDRESS, MSR_IA32_APICBASE_BSP,
                                MSR_IA32_APICBASE_ENABLE)
-from qom import ObjectClass, Object, TypeInfo, type_init
-from util import trace
+from pyqemu.qom import ObjectClass, Object, TypeInfo, type_init
+from pyqemu.util import trace
 
 TYPE_APIC = "apic"
 UNASSIGNED_APIC_ID = 0xFFFFFFFF

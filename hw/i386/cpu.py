@@ -24,26 +24,26 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from hw.core.cpu import CPUClass, CPUState, TYPE_CPU, cpu_reset
-from hw.core.qdev import (DeviceClass, DeviceState, Property, device_class_set_parent_realize,
+from pyqemu.hw.core.cpu import CPUClass, CPUState, TYPE_CPU, cpu_reset
+from pyqemu.hw.core.qdev import (DeviceClass, DeviceState, Property, device_class_set_parent_realize,
                           device_class_set_parent_unrealize, device_class_set_props)
-from hw.i386 import cpu_features as cf
-from hw.i386.apic import (APICCommonState, TYPE_APIC, apic_reset_common)
-from hw.i386.cpu_features import (CPUFeatureValueError, FeatureFilterError, HostCPUModelError,
+from pyqemu.hw.i386 import cpu_features as cf
+from pyqemu.hw.i386.apic import (APICCommonState, TYPE_APIC, apic_reset_common)
+from pyqemu.hw.i386.cpu_features import (CPUFeatureValueError, FeatureFilterError, HostCPUModelError,
                                   UnknownCPUModelError, UnknownFeatureError, X86CPUError)
-from hw.i386.cpu_models import (BASE_DEF, HOST_DEF, MAX_DEF, X86CPUDefinition,
+from pyqemu.hw.i386.cpu_models import (BASE_DEF, HOST_DEF, MAX_DEF, X86CPUDefinition,
                                 builtin_x86_defs, model_description)
-from hw.i386.cpu_state import (APIC_DEFAULT_ADDRESS, CPUX86State, IF_MASK,
+from pyqemu.hw.i386.cpu_state import (APIC_DEFAULT_ADDRESS, CPUX86State, IF_MASK,
                                MSR_IA32_APICBASE_BSP, MSR_IA32_APICBASE_ENABLE, R_EDX,
                                x86_reset_state)
-from hw.i386.cpuid import (UNASSIGNED_APIC_ID, cpu_x86_cpuid, cpuid_signature,
+from pyqemu.hw.i386.cpuid import (UNASSIGNED_APIC_ID, cpu_x86_cpuid, cpuid_signature,
                            x86_cpu_min_levels)
-from qom import (Object, ObjectClass, PropertyAccessError, TypeInfo, check_property_value,
+from pyqemu.qom import (Object, ObjectClass, PropertyAccessError, TypeInfo, check_property_value,
                  object_class_by_name, object_class_get_list, object_new,
                  object_property_add, object_property_add_child, object_property_set_bool,
                  object_unparent, object_unref, type_init)
-from system.cpus import cpu_remove_sync, qemu_global_mutex, qemu_init_vcpu
-from util import trace
+from pyqemu.system.cpus import cpu_remove_sync, qemu_global_mutex, qemu_init_vcpu
+from pyqemu.util import trace
 
 __all__ = [
     "TYPE_X86_CPU", "X86_CPU_TYPE_SUFFIX", "X86_CPU_TYPE_NAME", "X86CPU", "X86CPUClass",
@@ -779,7 +779,7 @@ def x86_cpu_has_work(cs: CPUState) -> bool:
 def x86_cpu_dump_state(cs: CPUState) -> str:
     """``x86_cpu_dump_state``: the general registers, RIP, RFLAGS, segments, CRs."""
     env = cs.env  # type: ignore[attr-defined]
-    from hw.i386.cpu_state import REG_NAMES, SEG_NAMES
+    from pyqemu.hw.i386.cpu_state import REG_NAMES, SEG_NAMES
     lines = [" ".join(f"{REG_NAMES[i].upper()}={env.regs[i]:016x}" for i in range(j, j + 4))
              for j in range(0, 16, 4)]
     lines.append(f"RIP={env.rip:016x} RFL={env.eflags:08x} CPL={env.cpl} {env.mode_name}")

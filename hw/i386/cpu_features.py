@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hw.core.errors import DeviceError
+from pyqemu.hw.core.errors import DeviceError
 
 
 class X86CPUError(DeviceError):

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from hw.i386.cpu_features import CPUID_EXT2_AMD_ALIASES, FEATURE_WORDS, WORDS
-from hw.i386.cpu_models import CPUID_VENDOR_AMD
-from hw.i386.cpu_state import CR4_OSXSAVE, MSR_IA32_APICBASE_ENABLE
+from pyqemu.hw.i386.cpu_features import CPUID_EXT2_AMD_ALIASES, FEATURE_WORDS, WORDS
+from pyqemu.hw.i386.cpu_models import CPUID_VENDOR_AMD
+from pyqemu.hw.i386.cpu_state import CR4_OSXSAVE, MSR_IA32_APICBASE_ENABLE
 
 if TYPE_CHECKING:
-    from hw.i386.cpu import X86CPU
+    from pyqemu.hw.i386.cpu import X86CPU
 
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1  # <linux/kvm.h> (sic)
 KVM_CPUID_SIGNATURE = 0x40000000

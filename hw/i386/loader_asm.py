@@ -27,14 +27,14 @@ from __future__ import annotations
 import struct
 from typing import Literal
 
-from hw.core.errors import LoaderError
-from hw.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
+from pyqemu.hw.core.errors import LoaderError
+from pyqemu.hw.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
                                DESC_CS_MASK, DESC_DPL_SHIFT, DESC_G_MASK, DESC_L_MASK,
                                DESC_P_MASK, DESC_R_MASK, DESC_S_MASK, DESC_TYPE_SHIFT,
                                DESC_W_MASK, EFER_LMA, EFER_LME, EFLAGS_FIXED, IOPL_MASK,
                                R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, R_ESP, CPUX86State,
                                SegmentCache)
-from system.memory import AddressSpace
+from pyqemu.system.memory import AddressSpace
 
 Mode = Literal["real", "prot32", "long64"]
 MODES = ("real", "prot32", "long64")

@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from hw.core.errors import LoaderError
-from system.memory import MemoryError_, MemoryRegion
-from util import trace
+from pyqemu.hw.core.errors import LoaderError
+from pyqemu.system.memory import MemoryError_, MemoryRegion
+from pyqemu.util import trace
 
 BIOS_ALIGN = 64 * 1024
 BIOS_MAX_SIZE = 16 * 1024 * 1024

@@ -36,12 +36,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from hw.core.errors import LoaderError
-from hw.i386.cpu_state import R_EAX, R_EBX, CPUX86State
-from hw.i386.loader_asm import (BOOT_AREA_END, GDT_ADDR, check_loadable, load_bytes,
+from pyqemu.hw.core.errors import LoaderError
+from pyqemu.hw.i386.cpu_state import R_EAX, R_EBX, CPUX86State
+from pyqemu.hw.i386.loader_asm import (BOOT_AREA_END, GDT_ADDR, check_loadable, load_bytes,
                                 setup_entry_state)
-from system.memory import AddressSpace
-from util import trace
+from pyqemu.system.memory import AddressSpace
+from pyqemu.util import trace
 
 MULTIBOOT_HEADER_MAGIC = 0x1BADB002
 MULTIBOOT_BOOTLOADER_MAGIC = 0x2BADB002

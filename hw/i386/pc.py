@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.core.errors import DeviceError, MachineError
-from hw.core.machine import (CPUArchId, MACHINE_TYPE_SUFFIX, MachineClass, MachineState,
+from pyqemu.hw.core.errors import DeviceError, MachineError
+from pyqemu.hw.core.machine import (CPUArchId, MACHINE_TYPE_SUFFIX, MachineClass, MachineState,
                              TYPE_MACHINE)
-from hw.core.qdev import DeviceState, qdev_new, qdev_prop_set
-from qom import (Object, ObjectClass, TypeInfo, container_get, object_property_add_child,
+from pyqemu.hw.core.qdev import DeviceState, qdev_new, qdev_prop_set
+from pyqemu.qom import (Object, ObjectClass, TypeInfo, container_get, object_property_add_child,
                  object_property_set_bool, object_property_set_uint, object_unref, type_init)
-from system.memory import AddressSpace, MemoryRegion
-from util import trace
+from pyqemu.system.memory import AddressSpace, MemoryRegion
+from pyqemu.util import trace
 
 TYPE_PC_MACHINE = "pc-i440fx-pyqemu" + MACHINE_TYPE_SUFFIX
 PC_MAX_CPUS = 255
@@ -63,7 +63,7 @@ def x86_possible_cpu_arch_ids(ms: MachineState) -> list[CPUArchId]:
 
 def x86_cpu_new(ms: MachineState, index: int, apic_id: int) -> Object:
     """``x86_cpu_new``: ``object_new(cpu_type)``, the APIC id, then ``realized = true``."""
-    from qom import object_new
+    from pyqemu.qom import object_new
     with trace.span("x86_cpu_new", cpu=index, apic_id=apic_id):
         assert ms.cpu_type is not None
         cpu = object_new(ms.cpu_type)
@@ -83,7 +83,7 @@ def x86_cpu_new(ms: MachineState, index: int, apic_id: int) -> Object:
 
 
 def _discard(obj: Object) -> None:
-    from qom import object_unparent
+    from pyqemu.qom import object_unparent
     if obj.parent is not None:
         object_unparent(obj)
     else:
@@ -113,7 +113,7 @@ def pc_memory_init(ms: MachineState) -> None:
         ms.address_space_memory = AddressSpace("memory", ms.system_memory)
         ms.address_space_io = AddressSpace("I/O", ms.system_io, io=True)
         if ms.bios_file:
-            from hw.i386.loader_bios import pc_system_firmware_init
+            from pyqemu.hw.i386.loader_bios import pc_system_firmware_init
             pc_system_firmware_init(ms, ms.bios_file)
         # The accelerator learns the memory map (KVM: memory slots, kept in step by a
         # listener) before any vCPU exists.
@@ -158,7 +158,7 @@ def pc_init1(ms: MachineState) -> None:
         pc_memory_init(ms)
         if ms.serial_chardev is not None:
             # The board opens COM1's backend (serial_hds[0]) and closes it with the machine.
-            from system.chardev import qemu_chr_new
+            from pyqemu.system.chardev import qemu_chr_new
             chr_ = qemu_chr_new(ms.serial_chardev, read_input=ms.serial_read_input)
             if chr_ is not None:
                 ms.chardevs.append(chr_)

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hw.core.errors import DeviceError
-from hw.core.qdev import (DeviceClass, DeviceState, Property, TYPE_DEVICE,
+from pyqemu.hw.core.errors import DeviceError
+from pyqemu.hw.core.qdev import (DeviceClass, DeviceState, Property, TYPE_DEVICE,
                           device_class_set_props)
-from qom import Object, ObjectClass, TypeInfo, type_init
-from system.memory import MemoryRegion
-from system.runstate import ShutdownCause
-from util import trace
+from pyqemu.qom import Object, ObjectClass, TypeInfo, type_init
+from pyqemu.system.memory import MemoryRegion
+from pyqemu.system.runstate import ShutdownCause
+from pyqemu.util import trace
 
 TYPE_ISA_DEBUG_EXIT = "isa-debug-exit"
 

@@ -59,7 +59,7 @@ def _unicorn_run(w: Workload, n: int) -> tuple[int, int]:
     unicorn = pytest.importorskip("unicorn")
     from unicorn import x86_const as X
 
-    from hw.i386.loader_asm import assemble
+    from pyqemu.hw.i386.loader_asm import assemble
     code = assemble(w.source(n), w.mode, LOAD_ADDR)
     mode = unicorn.UC_MODE_64 if w.mode == "long64" else unicorn.UC_MODE_32
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, mode)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from qom import (AbstractTypeError, CastError, Object, ObjectClass, PathError,
+from pyqemu.qom import (AbstractTypeError, CastError, Object, ObjectClass, PathError,
                  PropertyAccessError, PropertyNotFoundError, PropertyValueError, TypeInfo,
                  TypeNotFoundError, TypeRegistrationError, container_get, object_class_by_name,
                  object_dynamic_cast, object_dynamic_cast_assert, object_get_canonical_path,
@@ -17,7 +17,7 @@ from qom import (AbstractTypeError, CastError, Object, ObjectClass, PathError,
                  object_property_add_uint, object_property_get, object_property_set,
                  object_resolve_path, object_unparent, object_unref, qom_get, qom_list,
                  qom_set, type_get_by_name, type_register_static)
-from util.error import PyQemuError
+from pyqemu.util.error import PyQemuError
 
 _ids = itertools.count()
 

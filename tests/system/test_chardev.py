@@ -13,7 +13,7 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from system.chardev import (ChardevError, FileChardev, MemoryChardev, NullChardev,  # noqa: E402
+from pyqemu.system.chardev import (ChardevError, FileChardev, MemoryChardev, NullChardev,  # noqa: E402
                             StdioChardev, qemu_chr_find, qemu_chr_new)
 
 

@@ -39,10 +39,10 @@ import mmap
 import struct
 from dataclasses import dataclass, field
 
-from accel.interp.cpu_exec import InterpCore
-from accel.kvm import kvm_abi as abi
-from hw.core.cpu import EXCP_DEBUG
-from hw.i386.cpu_state import (
+from pyqemu.accel.interp.cpu_exec import InterpCore
+from pyqemu.accel.kvm import kvm_abi as abi
+from pyqemu.hw.core.cpu import EXCP_DEBUG
+from pyqemu.hw.i386.cpu_state import (
     CR0_ET,
     CR0_PE,
     CR0_PG,
@@ -64,7 +64,7 @@ from hw.i386.cpu_state import (
     SegmentCache,
     x86_reset_state,
 )
-from system.memory import AddressSpace, MemoryRegion
+from pyqemu.system.memory import AddressSpace, MemoryRegion
 
 RAM_SIZE = 6 << 20
 GDT, PML4, PDPT, PD, IDT, TSS, STUBS, KSTACK = (0x1000, 0x2000, 0x3000, 0x4000, 0x5000,
@@ -184,8 +184,8 @@ class KvmCpl3:
     """One VM with one vCPU, reused for every snippet (``KVM_SET_SREGS``/``REGS`` each)."""
 
     def __init__(self) -> None:
-        from accel.kvm.binding import Kvm
-        from accel.kvm.kvm_all import _set_seg
+        from pyqemu.accel.kvm.binding import Kvm
+        from pyqemu.accel.kvm.kvm_all import _set_seg
         self._set_seg = _set_seg
         self.kvm = Kvm()
         self.vm = self.kvm.create_vm()
@@ -219,7 +219,7 @@ class KvmCpl3:
         self.kvm.close()
 
     def run(self, bits: int, code: bytes, regs: list[int], rflags: int, data: bytes) -> Outcome:
-        from accel.kvm.binding import IoOut
+        from pyqemu.accel.kvm.binding import IoOut
         mm = self.mm
         mm[CODE:CODE + len(code) + 2] = code + END
         mm[DATA:DATA + DATA_SIZE] = data

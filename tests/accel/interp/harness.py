@@ -11,12 +11,12 @@ from functools import lru_cache
 
 from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, Ks
 
-from accel.interp.cpu_exec import InterpCore
-from hw.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
+from pyqemu.accel.interp.cpu_exec import InterpCore
+from pyqemu.hw.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
                                DESC_CS_MASK, DESC_G_MASK, DESC_L_MASK, DESC_P_MASK, DESC_R_MASK,
                                DESC_S_MASK, DESC_W_MASK, EFER_LMA, EFER_LME, EFER_NXE,
                                CPUX86State, SegmentCache, x86_reset_state)
-from system.memory import AddressSpace, MemoryRegion
+from pyqemu.system.memory import AddressSpace, MemoryRegion
 
 RAM_SIZE = 4 << 20
 CODE = 0x1000
@@ -42,7 +42,7 @@ def asm(src: str, bits: int, addr: int = CODE, nasm: bool = False) -> bytes:
 
 
 def _asm_nasm_isolated(src: str, bits: int, addr: int) -> bytes:
-    from hw.i386.loader_asm import assemble
+    from pyqemu.hw.i386.loader_asm import assemble
     return assemble(src, {16: "real", 32: "prot32", 64: "long64"}[bits], addr, syntax="nasm")
 
 

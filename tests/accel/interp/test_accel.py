@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-import accel.interp  # noqa: F401  (registers the accelerator)
-from accel.interp.accel_ops import InterpAccelOps, InterpAccelState
-from accel.ops import AccelError, accel_list
+import pyqemu.accel.interp  # noqa: F401  (registers the accelerator)
+from pyqemu.accel.interp.accel_ops import InterpAccelOps, InterpAccelState
+from pyqemu.accel.ops import AccelError, accel_list
 from pyqemu import Machine
-from util import trace
+from pyqemu.util import trace
 
 
 def test_registered_with_description() -> None:
@@ -75,8 +75,8 @@ def test_machine_single_step_runs_one_instruction_per_step() -> None:
 
 
 def test_cpu_exec_of_a_halted_vcpu_returns_halted_at_once() -> None:
-    from hw.core.cpu import EXCP_HALTED
-    from system.cpus import qemu_global_mutex
+    from pyqemu.hw.core.cpu import EXCP_HALTED
+    from pyqemu.system.cpus import qemu_global_mutex
     with Machine(accel="interp", memory="16M") as m:
         m.load_asm("hlt", 0x7C00, "real")
         assert m.run(timeout=20).reason == "halted"

@@ -10,10 +10,10 @@ import threading
 
 import pytest
 
-from accel.interp.cpu_exec import EXCP_BUDGET
-from accel.interp.errors import UnimplementedInstruction
-from hw.core.cpu import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
-from hw.i386.cpu_state import CC_A, CC_C, CC_P, CC_S, EFER_LMA, IF_MASK
+from pyqemu.accel.interp.cpu_exec import EXCP_BUDGET
+from pyqemu.accel.interp.errors import UnimplementedInstruction
+from pyqemu.hw.core.cpu import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
+from pyqemu.hw.i386.cpu_state import CC_A, CC_C, CC_P, CC_S, EFER_LMA, IF_MASK
 from tests.accel.interp.harness import CODE, Guest, asm
 
 # GDT entries (SDM vol. 3A, 3.4.5): flat 32-bit code/data, 64-bit code.
@@ -407,7 +407,7 @@ def test_pop_to_memory_addresses_with_the_incremented_rsp() -> None:
 
 
 def test_trace_groups_in_asm_exec_cpu_int() -> None:
-    from util import trace
+    from pyqemu.util import trace
     lines: list[str] = []
     sink = trace.add_sink({"in_asm", "exec", "cpu", "int"}, lines.append)
     try:

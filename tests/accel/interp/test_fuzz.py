@@ -26,9 +26,9 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accel.interp.cpu_exec import EXCP_BUDGET
-from accel.interp.errors import InterpError, UnimplementedInstruction
-from hw.core.cpu import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
+from pyqemu.accel.interp.cpu_exec import EXCP_BUDGET
+from pyqemu.accel.interp.errors import InterpError, UnimplementedInstruction
+from pyqemu.hw.core.cpu import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
 from tests.accel.interp.harness import CODE, Guest
 
 _EXAMPLES = int(os.environ.get("PYQEMU_FUZZ_EXAMPLES", "100"))

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from accel.interp.errors import Fault
-from accel.interp.ioperm import io_check_needed, io_perm_check
-from hw.core.cpu import EXCP_DEBUG
-from hw.i386.cpu_state import CR0_PE, IOPL_MASK, VM_MASK, SegmentCache
+from pyqemu.accel.interp.errors import Fault
+from pyqemu.accel.interp.ioperm import io_check_needed, io_perm_check
+from pyqemu.hw.core.cpu import EXCP_DEBUG
+from pyqemu.hw.i386.cpu_state import CR0_PE, IOPL_MASK, VM_MASK, SegmentCache
 from tests.accel.interp.harness import Guest, asm
 
 GDT, IDT, BOOT, USER, HANDLERS, TSS = 0x1000, 0x1800, 0x2000, 0x3000, 0x5000, 0x7000
@@ -402,7 +402,7 @@ def _kvm_run(k: object, bits: int, code: bytes, regs: list[int],
              data: bytes) -> tuple[tuple[int, int | None] | None, int, list, list[int]]:
     """Run on KVM until the end marker or a fault stub, answering every port exit:
     (fault, faulting RIP, accesses, registers)."""
-    from accel.kvm.binding import IoIn, IoOut
+    from pyqemu.accel.kvm.binding import IoIn, IoOut
     from tests.accel.interp.cpl3_oracle import (
         _GPRS,
         CODE,

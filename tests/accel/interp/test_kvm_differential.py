@@ -41,7 +41,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accel.interp.undefined_flags import undefined_flags
+from pyqemu.accel.interp.undefined_flags import undefined_flags
 from tests.accel.interp.cpl3_oracle import (CLEAN, CODE, DATA, DATA_SIZE, RDONLY, STACK,
                                             InterpCpl3, KvmCpl3, Outcome, entry_ip)
 from tests.accel.interp.harness import asm

@@ -25,9 +25,9 @@ import struct
 
 import pytest
 
-from accel.interp import excp
-from accel.interp.errors import Fault
-from hw.i386.cpu_state import CR0_PG, CR0_TS, NT_MASK, R_CS, R_SS, SegmentCache
+from pyqemu.accel.interp import excp
+from pyqemu.accel.interp.errors import Fault
+from pyqemu.hw.i386.cpu_state import CR0_PG, CR0_TS, NT_MASK, R_CS, R_SS, SegmentCache
 from tests.accel.interp import prot32_pair
 from tests.accel.interp.harness import CODE, Guest, asm
 from tests.accel.interp.test_gates import (

@@ -18,9 +18,9 @@ _ROOT = Path(__file__).resolve().parents[3]
 if str(_ROOT) not in sys.path:  # the repo root, when pytest runs without an install
     sys.path.insert(0, str(_ROOT))
 
-from accel.kvm import kvm_abi as abi  # noqa: E402
-from accel.kvm.binding import Kvm, VcpuFd, VmFd  # noqa: E402
-from accel.kvm.errors import KvmError  # noqa: E402
+from pyqemu.accel.kvm import kvm_abi as abi  # noqa: E402
+from pyqemu.accel.kvm.binding import Kvm, VcpuFd, VmFd  # noqa: E402
+from pyqemu.accel.kvm.errors import KvmError  # noqa: E402
 
 _probe: tuple[bool, str] | None = None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from accel.kvm import kvm_abi as abi
+from pyqemu.accel.kvm import kvm_abi as abi
 
 ffi = abi.ffi
 

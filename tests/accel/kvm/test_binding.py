@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from accel.kvm import kvm_abi as abi
-from accel.kvm.binding import (
+from pyqemu.accel.kvm import kvm_abi as abi
+from pyqemu.accel.kvm.binding import (
     CpuidEntry,
     Debug,
     FailEntry,
@@ -34,8 +34,8 @@ from accel.kvm.binding import (
     VmFd,
     decode_exit,
 )
-from accel.kvm.errors import KvmError, KvmUnavailableError
-from util.error import PyQemuError
+from pyqemu.accel.kvm.errors import KvmError, KvmUnavailableError
+from pyqemu.util.error import PyQemuError
 
 from tests.accel.kvm.kvm_support import asm, require_cap, setup_long_mode, setup_real_mode
 

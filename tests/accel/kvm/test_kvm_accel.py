@@ -13,24 +13,24 @@ from types import SimpleNamespace
 
 import pytest
 
-from accel.kvm.binding import CpuidEntry, FailEntry, InternalError, Unsupported
-from accel.kvm.errors import KvmError
-from accel.kvm.kvm_all import (
+from pyqemu.accel.kvm.binding import CpuidEntry, FailEntry, InternalError, Unsupported
+from pyqemu.accel.kvm.errors import KvmError
+from pyqemu.accel.kvm.kvm_all import (
     KVMState,
     KvmExitError,
     kvm_cpuid_entries,
     kvm_handle_exit,
     kvm_init,
 )
-from accel.ops import AccelError, accel_init, accel_list
-from hw.core.cpu import TYPE_CPU, CPUState
-from hw.core.machine import SMPConfig
-from hw.i386 import cpu_state as cs
-from qom import TypeInfo, object_new, type_init
-from system import cpus
-from system.memory import AddressSpace, MemoryRegion
-from system.runstate import RunControl, RunState
-from util import trace
+from pyqemu.accel.ops import AccelError, accel_init, accel_list
+from pyqemu.hw.core.cpu import TYPE_CPU, CPUState
+from pyqemu.hw.core.machine import SMPConfig
+from pyqemu.hw.i386 import cpu_state as cs
+from pyqemu.qom import TypeInfo, object_new, type_init
+from pyqemu.system import cpus
+from pyqemu.system.memory import AddressSpace, MemoryRegion
+from pyqemu.system.runstate import RunControl, RunState
+from pyqemu.util import trace
 
 from tests.accel.kvm.kvm_support import GDT, GDT_ENTRIES, PD, PDPT, PML4, asm, kvm_usable
 
@@ -373,9 +373,9 @@ def test_exits_the_loop_cannot_continue_from_raise_kvm_exit_error(exit_, text):
 
 def test_cpuid_table_is_the_cpu_models_own():
     """KVM_SET_CPUID2 gets exactly the model's table (one CPUID source for both accelerators)."""
-    import hw.i386.cpu  # noqa: F401  registers the models
-    from hw.i386.cpuid import cpuid_entries_for_kvm
-    from qom import object_new, object_unref
+    import pyqemu.hw.i386.cpu  # noqa: F401  registers the models
+    from pyqemu.hw.i386.cpuid import cpuid_entries_for_kvm
+    from pyqemu.qom import object_new, object_unref
 
     cpu = object_new("qemu64-x86_64-cpu")
     try:

@@ -11,13 +11,13 @@ _ROOT = Path(__file__).resolve().parents[3]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from hw.char import serial as s  # noqa: E402
-from hw.char.serial import SerialState  # noqa: E402
-from hw.char.serial_isa import ISASerialState  # noqa: E402
-from hw.core.errors import DeviceError  # noqa: E402
-from hw.core.qdev import qdev_new, qdev_prop_set, qdev_realize, qdev_unrealize  # noqa: E402
-from system.chardev import MemoryChardev  # noqa: E402
-from system.memory import AddressSpace, MemoryRegion  # noqa: E402
+from pyqemu.hw.char import serial as s  # noqa: E402
+from pyqemu.hw.char.serial import SerialState  # noqa: E402
+from pyqemu.hw.char.serial_isa import ISASerialState  # noqa: E402
+from pyqemu.hw.core.errors import DeviceError  # noqa: E402
+from pyqemu.hw.core.qdev import qdev_new, qdev_prop_set, qdev_realize, qdev_unrealize  # noqa: E402
+from pyqemu.system.chardev import MemoryChardev  # noqa: E402
+from pyqemu.system.memory import AddressSpace, MemoryRegion  # noqa: E402
 
 
 class FakeTimer:

@@ -8,12 +8,12 @@ from typing import Any, Callable
 
 import pytest
 
-from hw.core.errors import DeviceError
-from hw.core.qdev import (TYPE_DEVICE, DeviceClass, DeviceState, Property,
+from pyqemu.hw.core.errors import DeviceError
+from pyqemu.hw.core.qdev import (TYPE_DEVICE, DeviceClass, DeviceState, Property,
                           device_class_set_parent_realize, device_class_set_parent_unrealize,
                           device_class_set_props, qdev_new, qdev_prop_set, qdev_realize,
                           qdev_unrealize)
-from qom import (ObjectClass, PropertyAccessError, PropertyValueError, TypeInfo,
+from pyqemu.qom import (ObjectClass, PropertyAccessError, PropertyValueError, TypeInfo,
                  object_get_canonical_path, object_property_get_bool, object_property_set_bool,
                  type_register_static)
 

@@ -15,24 +15,24 @@ from typing import Any, Iterator
 
 import pytest
 
-from accel.ops import AccelOps, AccelState
-from hw.core.machine import SMPConfig
-from hw.i386 import cpu_features as cf
-from hw.i386.cpu import (TYPE_X86_CPU, X86CPU, X86_CPU_TYPE_NAME, CPUFeatureValueError,
+from pyqemu.accel.ops import AccelOps, AccelState
+from pyqemu.hw.core.machine import SMPConfig
+from pyqemu.hw.i386 import cpu_features as cf
+from pyqemu.hw.i386.cpu import (TYPE_X86_CPU, X86CPU, X86_CPU_TYPE_NAME, CPUFeatureValueError,
                          FeatureFilterError, HostCPUModelError, UnknownCPUModelError,
                          UnknownFeatureError, X86CPUError, x86_cpu_class_by_name,
                          x86_cpu_clear_featurestr, x86_cpu_list, x86_cpu_parse_featurestr,
                          x86_cpu_type_by_model)
-from hw.i386.cpu_models import builtin_x86_defs
-from hw.i386.cpuid import (KVM_CPUID_FLAG_SIGNIFCANT_INDEX, cpu_x86_cpuid,
+from pyqemu.hw.i386.cpu_models import builtin_x86_defs
+from pyqemu.hw.i386.cpuid import (KVM_CPUID_FLAG_SIGNIFCANT_INDEX, cpu_x86_cpuid,
                            cpuid_entries_for_kvm, x86_apicid_from_cpu_idx)
-from qom import (AbstractTypeError, PropertyAccessError, PropertyValueError, object_new,
+from pyqemu.qom import (AbstractTypeError, PropertyAccessError, PropertyValueError, object_new,
                  object_property_set_bool, object_unref)
-from system.cpus import (cpu_thread_signal_created, cpu_thread_signal_destroyed,
+from pyqemu.system.cpus import (cpu_thread_signal_created, cpu_thread_signal_destroyed,
                          qemu_global_mutex, vcpu_thread_main)
-from system.runstate import RunControl
-from util import trace
-from util.error import PyQemuError
+from pyqemu.system.runstate import RunControl
+from pyqemu.util import trace
+from pyqemu.util.error import PyQemuError
 
 MODELS = [d.name for d in builtin_x86_defs] + ["base", "max", "host"]
 
@@ -524,7 +524,7 @@ def test_failing_vcpu_init_leaves_no_thread_and_no_child() -> None:
 
 def test_failure_after_qemu_init_vcpu_unplugs_the_vcpu(monkeypatch: pytest.MonkeyPatch,
                                                        realized: list[X86CPU]) -> None:
-    import hw.i386.cpu as x86cpu
+    import pyqemu.hw.i386.cpu as x86cpu
 
     def broken_apic_realize(cpu: X86CPU) -> None:
         raise X86CPUError("apic realize failed")
@@ -629,7 +629,7 @@ PVM_PASSTHROUGH = {(1, 2), (1, 3), (7, 1), (7, 2), (7, 3), (0xD, 0), (0xD, 1), (
 
 
 def _accel_or_skip(name: str) -> None:
-    from accel.ops import accel_list
+    from pyqemu.accel.ops import accel_list
     from tests.support import require_accel
     require_accel(name)
     if name not in [n for n, _, _ in accel_list()]:

@@ -11,11 +11,11 @@ _ROOT = Path(__file__).resolve().parents[3]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-import hw.misc.debugexit  # noqa: E402,F401  (registers the type)
-from hw.core.errors import DeviceError  # noqa: E402
-from hw.core.qdev import qdev_new, qdev_prop_set, qdev_realize, qdev_unrealize  # noqa: E402
-from system.memory import AddressSpace, MemoryRegion  # noqa: E402
-from system.runstate import ShutdownCause  # noqa: E402
+import pyqemu.hw.misc.debugexit  # noqa: E402,F401  (registers the type)
+from pyqemu.hw.core.errors import DeviceError  # noqa: E402
+from pyqemu.hw.core.qdev import qdev_new, qdev_prop_set, qdev_realize, qdev_unrealize  # noqa: E402
+from pyqemu.system.memory import AddressSpace, MemoryRegion  # noqa: E402
+from pyqemu.system.runstate import ShutdownCause  # noqa: E402
 
 
 class FakeRunControl:
