@@ -8,18 +8,49 @@ register file ``cpu.env``.
 Thread notes on every method: the *main thread* is the one that built the
 machine and calls ``Machine.run``; a *vCPU thread* is the one
 ``create_vcpu_thread`` started for that CPU.  "BQL" is
-:data:`system.cpus.qemu_global_mutex`.
+:data:`pyqemu.system.cpus.qemu_global_mutex`.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
+from pyqemu.system.cpus import VCpu
+from pyqemu.target.i386.cpu_state import CPUX86State
 from pyqemu.util.error import PyQemuError
 
-if TYPE_CHECKING:
-    from pyqemu.hw.core.cpu import CPUState
+__all__ = [
+    "EXCP_INTERRUPT", "EXCP_HLT", "EXCP_DEBUG", "EXCP_HALTED", "EXCP_YIELD", "EXCP_ATOMIC",
+    "EXCP_SHUTDOWN", "GDB_BREAKPOINT_SW", "GDB_BREAKPOINT_HW", "AccelError", "AccelCPU",
+    "AccelOps", "AccelState", "register_accel", "accel_list", "accel_init",
+]
+
+# What cpu_exec returns (QEMU's include/exec/cpu-all.h): part of this contract, so the
+# vCPU loops of both accelerators and whoever drives them agree on one set of values.
+EXCP_INTERRUPT = 0x10000   # async interruption: kick, exit_request
+EXCP_HLT = 0x10001         # the CPU executed HLT
+EXCP_DEBUG = 0x10002       # breakpoint or single step
+EXCP_HALTED = 0x10003      # the CPU is halted; nothing to run
+EXCP_YIELD = 0x10004
+EXCP_ATOMIC = 0x10005
+EXCP_SHUTDOWN = 0x10010    # pyqemu: the guest asked for a shutdown / triple fault
+
+
+class AccelCPU(VCpu, Protocol):
+    """A vCPU as an accelerator sees it: the bookkeeping of :class:`~pyqemu.system.cpus.VCpu`,
+    the x86 register file, the address spaces and the CPU model's CPUID.
+
+    ``hw``'s ``X86CPU`` implements it; ``accel`` names only this, never ``hw``.
+    """
+
+    env: CPUX86State
+
+    def cpuid(self, leaf: int, subleaf: int = 0) -> tuple[int, int, int, int]:
+        """CPUID.(EAX=leaf, ECX=subleaf) as the guest sees it (``cpu_x86_cpuid``)."""
+
+
+CPUState = AccelCPU   # QEMU's name in the prototypes below
 
 # Breakpoint kinds (include/exec/gdbstub.h GDB_BREAKPOINT_SW/HW).
 GDB_BREAKPOINT_SW = 0

@@ -47,8 +47,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 from pyqemu.accel.interp.undefined_flags import undefined_flags
-from pyqemu.hw.i386 import cpu_state as cs
-from pyqemu.hw.i386.cpu_state import CPUX86State
+from pyqemu.target.i386 import cpu_state as cs
+from pyqemu.target.i386.cpu_state import CPUX86State
+from pyqemu.target.i386.paging import page_walk
 from pyqemu.machine import Machine, RunResult
 from pyqemu.util.error import PyQemuError
 
@@ -245,41 +246,12 @@ def _phys_read(m: Machine, pa: int, n: int) -> bytes | None:
 
 
 def _walk(m: Machine, env: CPUX86State, la: int) -> int | None:
-    """Linear -> physical through ``env``'s page tables (SDM vol. 3A, 4.3-4.5); None if
+    """Linear -> physical through ``env``'s page tables (target/i386/paging.py); None if
     not present.  Reads tables from RAM only."""
-    if not env.cr[0] & cs.CR0_PG:
-        return la & (0xFFFFFFFFFFFFFFFF if env.long_mode_active else 0xFFFFFFFF)
-
     def entry(addr: int, size: int) -> int | None:
         b = _phys_read(m, addr, size)
         return None if b is None else int.from_bytes(b, "little")
-    mask = 0x000FFFFFFFFFF000
-    if env.long_mode_active or env.cr[4] & cs.CR4_PAE:
-        if env.long_mode_active:
-            table, shifts = env.cr[3] & mask, (39, 30, 21, 12)
-        else:
-            pdpte = entry((env.cr[3] & 0xFFFFFFE0) + ((la >> 30) & 3) * 8, 8)
-            if pdpte is None or not pdpte & 1:
-                return None
-            table, shifts = pdpte & mask, (21, 12)
-        for level, shift in enumerate(shifts):
-            e = entry(table + ((la >> shift) & 0x1FF) * 8, 8)
-            if e is None or not e & 1:
-                return None
-            if shift in (30, 21) and e & 0x80 or shift == 12:
-                off_mask = (1 << shift) - 1
-                return (e & mask & ~off_mask) | (la & off_mask)
-            table = e & mask
-        return None
-    pde = entry((env.cr[3] & 0xFFFFF000) + ((la >> 22) & 0x3FF) * 4, 4)
-    if pde is None or not pde & 1:
-        return None
-    if pde & 0x80 and env.cr[4] & cs.CR4_PSE:
-        return (pde & 0xFFC00000) | (la & 0x3FFFFF)
-    pte = entry((pde & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4, 4)
-    if pte is None or not pte & 1:
-        return None
-    return (pte & 0xFFFFF000) | (la & 0xFFF)
+    return page_walk(entry, env.cr[0], env.cr[3], env.cr[4], env.efer, la).pa
 
 
 def _read_linear(m: Machine, env: CPUX86State, la: int, n: int) -> bytes:

@@ -24,7 +24,7 @@ import pyqemu.hw.misc.debugexit  # noqa: F401  registers isa-debug-exit
 from pyqemu.accel.ops import AccelError, AccelState, accel_init, accel_list
 from pyqemu.hw.core.machine import (MachineState, find_machine_class, machine_run_board_init,
                              parse_mem_size, parse_smp)
-from pyqemu.hw.i386.cpu_state import CPUX86State
+from pyqemu.target.i386.cpu_state import CPUX86State
 from pyqemu.errors import MachineStateError
 from pyqemu.qom import (object_get_root, object_new, object_property_add_child,
                  object_unparent, object_unref)

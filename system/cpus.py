@@ -1,7 +1,7 @@
 """vCPU bookkeeping shared by every accelerator (``system/cpus.c``, ``cpus-common.c``).
 
 The big lock (QEMU's BQL, ``qemu_global_mutex``) guards devices and the vCPU
-fields of :class:`~hw.core.cpu.CPUState`.  A vCPU thread holds it except while
+fields of every vCPU (:class:`VCpu`, which ``hw/core``'s ``CPUState`` implements).  A vCPU thread holds it except while
 it runs guest code (``KVM_RUN``, or a run of translation blocks) and while it
 waits on a condition.  Conditions on it:
 
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from pyqemu.util import trace
 from pyqemu.util.error import PyQemuError
 
 if TYPE_CHECKING:
-    from pyqemu.hw.core.cpu import CPUState
+    from pyqemu.system.memory import AddressSpace
 
 #: The big QEMU lock.  Re-entrant: device callbacks may be reached from code that holds it.
 qemu_global_mutex = threading.RLock()
@@ -34,6 +34,59 @@ qemu_work_cond = threading.Condition(qemu_global_mutex)
 
 #: How long a main-thread wait for a vCPU thread may take before it is a bug.
 VCPU_WAIT_TIMEOUT = 30.0
+
+
+class QueuedWork:
+    """One ``run_on_cpu`` item (``struct qemu_work_item``): a function run on the vCPU
+    thread, and its outcome."""
+
+    __slots__ = ("func", "done", "error", "result")
+
+    def __init__(self, func: Callable[[Any], Any]) -> None:
+        self.func = func
+        self.done = False
+        self.error: BaseException | None = None
+        self.result: Any = None
+
+
+class VCpu(Protocol):
+    """The fields of a vCPU that the bookkeeping here and the accelerators use.
+
+    ``hw/core``'s ``CPUState`` implements it; this layer and ``accel`` name only
+    the protocol, so neither imports the device layer above them.  The fields
+    mean what QEMU's ``CPUState`` fields of the same name mean (``created``,
+    ``stop``/``stopped``, ``unplug``, ``exit_request``, ``halted``, ...); all
+    are read and written under the big lock except ``exit_request``, which a
+    kick sets from any thread.
+    """
+
+    cpu_index: int
+    thread: threading.Thread | None
+    thread_id: int | None
+    created: bool
+    stop: bool
+    stopped: bool
+    unplug: bool
+    exit_request: bool
+    halted: bool
+    running: bool
+    vcpu_dirty: bool
+    halt_cond: threading.Condition | None
+    work_list: list[QueuedWork]
+    accel_ops: Any          # the machine's AccelOps (accel/ops.py), set by qemu_init_vcpu
+    accel: Any              # the accelerator's per-vCPU state (AccelCPUState)
+    as_: "AddressSpace | None"
+    io_as: "AddressSpace | None"
+    machine: Any
+    singlestep_enabled: bool
+    nr_cores: int
+    nr_threads: int
+
+    def has_work(self) -> bool:
+        """``cpu_has_work``: an interrupt or event would wake this halted vCPU."""
+
+
+CPUState = VCpu   # the name QEMU's prototypes use, for the annotations below
 
 
 class VcpuThreadError(PyQemuError, RuntimeError):
@@ -91,8 +144,7 @@ def cpu_thread_is_idle(cpu: "CPUState") -> bool:
         return True
     if cpu.unplug:
         return False
-    from pyqemu.hw.core.cpu import cpu_has_work
-    if not cpu.halted or cpu_has_work(cpu):
+    if not cpu.halted or cpu.has_work():
         return False
     ops = cpu.accel_ops
     if ops is not None:
@@ -226,7 +278,6 @@ def resume_all_vcpus(cpus: list["CPUState"]) -> None:
 
 def run_on_cpu(cpu: "CPUState", func: Callable[["CPUState"], Any]) -> Any:
     """``run_on_cpu``: run ``func`` on ``cpu``'s thread and wait for it."""
-    from pyqemu.hw.core.cpu import QueuedWork
     if cpu.thread is threading.current_thread() or cpu.thread is None or not cpu.created:
         return func(cpu)
     with qemu_global_mutex:

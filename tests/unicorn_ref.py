@@ -25,6 +25,8 @@ from unicorn import x86_const as U
 
 from pyqemu import Machine
 from pyqemu.images import GuestProgram
+from pyqemu.target.i386.paging import (ACC_EXEC, ACC_READ, ACC_WRITE, access_allowed,
+                                       accessed_dirty_updates, page_walk)
 
 DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=0x04"
 RAM_SIZE = 32 << 20
@@ -101,57 +103,23 @@ class _Ref:
 
     def walk(self, la: int, write: bool = False, fetch: bool = False,
              update: bool = True) -> int:
-        """Linear -> physical (SDM vol. 3A 4.3 and 4.4, supervisor access); sets the A/D
-        bits as 4.8 says when ``update``; raises PageFault(present) on a failure."""
+        """Linear -> physical for a supervisor access (target/i386/paging.py); sets the
+        A/D bits as SDM vol. 3A 4.8 says when ``update``; raises PageFault(present) on a
+        failure."""
         uc = self.uc
         cr0, cr3, cr4 = (uc.reg_read(r) for r in (U.UC_X86_REG_CR0, U.UC_X86_REG_CR3,
                                                    U.UC_X86_REG_CR4))
         efer = uc.reg_read(U.UC_X86_REG_MSR, 0xC0000080)
-        if not cr0 & 0x80000000:
-            return la
-        wp = bool(cr0 & 0x10000)
-        path: list[tuple[int, int, int]] = []
-        if cr4 & 0x20:
-            pdpte = self._rd((cr3 & 0xFFFFFFE0) + ((la >> 30) & 3) * 8, 8)
-            if not pdpte & 1:
-                raise PageFault(False)
-            addr = (pdpte & 0x000FFFFFFFFFF000) + ((la >> 21) & 0x1FF) * 8
-            for shift in (21, 12):
-                e = self._rd(addr, 8)
-                path.append((addr, e, 8))
-                if not e & 1:
-                    raise PageFault(False)
-                if shift == 21 and e & 0x80:
-                    pa = (e & 0x000FFFFFFFE00000) | (la & 0x1FFFFF)
-                    break
-                addr = (e & 0x000FFFFFFFFFF000) + ((la >> 12) & 0x1FF) * 8
-            else:
-                pa = (e & 0x000FFFFFFFFFF000) | (la & 0xFFF)
-            nx = bool(efer & 0x800) and any(e >> 63 for _, e, _ in path)
-        else:
-            addr = (cr3 & 0xFFFFF000) + ((la >> 22) & 0x3FF) * 4
-            for level in (0, 1):
-                e = self._rd(addr, 4)
-                path.append((addr, e, 4))
-                if not e & 1:
-                    raise PageFault(False)
-                if level == 0 and e & 0x80 and cr4 & 0x10:
-                    pa = (e & 0xFFC00000) | (la & 0x3FFFFF)
-                    break
-                addr = (e & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4
-            else:
-                pa = (e & 0xFFFFF000) | (la & 0xFFF)
-            nx = False
-        if write and wp and not all(e & 2 for _, e, _ in path):
-            raise PageFault(True)
-        if fetch and nx:
+        walk = page_walk(self._rd, cr0, cr3, cr4, efer, la)
+        if walk.pa is None:
+            raise PageFault(False)
+        access = ACC_WRITE if write else ACC_EXEC if fetch else ACC_READ
+        if not access_allowed(walk, access, False, cr0, efer):
             raise PageFault(True)
         if update:
-            for i, (a, e, size) in enumerate(path):
-                new = e | 0x20 | (0x40 if write and i == len(path) - 1 else 0)
-                if new != e:
-                    uc.mem_write(a, new.to_bytes(size, "little"))
-        return pa
+            for e in accessed_dirty_updates(walk, access):
+                uc.mem_write(e.addr, e.value.to_bytes(e.size, "little"))
+        return walk.pa
 
     # -- event delivery (UNICORN_KNOWN_ERRORS["event-delivery"]) ------------------------
     def pf_error_code(self, cr2: int, eip: int) -> int:

@@ -13,14 +13,14 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from pyqemu.accel.interp.cpu_exec import EXCP_BUDGET, InterpCore
-from pyqemu.accel.ops import GDB_BREAKPOINT_HW, GDB_BREAKPOINT_SW, AccelError, AccelOps, AccelState
-from pyqemu.hw.core.cpu import EXCP_DEBUG, EXCP_HALTED, EXCP_HLT
+from pyqemu.accel.ops import (EXCP_DEBUG, EXCP_HALTED, EXCP_HLT, GDB_BREAKPOINT_HW, GDB_BREAKPOINT_SW,
+                              AccelError, AccelOps, AccelState)
 from pyqemu.system.cpus import (cpu_can_run, cpu_thread_signal_created, cpu_thread_signal_destroyed,
                          qemu_global_mutex, qemu_wait_io_event, vcpu_thread_main)
 from pyqemu.util import trace
 
 if TYPE_CHECKING:
-    from pyqemu.hw.core.cpu import CPUState
+    from pyqemu.accel.ops import CPUState
 
 # CPUID bits the interpreter implements (Intel SDM vol. 2A, CPUID, Tables 3-10/3-11 and
 # the 80000001H leaf).  Leaf 1 EDX: PSE(3) TSC(4) MSR(5) PAE(6) CX8(8) APIC(9) PGE(13)

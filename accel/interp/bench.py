@@ -11,14 +11,14 @@ from __future__ import annotations
 import sys
 import time
 
-from keystone import KS_ARCH_X86, KS_MODE_32, Ks
 
 from pyqemu.accel.interp.cpu_exec import InterpCore
-from pyqemu.hw.core.cpu import EXCP_HLT
-from pyqemu.hw.i386.cpu_state import (CR0_ET, CR0_PE, DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK,
+from pyqemu.accel.ops import EXCP_HLT
+from pyqemu.target.i386.cpu_state import (CR0_ET, CR0_PE, DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK,
                                DESC_G_MASK, DESC_P_MASK, DESC_R_MASK, DESC_S_MASK, DESC_W_MASK,
                                CPUX86State, SegmentCache, x86_reset_state)
 from pyqemu.system.memory import AddressSpace, MemoryRegion
+from pyqemu.target.i386.asm import assemble
 
 LOOPS = {
     "register loop (add/xor/dec/jnz)": """
@@ -76,8 +76,7 @@ def flat32_core(code: bytes, at: int = 0x1000) -> InterpCore:
 
 
 def measure(src: str, n: int) -> tuple[int, float]:
-    code, _ = Ks(KS_ARCH_X86, KS_MODE_32).asm(src.format(n=hex(n)), 0x1000)
-    core = flat32_core(bytes(code))
+    core = flat32_core(assemble(src.format(n=hex(n)), "prot32", 0x1000))
     t0 = time.process_time()   # CPU time of this thread: steadier than wall time on a busy host
     reason = core.run()
     dt = time.process_time() - t0

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from pyqemu.accel.interp import flags as F
 from pyqemu.accel.interp.errors import UnimplementedInstruction
 from pyqemu.accel.interp.segcheck import emit_limit_check, emit_type_check
-from pyqemu.hw.i386.cpu_state import R_DS, R_FS, R_GS, R_SS
+from pyqemu.target.i386.cpu_state import R_DS, R_FS, R_GS, R_SS
 
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000, 8: 0x8000000000000000}

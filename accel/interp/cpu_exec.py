@@ -8,7 +8,7 @@ run it; a guest fault raised inside is delivered through the IVT/IDT
 and triple faults return a stop reason.
 
 The core needs no machine: ``InterpCore(env, mem, io, cpuid)`` runs on any
-:class:`~hw.i386.cpu_state.CPUX86State` and address spaces, so unit and
+:class:`~pyqemu.target.i386.cpu_state.CPUX86State` and address spaces, so unit and
 differential tests drive it directly.
 
 EFLAGS: the arithmetic flags may be left pending in :attr:`InterpCore.cc`
@@ -36,9 +36,9 @@ from pyqemu.accel.interp.mmu import ACC_WRITE, Mmu
 from pyqemu.accel.interp.segcheck import check_stack, segment_checks
 from pyqemu.accel.interp.table import RUNTIME, load_families
 from pyqemu.accel.interp.translate import MAX_BLOCK_INSNS, TranslationBlock, Translator
-from pyqemu.hw.core.cpu import EXCP_DEBUG, EXCP_INTERRUPT, EXCP_SHUTDOWN
-from pyqemu.hw.i386 import cpu_state as cs
-from pyqemu.hw.i386.cpu_state import CPUX86State
+from pyqemu.accel.ops import EXCP_DEBUG, EXCP_INTERRUPT, EXCP_SHUTDOWN
+from pyqemu.target.i386 import cpu_state as cs
+from pyqemu.target.i386.cpu_state import CPUX86State
 from pyqemu.util import trace
 
 #: run() stopped because ``max_insns`` instructions ran (not an exit request).

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 from pyqemu.accel.interp import excp
 from pyqemu.accel.interp.errors import EXCP_DB, Fault
 from pyqemu.accel.interp.mmu import ACC_EXEC
-from pyqemu.hw.i386.cpu_state import CR4_DE, RF_MASK, TF_MASK
+from pyqemu.target.i386.cpu_state import CR4_DE, RF_MASK, TF_MASK
 from pyqemu.util import trace
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from pyqemu.accel.interp.errors import (EXCP_DB, EXCP_DF, EXCP_GP, EXCP_NP, EXCP
                                  VECTOR_NAMES, Fault, InterpError, TripleFault)
 from pyqemu.accel.interp.seg import (cache_from, check_target_ip, mark_accessed, protected,
                               read_descriptor)
-from pyqemu.hw.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK,
+from pyqemu.target.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK,
                                DESC_DPL_SHIFT, DESC_L_MASK, DESC_P_MASK, EFER_LMA, IF_MASK,
                                IOPL_MASK, NT_MASK, R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, RF_MASK,
                                TF_MASK, VM_MASK, SegmentCache)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from pyqemu.hw.i386.cpu_state import CC_A, CC_C, CC_O, CC_P, CC_S, CC_Z
+from pyqemu.target.i386.cpu_state import CC_A, CC_C, CC_O, CC_P, CC_S, CC_Z
 
 #: flag letter -> EFLAGS bit number.
 FLAG_BITS = {"C": 0, "P": 2, "A": 4, "Z": 6, "S": 7, "O": 11}

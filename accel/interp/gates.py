@@ -37,7 +37,7 @@ from pyqemu.accel.interp import task
 from pyqemu.accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, Fault
 from pyqemu.accel.interp.excp import _null_outer_data_segs
 from pyqemu.accel.interp.seg import cache_from, canonical, mark_accessed, read_descriptor, set_cs
-from pyqemu.hw.i386.cpu_state import (
+from pyqemu.target.i386.cpu_state import (
     DESC_B_MASK,
     DESC_C_MASK,
     DESC_CS_MASK,

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from pyqemu.accel.interp.errors import EXCP_GP, Fault
 from pyqemu.accel.interp.table import runtime
-from pyqemu.hw.i386.cpu_state import CR0_PE, DESC_P_MASK, IOPL_MASK, VM_MASK
+from pyqemu.target.i386.cpu_state import CR0_PE, DESC_P_MASK, IOPL_MASK, VM_MASK
 
 if TYPE_CHECKING:
     from pyqemu.accel.interp.cpu_exec import InterpCore

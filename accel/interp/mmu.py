@@ -21,21 +21,15 @@ import struct
 from typing import TYPE_CHECKING, Any, Callable
 
 from pyqemu.accel.interp.errors import EXCP_GP, EXCP_PF, Fault
-from pyqemu.hw.i386.cpu_state import (CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA,
-                               EFER_NXE)
+from pyqemu.target.i386.cpu_state import CR0_PG, EFER_LMA
+from pyqemu.target.i386.paging import (ACC_EXEC, ACC_READ, ACC_WRITE, access_allowed,
+                                       accessed_dirty_updates, page_walk, pf_error_code)
 
 if TYPE_CHECKING:
     from pyqemu.accel.interp.cpu_exec import InterpCore
 
 PAGE = 4096
-# Page-table entry bits (SDM vol. 3A, 4.5, Tables 4-15..4-20).
-PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS = 1, 2, 4, 0x20, 0x40, 0x80
-PTE_XD = 1 << 63
-ADDR_MASK = 0x000FFFFFFFFFF000
-# #PF error code bits (SDM vol. 3A, 4.7, Figure 4-12).
-PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD, PFEC_I = 1, 2, 4, 8, 16
-
-ACC_READ, ACC_WRITE, ACC_EXEC = 0, 1, 2
+__all__ = ["PAGE", "ACC_READ", "ACC_WRITE", "ACC_EXEC", "Mmu"]
 
 _STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"),
             8: struct.Struct("<Q")}
@@ -99,83 +93,24 @@ class Mmu:
         return self._walk(la, access, supervisor) & env.a20_mask
 
     def _walk(self, la: int, access: int, supervisor: bool = False) -> int:
+        """The page walk (target/i386/paging.py), its permission check and #PF, then the
+        accessed and dirty bits it sets (SDM vol. 3A, 4.6-4.8)."""
         env = self.env
-        cpl3 = env.cpl == 3 and not supervisor
-        wp = bool(env.cr[0] & CR0_WP)
-        nxe = bool(env.efer & EFER_NXE)
-        rd = self.mem.read
-        wr = self.mem.write
-        entries: list[tuple[int, int, int]] = []    # (address, value, size) walked
-        if env.efer & EFER_LMA or env.cr[4] & CR4_PAE:
-            if env.efer & EFER_LMA:
-                levels = [(env.cr[3] & ADDR_MASK) + ((la >> 39) & 0x1FF) * 8]
-                shifts = [39, 30, 21, 12]
-            else:
-                # PAE: the four PDPTEs are at CR3[31:5] (SDM 4.4.1).
-                levels = [(env.cr[3] & 0xFFFFFFE0) + ((la >> 30) & 3) * 8]
-                shifts = [30, 21, 12]
-            addr = levels[0]
-            for depth, shift in enumerate(shifts):
-                if depth:
-                    addr = (value & ADDR_MASK) + ((la >> shift) & 0x1FF) * 8
-                value = rd(addr, 8)
-                entries.append((addr, value, 8))
-                if not value & PTE_P:
-                    self._pf(la, access, cpl3, present=False)
-                pae_pdpte = not env.efer & EFER_LMA and shift == 30
-                if not pae_pdpte and shift in (30, 21) and value & PTE_PS:
-                    size_mask = (1 << shift) - 1
-                    pa = (value & ADDR_MASK & ~size_mask) | (la & size_mask)
-                    break
-            else:
-                pa = (value & ADDR_MASK) | (la & 0xFFF)
-            eff = entries if env.efer & EFER_LMA else entries[1:]  # PAE PDPTEs carry no R/W, U/S
-        else:
-            # 32-bit paging (SDM 4.3): PDE at CR3[31:12], 4 MiB pages with CR4.PSE.
-            la &= 0xFFFFFFFF
-            addr = (env.cr[3] & 0xFFFFF000) + ((la >> 22) & 0x3FF) * 4
-            value = rd(addr, 4)
-            entries.append((addr, value, 4))
-            if not value & PTE_P:
-                self._pf(la, access, cpl3, present=False)
-            if value & PTE_PS and env.cr[4] & CR4_PSE:
-                pa = (value & 0xFFC00000) | ((value >> 13 & 0xFF) << 32) | (la & 0x3FFFFF)
-            else:
-                addr = (value & 0xFFFFF000) + ((la >> 12) & 0x3FF) * 4
-                value = rd(addr, 4)
-                entries.append((addr, value, 4))
-                if not value & PTE_P:
-                    self._pf(la, access, cpl3, present=False)
-                pa = (value & 0xFFFFF000) | (la & 0xFFF)
-            eff = entries
-        # Permissions: the combination over every level (SDM 4.6.1).
-        writable = all(v & PTE_RW for _, v, _ in eff)
-        user = all(v & PTE_US for _, v, _ in eff)
-        noexec = nxe and any(v & PTE_XD for _, v, _ in eff)
-        if cpl3 and not user:
-            self._pf(la, access, cpl3, present=True)
-        if access == ACC_WRITE and not writable and (cpl3 or wp):
-            self._pf(la, access, cpl3, present=True)
-        if access == ACC_EXEC and noexec:
-            self._pf(la, access, cpl3, present=True)
-        # Accessed bits on every level, dirty on the leaf for a write (SDM 4.8); not in
-        # PAE PDPTEs, whose bit 5 is reserved (SDM 4.4.1, Table 4-8; pae32_mb.s).
-        for i, (addr, value, size) in enumerate(eff):
-            new = value | PTE_A
-            if i == len(eff) - 1 and access == ACC_WRITE:
-                new |= PTE_D
-            if new != value:
-                wr(addr, new, size)
-        return pa
+        user = env.cpl == 3 and not supervisor
+        cr0, cr4, efer = env.cr[0], env.cr[4], env.efer
+        walk = page_walk(self.mem.read, cr0, env.cr[3], cr4, efer, la)
+        if walk.pa is None:
+            self._pf(la, access, user, present=False)
+        if not access_allowed(walk, access, user, cr0, efer):
+            self._pf(la, access, user, present=True)
+        for e in accessed_dirty_updates(walk, access):
+            self.mem.write(e.addr, e.value, e.size)
+        assert walk.pa is not None
+        return walk.pa
 
-    def _pf(self, la: int, access: int, cpl3: bool, present: bool) -> None:
-        # I/D: a fetch, with CR4.SMEP=1 or with CR4.PAE=1 and EFER.NXE=1 (SDM vol. 3A,
-        # 4.7): 32-bit paging never sets it, even with EFER.NXE=1 (paging32_mb.s).
+    def _pf(self, la: int, access: int, user: bool, present: bool) -> None:
         env = self.env
-        code = (PFEC_P if present else 0) | (PFEC_W if access == ACC_WRITE else 0) \
-            | (PFEC_U if cpl3 else 0) \
-            | (PFEC_I if access == ACC_EXEC and (env.cr[4] & CR4_SMEP or (
-                env.cr[4] & CR4_PAE and env.efer & EFER_NXE)) else 0)
+        code = pf_error_code(present, access, user, env.cr[4], env.efer)
         raise Fault(EXCP_PF, code, cr2=la, why=f"page fault at {la:#x}")
 
     def fill(self, la: int, access: int) -> int:

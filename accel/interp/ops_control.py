@@ -13,7 +13,7 @@ from pyqemu.accel.interp.codegen import MASK, Ctx, Insn
 from pyqemu.accel.interp.errors import EXCP_GP
 from pyqemu.accel.interp.ops_move import stack_size
 from pyqemu.accel.interp.table import op
-from pyqemu.hw.core.cpu import EXCP_HLT
+from pyqemu.accel.ops import EXCP_HLT
 
 # Conditional jumps as capstone spells them.
 JCC = {"jo": "o", "jno": "no", "jb": "b", "jae": "ae", "je": "e", "jne": "ne", "jbe": "be",

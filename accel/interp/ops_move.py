@@ -12,7 +12,7 @@ from __future__ import annotations
 from pyqemu.accel.interp import flags as F
 from pyqemu.accel.interp.codegen import MASK, SIGN, Ctx, Insn, Op
 from pyqemu.accel.interp.table import op
-from pyqemu.hw.i386.cpu_state import R_DS, RF_MASK, VM_MASK
+from pyqemu.target.i386.cpu_state import R_DS, RF_MASK, VM_MASK
 
 # Segment-override prefix bytes -> segment register (SDM vol. 2A, 2.1.1).
 SEG_PREFIX = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pyqemu.accel.interp.codegen import MASK, Ctx, Insn
 from pyqemu.accel.interp.ops_move import SEG_PREFIX
 from pyqemu.accel.interp.table import op
-from pyqemu.hw.i386.cpu_state import R_DS, R_ES
+from pyqemu.target.i386.cpu_state import R_DS, R_ES
 
 SIZES = {"b": 1, "w": 2, "d": 4, "q": 8}
 KINDS = ("movs", "stos", "lods", "cmps", "scas", "ins", "outs")

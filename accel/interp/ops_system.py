@@ -16,7 +16,7 @@ from pyqemu.accel.interp.errors import EXCP_BR, EXCP_DB, EXCP_GP, EXCP_UD
 from pyqemu.accel.interp.ioperm import io_perm_check  # noqa: F401  (registers the runtime helper)
 from pyqemu.accel.interp.ops_move import stack_size
 from pyqemu.accel.interp.table import op
-from pyqemu.hw.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK, VM_MASK
+from pyqemu.target.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK, VM_MASK
 
 CR4_UMIP = 1 << 11
 

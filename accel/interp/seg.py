@@ -16,7 +16,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from pyqemu.accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_UD, Fault, InterpError
-from pyqemu.hw.i386.cpu_state import (
+from pyqemu.target.i386.cpu_state import (
     CR0_PE,
     DESC_A_MASK,
     DESC_B_MASK,
@@ -35,6 +35,7 @@ from pyqemu.hw.i386.cpu_state import (
     VM_MASK,
     SegmentCache,
 )
+from pyqemu.target.i386.descriptors import descriptor_cache
 
 if TYPE_CHECKING:
     from pyqemu.accel.interp.cpu_exec import InterpCore
@@ -102,11 +103,7 @@ def mark_accessed(core: InterpCore, sel: int, hi: int) -> int:
 
 def cache_from(sel: int, lo: int, hi: int) -> SegmentCache:
     """Descriptor -> segment cache (SDM vol. 3A, 3.4.5, Figure 3-8)."""
-    base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
-    limit = (lo & 0xFFFF) | (hi & 0xF0000)
-    if hi & DESC_G_MASK:
-        limit = (limit << 12) | 0xFFF
-    return SegmentCache(sel, base, limit, hi & 0x00F0FF00)
+    return descriptor_cache(sel, lo, hi)
 
 
 def load_seg(core: InterpCore, seg: int, sel: int) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyqemu.accel.interp.errors import EXCP_GP, EXCP_SS, Fault
-from pyqemu.hw.i386.cpu_state import (CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_E_MASK, DESC_P_MASK,
+from pyqemu.target.i386.cpu_state import (CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_E_MASK, DESC_P_MASK,
                                DESC_R_MASK, DESC_W_MASK, R_SS, VM_MASK, CPUX86State,
                                SegmentCache)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pyqemu.accel.interp.codegen import MASK
 from pyqemu.accel.interp.ioperm import io_perm_check
 from pyqemu.accel.interp.segcheck import check_access
-from pyqemu.hw.i386.cpu_state import DF_MASK, R_ES, R_FS, R_GS
+from pyqemu.target.i386.cpu_state import DF_MASK, R_ES, R_FS, R_GS
 
 if TYPE_CHECKING:
     from pyqemu.accel.interp.cpu_exec import InterpCore

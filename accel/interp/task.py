@@ -40,7 +40,7 @@ from pyqemu.accel.interp.errors import EXCP_DB, EXCP_GP, EXCP_NP, EXCP_SS, EXCP_
 from pyqemu.accel.interp.mmu import ACC_WRITE
 from pyqemu.accel.interp.seg import cache_from, mark_accessed, read_descriptor
 from pyqemu.accel.interp.segcheck import check_access
-from pyqemu.hw.i386.cpu_state import (
+from pyqemu.target.i386.cpu_state import (
     CR0_PG,
     CR0_TS,
     DESC_A_MASK,

@@ -24,7 +24,7 @@ from pyqemu.accel.interp.codegen import Ctx, Insn, Mode, Op
 from pyqemu.accel.interp.errors import EXCP_GP, EXCP_UD, Fault, UnimplementedInstruction
 from pyqemu.accel.interp.mmu import ACC_EXEC, PAGE
 from pyqemu.accel.interp.table import load_families
-from pyqemu.hw.i386.cpu_state import GPR_PARTS, SEG_NAMES
+from pyqemu.target.i386.cpu_state import GPR_PARTS, SEG_NAMES
 from pyqemu.util import trace
 
 if TYPE_CHECKING:

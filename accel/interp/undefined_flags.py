@@ -20,7 +20,7 @@ vol. 3, Appendix E agrees on these):
 
 from __future__ import annotations
 
-from pyqemu.hw.i386.cpu_state import CC_A, CC_C, CC_O, CC_P, CC_S, CC_Z
+from pyqemu.target.i386.cpu_state import CC_A, CC_C, CC_O, CC_P, CC_S, CC_Z
 
 _STATIC: dict[str, int] = {
     **dict.fromkeys(("and", "or", "xor", "test"), CC_A),

@@ -41,7 +41,7 @@ from pyqemu.accel.interp.errors import (
 )
 from pyqemu.accel.interp.excp import _gate, _set_flags, _tss_stack32
 from pyqemu.accel.interp.seg import cache_from, mark_accessed, read_descriptor
-from pyqemu.hw.i386.cpu_state import (
+from pyqemu.target.i386.cpu_state import (
     CR4_VME,
     DESC_A_MASK,
     DESC_B_MASK,

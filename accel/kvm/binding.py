@@ -50,6 +50,7 @@ import cffi
 
 from pyqemu.accel.kvm import kvm_abi as abi
 from pyqemu.accel.kvm.errors import KvmError, KvmUnavailableError
+from pyqemu.target.i386.cpuid import CpuidEntry
 
 __all__ = [
     "Kvm",
@@ -141,19 +142,6 @@ class _FdObject:
 
 
 # --- CPUID --------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CpuidEntry:
-    """One ``struct kvm_cpuid_entry2`` (api.rst 4.46 KVM_SET_CPUID2)."""
-
-    function: int
-    index: int = 0
-    flags: int = 0
-    eax: int = 0
-    ebx: int = 0
-    ecx: int = 0
-    edx: int = 0
 
 
 def _cpuid2_alloc(n: int) -> tuple[Any, Any]:

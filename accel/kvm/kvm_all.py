@@ -42,7 +42,7 @@ import errno
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pyqemu.accel.kvm import kvm_abi as abi
 from pyqemu.accel.kvm.binding import (
@@ -66,14 +66,17 @@ from pyqemu.accel.kvm.binding import (
     VmFd,
 )
 from pyqemu.accel.kvm.errors import KvmError, KvmUnavailableError
-from pyqemu.accel.ops import GDB_BREAKPOINT_SW, AccelError, AccelOps, AccelState, register_accel
+from pyqemu.target.i386.cpuid import cpuid_entries_for_kvm
+from pyqemu.accel.ops import (EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, GDB_BREAKPOINT_SW, AccelError,
+                              AccelOps, AccelState, register_accel)
 from pyqemu.system import cpus as cpus_mod
 from pyqemu.system.cpus import qemu_global_mutex
 from pyqemu.system.memory import address_space_rw
 from pyqemu.util import trace
 
 if TYPE_CHECKING:
-    from pyqemu.hw.core.cpu import CPUState
+    from pyqemu.accel.ops import CPUState
+    from pyqemu.target.i386.cpuid import X86CPU
     from pyqemu.system.memory import AddressSpace
 
 __all__ = [
@@ -97,11 +100,6 @@ __all__ = [
     "kvm_handle_exit",
 ]
 
-# Values of include/exec/cpu-all.h, as hw/core/cpu.py defines them (imported
-# lazily there to keep ``accel`` from importing ``hw`` at import time).
-EXCP_INTERRUPT = 0x10000
-EXCP_HLT = 0x10001
-EXCP_DEBUG = 0x10002
 
 #: The kick signal (QEMU's SIG_IPI is SIGUSR1 on Linux).
 SIG_IPI = signal.SIGUSR1
@@ -464,12 +462,10 @@ def kvm_cpuid_entries(cpu: CPUState) -> list[CpuidEntry]:
     A CPU without a model (a bare CPUState in the accelerator's own tests) gets the
     host's KVM_GET_SUPPORTED_CPUID as is.
     """
-    from pyqemu.hw.i386.cpuid import cpuid_entries_for_kvm  # lazily: accel must not import hw early
     if not hasattr(cpu, "cpuid_level") and not hasattr(cpu, "features"):
         trace.event("no CPU model CPUID: using KVM_GET_SUPPORTED_CPUID")
         return list(_kvm_state(cpu).supported_cpuid)
-    return [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-            for e in cpuid_entries_for_kvm(cpu)]
+    return cpuid_entries_for_kvm(cast("X86CPU", cpu))
 
 
 def kvm_init_cpu_signals(cpu: CPUState) -> None:
@@ -664,9 +660,7 @@ def kvm_cpu_exec(cpu: CPUState) -> int:
     with trace.span("kvm_cpu_exec", cpu=cpu.cpu_index):
         # kvm_arch_process_async_events: a halted vCPU stays out of KVM_RUN until it has work.
         if cpu.halted:
-            from pyqemu.hw.core.cpu import cpu_has_work
-
-            if not cpu_has_work(cpu):
+            if not cpu.has_work():
                 cpu.exit_request = False
                 trace.event("halted, no work: EXCP_HLT")
                 return EXCP_HLT

@@ -7,7 +7,7 @@ asks it to leave its loop and destroy the vCPU; ``exit_request`` asks the
 execution loop to return at its next chance; ``halted`` is set by HLT.
 ``halt_cond`` is a condition on the big lock that an idle vCPU thread waits on.
 All of these are read and written under the big lock
-(:data:`system.cpus.qemu_global_mutex`), except ``exit_request``, which a kick
+(:data:`pyqemu.system.cpus.qemu_global_mutex`), except ``exit_request``, which a kick
 sets from any thread and the execution loop polls without the lock.
 """
 
@@ -17,24 +17,14 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from pyqemu.hw.core.qdev import DeviceClass, DeviceState, TYPE_DEVICE
+from pyqemu.system.cpus import QueuedWork
 from pyqemu.qom import Object, ObjectClass, TypeInfo, object_property_add_uint, type_init
 from pyqemu.util import trace
 
 if TYPE_CHECKING:
-    from pyqemu.accel.ops import AccelOps
     from pyqemu.system.memory import AddressSpace
 
 TYPE_CPU = "cpu"
-
-# Return values of cpu_exec (include/exec/cpu-all.h).
-EXCP_INTERRUPT = 0x10000   # async interruption: kick, exit_request
-EXCP_HLT = 0x10001         # the CPU executed HLT
-EXCP_DEBUG = 0x10002       # breakpoint or single step
-EXCP_HALTED = 0x10003      # the CPU is halted; nothing to run
-EXCP_YIELD = 0x10004
-EXCP_ATOMIC = 0x10005
-EXCP_SHUTDOWN = 0x10010    # pyqemu: the guest asked for a shutdown / triple fault
-
 
 class CPUClass(DeviceClass):
     """``CPUClass``: per-target hooks."""
@@ -44,18 +34,6 @@ class CPUClass(DeviceClass):
     reset_hook: Callable[["CPUState"], None] | None = None
     class_by_name: Callable[[str], ObjectClass | None] | None = None
     parse_features: Callable[[str, str], None] | None = None
-
-
-class QueuedWork:
-    """One ``run_on_cpu`` item: a function run on the vCPU thread, and its outcome."""
-
-    __slots__ = ("func", "done", "error", "result")
-
-    def __init__(self, func: Callable[["CPUState"], Any]) -> None:
-        self.func = func
-        self.done = False
-        self.error: BaseException | None = None
-        self.result: Any = None
 
 
 class CPUState(DeviceState):
@@ -76,13 +54,17 @@ class CPUState(DeviceState):
     vcpu_dirty: bool
     halt_cond: threading.Condition | None
     work_list: list[QueuedWork]
-    accel_ops: "AccelOps | None"
+    accel_ops: Any             # the machine's AccelOps (accel is above hw: not imported)
     accel: Any                 # the accelerator's per-vCPU state (AccelCPUState)
     as_: "AddressSpace | None"  # memory address space (cpu->as)
     io_as: "AddressSpace | None"
     machine: Any
     singlestep_enabled: bool
     exception_index: int
+
+    def has_work(self) -> bool:
+        """``cpu_has_work``: the target's hook says whether a halted vCPU would wake."""
+        return cpu_has_work(self)
 
 
 def cpu_common_initfn(obj: Object) -> None:

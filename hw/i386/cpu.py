@@ -27,16 +27,16 @@ from typing import Any, Callable
 from pyqemu.hw.core.cpu import CPUClass, CPUState, TYPE_CPU, cpu_reset
 from pyqemu.hw.core.qdev import (DeviceClass, DeviceState, Property, device_class_set_parent_realize,
                           device_class_set_parent_unrealize, device_class_set_props)
-from pyqemu.hw.i386 import cpu_features as cf
+from pyqemu.target.i386 import cpu_features as cf
 from pyqemu.hw.i386.apic import (APICCommonState, TYPE_APIC, apic_reset_common)
-from pyqemu.hw.i386.cpu_features import (CPUFeatureValueError, FeatureFilterError, HostCPUModelError,
+from pyqemu.target.i386.errors import (CPUFeatureValueError, FeatureFilterError, HostCPUModelError,
                                   UnknownCPUModelError, UnknownFeatureError, X86CPUError)
-from pyqemu.hw.i386.cpu_models import (BASE_DEF, HOST_DEF, MAX_DEF, X86CPUDefinition,
+from pyqemu.target.i386.cpu_models import (BASE_DEF, HOST_DEF, MAX_DEF, X86CPUDefinition,
                                 builtin_x86_defs, model_description)
-from pyqemu.hw.i386.cpu_state import (APIC_DEFAULT_ADDRESS, CPUX86State, IF_MASK,
+from pyqemu.target.i386.cpu_state import (APIC_DEFAULT_ADDRESS, CPUX86State, IF_MASK,
                                MSR_IA32_APICBASE_BSP, MSR_IA32_APICBASE_ENABLE, R_EDX,
                                x86_reset_state)
-from pyqemu.hw.i386.cpuid import (UNASSIGNED_APIC_ID, cpu_x86_cpuid, cpuid_signature,
+from pyqemu.target.i386.cpuid import (UNASSIGNED_APIC_ID, cpu_x86_cpuid, cpuid_signature,
                            x86_cpu_min_levels)
 from pyqemu.qom import (Object, ObjectClass, PropertyAccessError, TypeInfo, check_property_value,
                  object_class_by_name, object_class_get_list, object_new,
@@ -126,6 +126,19 @@ class X86CPU(CPUState):
         """Whether the CPUID flag ``name`` (any accepted spelling) is on."""
         word, bit = cf.feature_lookup(name)
         return bool(self.features.get(word, 0) >> bit & 1)
+
+    @property
+    def cpuid_topology(self) -> tuple[int, int, int]:
+        """(dies, cores per die, threads per core): the machine's -smp, else the CPU's own."""
+        smp = getattr(self.machine, "smp", None)
+        if smp is not None:
+            return (getattr(smp, "dies", 1), smp.cores, smp.threads)
+        return (1, self.nr_cores, self.nr_threads)
+
+    @property
+    def cpuid_kvm_leaves(self) -> bool:
+        """KVM's paravirtual CPUID leaves are shown under kvm (``kvm_arch_init_vcpu``)."""
+        return getattr(getattr(self.machine, "accel", None), "name", None) == "kvm"
 
     @property
     def cpuid_version(self) -> int:
@@ -779,7 +792,7 @@ def x86_cpu_has_work(cs: CPUState) -> bool:
 def x86_cpu_dump_state(cs: CPUState) -> str:
     """``x86_cpu_dump_state``: the general registers, RIP, RFLAGS, segments, CRs."""
     env = cs.env  # type: ignore[attr-defined]
-    from pyqemu.hw.i386.cpu_state import REG_NAMES, SEG_NAMES
+    from pyqemu.target.i386.cpu_state import REG_NAMES, SEG_NAMES
     lines = [" ".join(f"{REG_NAMES[i].upper()}={env.regs[i]:016x}" for i in range(j, j + 4))
              for j in range(0, 16, 4)]
     lines.append(f"RIP={env.rip:016x} RFL={env.eflags:08x} CPL={env.cpl} {env.mode_name}")

@@ -1,6 +1,6 @@
 """Python-API loaders: assemble guest code with keystone and set a vCPU up to run it.
 
-These work on a :class:`~hw.i386.cpu_state.CPUX86State` and an
+These work on a :class:`~pyqemu.target.i386.cpu_state.CPUX86State` and an
 :class:`~system.memory.AddressSpace`, never on an accelerator, so the same
 entry state serves kvm and interp (under kvm the caller marks the vCPU dirty).
 
@@ -28,13 +28,16 @@ import struct
 from typing import Literal
 
 from pyqemu.hw.core.errors import LoaderError
-from pyqemu.hw.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
+from pyqemu.target.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
                                DESC_CS_MASK, DESC_DPL_SHIFT, DESC_G_MASK, DESC_L_MASK,
                                DESC_P_MASK, DESC_R_MASK, DESC_S_MASK, DESC_TYPE_SHIFT,
                                DESC_W_MASK, EFER_LMA, EFER_LME, EFLAGS_FIXED, IOPL_MASK,
                                R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, R_ESP, CPUX86State,
                                SegmentCache)
 from pyqemu.system.memory import AddressSpace
+from pyqemu.target.i386 import asm as x86_asm
+from pyqemu.target.i386.descriptors import descriptor_cache, segment_descriptor
+from pyqemu.target.i386.errors import AssemblerError
 
 Mode = Literal["real", "prot32", "long64"]
 MODES = ("real", "prot32", "long64")
@@ -56,26 +59,14 @@ SEL_USER_CODE64 = 0x30 | 3
 
 
 def make_descriptor(base: int, limit: int, flags: int) -> int:
-    """A code/data segment descriptor (Intel SDM vol. 3A, 3.4.5, Figure 3-8).
-
-    ``flags`` uses :class:`SegmentCache`'s encoding (the descriptor's high
-    dword bits 8..23); ``limit`` is the raw 20-bit field.
-    """
-    lo = (limit & 0xFFFF) | ((base & 0xFFFF) << 16)
-    hi = (((base >> 16) & 0xFF) | (flags & 0x00F0FF00) | (limit & 0xF0000)
-          | (base & 0xFF000000))
-    return lo | (hi << 32)
+    """A code/data segment descriptor as a quadword (``segment_descriptor``, SDM vol. 3A,
+    Figure 3-8); ``flags`` in :class:`SegmentCache`'s encoding, ``limit`` the 20-bit field."""
+    return segment_descriptor(base, limit, flags)
 
 
 def descriptor_to_cache(selector: int, desc: int) -> SegmentCache:
     """The hidden part a segment load caches (SDM 3.4.3): base, scaled limit, flags."""
-    lo, hi = desc & 0xFFFFFFFF, desc >> 32
-    base = (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
-    limit = (lo & 0xFFFF) | (hi & 0xF0000)
-    flags = hi & 0x00F0FF00
-    if flags & DESC_G_MASK:
-        limit = (limit << 12) | 0xFFF
-    return SegmentCache(selector, base, limit, flags)
+    return descriptor_cache(selector, desc & 0xFFFFFFFF, desc >> 32)
 
 
 _CODE = DESC_P_MASK | DESC_S_MASK | DESC_CS_MASK | DESC_R_MASK | DESC_A_MASK | DESC_G_MASK
@@ -118,77 +109,15 @@ def load_bytes(asp: AddressSpace, addr: int, data: bytes, what: str = "load") ->
 
 # --- assembly -----------------------------------------------------------------------------------
 def assemble(source: str, mode: str, addr: int = 0, *, syntax: str = "intel") -> bytes:
-    """Assemble ``source`` for ``mode`` (``real``, ``prot32``, ``long64``) as if placed at ``addr``.
-
-    ``syntax`` is ``intel`` (keystone's default) or ``nasm`` (needed for far
-    jumps; bare numbers are then hex).  An error is a :class:`LoaderError`
-    with keystone's message and, when one line alone is at fault, that line.
-    """
-    import keystone as ks_mod
-    ks_modes = {"real": ks_mod.KS_MODE_16, "prot32": ks_mod.KS_MODE_32,
-                "long64": ks_mod.KS_MODE_64}
-    if mode not in ks_modes:
+    """Assemble ``source`` for ``mode`` (``real``, ``prot32``, ``long64``) as if placed at
+    ``addr``, with :func:`pyqemu.target.i386.asm.assemble`; an error is a
+    :class:`LoaderError` (what a loader raises) with the assembler's message."""
+    if mode not in ("real", "prot32", "long64"):
         raise LoaderError(f"assemble: unknown mode '{mode}' (real, prot32, long64)")
-    if syntax not in ("intel", "nasm"):
-        raise LoaderError(f"assemble: unknown syntax '{syntax}' (intel, nasm)")
-    if syntax == "nasm":
-        return _assemble_nasm_isolated(source, mode, addr)
-    ks = ks_mod.Ks(ks_mod.KS_ARCH_X86, ks_modes[mode])
     try:
-        encoding, _ = ks.asm(source, addr)
-    except ks_mod.KsError as e:
-        raise LoaderError(f"assemble ({mode}): {_locate_error(ks, source, addr)}{e}") from None
-    if not encoding:
-        raise LoaderError(f"assemble ({mode}): the source assembled to nothing")
-    return bytes(encoding)
-
-
-_NASM_CHILD = """\
-import sys, keystone as k
-modes = {"real": k.KS_MODE_16, "prot32": k.KS_MODE_32, "long64": k.KS_MODE_64}
-ks = k.Ks(k.KS_ARCH_X86, modes[sys.argv[1]])
-ks.syntax = k.KS_OPT_SYNTAX_NASM
-try:
-    sys.stdout.write(bytes(ks.asm(sys.stdin.read(), int(sys.argv[2]))[0] or b"").hex())
-except k.KsError as e:
-    sys.stderr.write(str(e))
-    sys.exit(1)
-"""
-
-
-def _assemble_nasm_isolated(source: str, mode: str, addr: int) -> bytes:
-    """NASM syntax in a child process.  Once a process has assembled anything in
-    keystone's NASM syntax, keystone 0.9.2 reads bare numbers as hex in *every* later
-    assembly of that process, whatever the syntax option: a guest written in Intel
-    syntax with decimal constants would silently change."""
-    import subprocess
-    import sys
-    r = subprocess.run([sys.executable, "-c", _NASM_CHILD, mode, str(addr)], input=source,
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode != 0:
-        raise LoaderError(f"assemble ({mode}, nasm): {r.stderr.strip() or 'keystone failed'}")
-    if not r.stdout:
-        raise LoaderError(f"assemble ({mode}, nasm): the source assembled to nothing")
-    return bytes.fromhex(r.stdout)
-
-
-def _locate_error(ks: object, source: str, addr: int) -> str:
-    """'line N: `text`: ' for the first line that fails on its own, else ''.
-
-    keystone's statement count is unreliable on errors, so each line is tried
-    alone; a line that only misses a label defined elsewhere is not the culprit.
-    """
-    import keystone as ks_mod
-    for n, line in enumerate(source.splitlines(), 1):
-        text = line.split(";", 1)[0].strip() if not line.strip().startswith("#") else ""
-        if not text or text.endswith(":"):
-            continue
-        try:
-            ks.asm(text, addr)  # type: ignore[attr-defined]
-        except ks_mod.KsError as e:
-            if e.errno != ks_mod.KS_ERR_ASM_SYMBOL_MISSING:
-                return f"line {n}: `{line.strip()}`: "
-    return ""
+        return x86_asm.assemble(source, mode, addr, syntax=syntax)
+    except AssemblerError as e:
+        raise LoaderError(str(e)) from None
 
 
 # --- entry state ---------------------------------------------------------------------------------

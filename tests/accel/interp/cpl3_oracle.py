@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 
 from pyqemu.accel.interp.cpu_exec import InterpCore
 from pyqemu.accel.kvm import kvm_abi as abi
-from pyqemu.hw.core.cpu import EXCP_DEBUG
-from pyqemu.hw.i386.cpu_state import (
+from pyqemu.accel.ops import EXCP_DEBUG
+from pyqemu.target.i386.cpu_state import (
     CR0_ET,
     CR0_PE,
     CR0_PG,

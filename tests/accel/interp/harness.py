@@ -7,16 +7,13 @@ tested by guest code in test_modes.py.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, Ks
-
 from pyqemu.accel.interp.cpu_exec import InterpCore
-from pyqemu.hw.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
+from pyqemu.target.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
                                DESC_CS_MASK, DESC_G_MASK, DESC_L_MASK, DESC_P_MASK, DESC_R_MASK,
                                DESC_S_MASK, DESC_W_MASK, EFER_LMA, EFER_LME, EFER_NXE,
                                CPUX86State, SegmentCache, x86_reset_state)
 from pyqemu.system.memory import AddressSpace, MemoryRegion
+from pyqemu.target.i386.asm import assemble
 
 RAM_SIZE = 4 << 20
 CODE = 0x1000
@@ -24,26 +21,9 @@ PML4 = 0x100000          # identity map of the first 1 GiB with 2 MiB pages (SDM
 DATA_FLAGS = DESC_P_MASK | DESC_S_MASK | DESC_A_MASK | DESC_W_MASK
 CODE_FLAGS = DESC_P_MASK | DESC_S_MASK | DESC_A_MASK | DESC_CS_MASK | DESC_R_MASK
 
-_KS_MODES = {16: KS_MODE_16, 32: KS_MODE_32, 64: KS_MODE_64}
-
-
-@lru_cache(maxsize=4096)
 def asm(src: str, bits: int, addr: int = CODE, nasm: bool = False) -> bytes:
-    """Assemble with keystone.  NASM syntax runs in a child process: once a process has
-    used it, keystone reads bare numbers as hex in *every* later assembly, whatever the
-    syntax option (measured with keystone-engine 0.9.2)."""
-    if nasm:
-        return _asm_nasm_isolated(src, bits, addr)
-    ks = Ks(KS_ARCH_X86, _KS_MODES[bits])
-    code, _ = ks.asm(src, addr)
-    if not code:
-        raise ValueError(f"keystone produced nothing for {src!r}")
-    return bytes(code)
-
-
-def _asm_nasm_isolated(src: str, bits: int, addr: int) -> bytes:
-    from pyqemu.hw.i386.loader_asm import assemble
-    return assemble(src, {16: "real", 32: "prot32", 64: "long64"}[bits], addr, syntax="nasm")
+    """Assemble for ``bits`` (16, 32, 64) with the project's keystone wrapper."""
+    return assemble(src, bits, addr, syntax="nasm" if nasm else "intel")
 
 
 class Guest:

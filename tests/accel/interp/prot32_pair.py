@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from pyqemu.hw.core.cpu import EXCP_DEBUG, EXCP_HLT
-from pyqemu.hw.i386.cpu_state import CR0_TS
+from pyqemu.accel.ops import EXCP_DEBUG, EXCP_HLT
+from pyqemu.target.i386.cpu_state import CR0_TS
 from tests.accel.interp.harness import Guest
 
 unicorn = pytest.importorskip("unicorn")

@@ -75,7 +75,7 @@ def test_machine_single_step_runs_one_instruction_per_step() -> None:
 
 
 def test_cpu_exec_of_a_halted_vcpu_returns_halted_at_once() -> None:
-    from pyqemu.hw.core.cpu import EXCP_HALTED
+    from pyqemu.accel.ops import EXCP_HALTED
     from pyqemu.system.cpus import qemu_global_mutex
     with Machine(accel="interp", memory="16M") as m:
         m.load_asm("hlt", 0x7C00, "real")

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from pyqemu.hw.core.cpu import EXCP_DEBUG, EXCP_HLT
-from pyqemu.hw.i386.cpu_state import CR4_DE
+from pyqemu.accel.ops import EXCP_DEBUG, EXCP_HLT
+from pyqemu.target.i386.cpu_state import CR4_DE
 from tests.accel.interp.harness import Guest, asm
 
 if TYPE_CHECKING:

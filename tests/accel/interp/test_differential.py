@@ -20,7 +20,7 @@ from unicorn import x86_const as U  # noqa: E402
 
 from pyqemu.accel.interp.cpu_exec import EXCP_BUDGET  # noqa: E402
 from pyqemu.accel.interp.undefined_flags import undefined_flags  # noqa: E402
-from pyqemu.hw.i386.cpu_state import ARITH_FLAGS, DF_MASK  # noqa: E402
+from pyqemu.target.i386.cpu_state import ARITH_FLAGS, DF_MASK  # noqa: E402
 from tests.accel.interp.harness import CODE, Guest, asm  # noqa: E402
 
 # ~200 examples per family by default (derandomized: the same cases every run);

@@ -12,8 +12,8 @@ import pytest
 
 from pyqemu.accel.interp.cpu_exec import EXCP_BUDGET
 from pyqemu.accel.interp.errors import UnimplementedInstruction
-from pyqemu.hw.core.cpu import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
-from pyqemu.hw.i386.cpu_state import CC_A, CC_C, CC_P, CC_S, EFER_LMA, IF_MASK
+from pyqemu.accel.ops import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
+from pyqemu.target.i386.cpu_state import CC_A, CC_C, CC_P, CC_S, EFER_LMA, IF_MASK
 from tests.accel.interp.harness import CODE, Guest, asm
 
 # GDT entries (SDM vol. 3A, 3.4.5): flat 32-bit code/data, 64-bit code.

@@ -8,8 +8,8 @@ the IDT of test_sysinsn.guest (vector in EDI, frame on the stack).
 
 from __future__ import annotations
 
-from pyqemu.hw.core.cpu import EXCP_HLT
-from pyqemu.hw.i386.cpu_state import SegmentCache
+from pyqemu.accel.ops import EXCP_HLT
+from pyqemu.target.i386.cpu_state import SegmentCache
 from tests.accel.interp.harness import CODE, Guest
 from tests.accel.interp.test_sysinsn import STACK, frame, guest, run, vector
 

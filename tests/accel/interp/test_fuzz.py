@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from pyqemu.accel.interp.cpu_exec import EXCP_BUDGET
 from pyqemu.accel.interp.errors import InterpError, UnimplementedInstruction
-from pyqemu.hw.core.cpu import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
+from pyqemu.accel.ops import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
 from tests.accel.interp.harness import CODE, Guest
 
 _EXAMPLES = int(os.environ.get("PYQEMU_FUZZ_EXAMPLES", "100"))

@@ -24,8 +24,8 @@ import struct
 
 import pytest
 
-from pyqemu.hw.core.cpu import EXCP_DEBUG, EXCP_HLT
-from pyqemu.hw.i386.cpu_state import R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, SegmentCache
+from pyqemu.accel.ops import EXCP_DEBUG, EXCP_HLT
+from pyqemu.target.i386.cpu_state import R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, SegmentCache
 from tests.accel.interp import prot32_pair
 from tests.accel.interp.harness import CODE, Guest, asm
 

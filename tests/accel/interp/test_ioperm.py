@@ -43,8 +43,8 @@ import pytest
 
 from pyqemu.accel.interp.errors import Fault
 from pyqemu.accel.interp.ioperm import io_check_needed, io_perm_check
-from pyqemu.hw.core.cpu import EXCP_DEBUG
-from pyqemu.hw.i386.cpu_state import CR0_PE, IOPL_MASK, VM_MASK, SegmentCache
+from pyqemu.accel.ops import EXCP_DEBUG
+from pyqemu.target.i386.cpu_state import CR0_PE, IOPL_MASK, VM_MASK, SegmentCache
 from tests.accel.interp.harness import Guest, asm
 
 GDT, IDT, BOOT, USER, HANDLERS, TSS = 0x1000, 0x1800, 0x2000, 0x3000, 0x5000, 0x7000

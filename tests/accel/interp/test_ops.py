@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from pyqemu.hw.core.cpu import EXCP_HLT
-from pyqemu.hw.i386.cpu_state import CC_A, CC_C, CC_O, CC_P, CC_S, CC_Z, DF_MASK
+from pyqemu.accel.ops import EXCP_HLT
+from pyqemu.target.i386.cpu_state import CC_A, CC_C, CC_O, CC_P, CC_S, CC_Z, DF_MASK
 from tests.accel.interp.harness import Guest
 
 ALL = CC_C | CC_P | CC_A | CC_Z | CC_S | CC_O

@@ -6,8 +6,8 @@ an IDT whose handler for vector v sets EDI = v and halts.
 
 from __future__ import annotations
 
-from pyqemu.hw.core.cpu import EXCP_HLT
-from pyqemu.hw.i386.cpu_state import CR0_ET, CR0_MP, CR0_PE, CR0_TS, CR4_DE, SegmentCache
+from pyqemu.accel.ops import EXCP_HLT
+from pyqemu.target.i386.cpu_state import CR0_ET, CR0_MP, CR0_PE, CR0_TS, CR4_DE, SegmentCache
 from tests.accel.interp.harness import CODE, Guest
 from tests.accel.interp.test_exec import put_gdt
 

@@ -27,7 +27,7 @@ import pytest
 
 from pyqemu.accel.interp import excp
 from pyqemu.accel.interp.errors import Fault
-from pyqemu.hw.i386.cpu_state import CR0_PG, CR0_TS, NT_MASK, R_CS, R_SS, SegmentCache
+from pyqemu.target.i386.cpu_state import CR0_PG, CR0_TS, NT_MASK, R_CS, R_SS, SegmentCache
 from tests.accel.interp import prot32_pair
 from tests.accel.interp.harness import CODE, Guest, asm
 from tests.accel.interp.test_gates import (

@@ -30,7 +30,7 @@ import struct
 import pytest
 
 from pyqemu.accel.interp.errors import InterpError
-from pyqemu.hw.i386.cpu_state import (
+from pyqemu.target.i386.cpu_state import (
     DESC_P_MASK,
     IF_MASK,
     NT_MASK,
@@ -420,7 +420,7 @@ def test_a_bad_ring0_stack_in_the_tss_is_ts_and_then_double_fault(ss0: int, vect
     for addr, raw in image("int 0x20", 3, ss0=ss0).items():
         g.mem.write_bytes(addr, raw)
     g.core.tb_flush()
-    from pyqemu.hw.core.cpu import EXCP_SHUTDOWN
+    from pyqemu.accel.ops import EXCP_SHUTDOWN
     assert g.core.run(10_000) == EXCP_SHUTDOWN
     assert g.env.mode_name == "vm86" and g.env.rip == 0       # nothing was delivered
 

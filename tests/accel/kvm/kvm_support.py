@@ -89,12 +89,10 @@ def ram(vm: VmFd) -> Iterator[GuestRam]:
 
 
 def asm(src: str, mode: int, addr: int = 0) -> bytes:
-    """Assemble with keystone (Intel syntax; constants written as 0x..)."""
-    from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, Ks
+    """Assemble with the project's keystone wrapper (Intel syntax; constants as 0x..)."""
+    from pyqemu.target.i386.asm import assemble
 
-    ks_mode = {16: KS_MODE_16, 32: KS_MODE_32, 64: KS_MODE_64}[mode]
-    code, _ = Ks(KS_ARCH_X86, ks_mode).asm(src, addr)
-    return bytes(code)
+    return assemble(src, mode, addr)
 
 
 def setup_real_mode(vcpu: VcpuFd, rip: int) -> None:

@@ -25,7 +25,7 @@ from pyqemu.accel.kvm.kvm_all import (
 from pyqemu.accel.ops import AccelError, accel_init, accel_list
 from pyqemu.hw.core.cpu import TYPE_CPU, CPUState
 from pyqemu.hw.core.machine import SMPConfig
-from pyqemu.hw.i386 import cpu_state as cs
+from pyqemu.target.i386 import cpu_state as cs
 from pyqemu.qom import TypeInfo, object_new, type_init
 from pyqemu.system import cpus
 from pyqemu.system.memory import AddressSpace, MemoryRegion
@@ -374,7 +374,7 @@ def test_exits_the_loop_cannot_continue_from_raise_kvm_exit_error(exit_, text):
 def test_cpuid_table_is_the_cpu_models_own():
     """KVM_SET_CPUID2 gets exactly the model's table (one CPUID source for both accelerators)."""
     import pyqemu.hw.i386.cpu  # noqa: F401  registers the models
-    from pyqemu.hw.i386.cpuid import cpuid_entries_for_kvm
+    from pyqemu.target.i386.cpuid import cpuid_entries_for_kvm
     from pyqemu.qom import object_new, object_unref
 
     cpu = object_new("qemu64-x86_64-cpu")

@@ -17,14 +17,14 @@ import pytest
 
 from pyqemu.accel.ops import AccelOps, AccelState
 from pyqemu.hw.core.machine import SMPConfig
-from pyqemu.hw.i386 import cpu_features as cf
+from pyqemu.target.i386 import cpu_features as cf
 from pyqemu.hw.i386.cpu import (TYPE_X86_CPU, X86CPU, X86_CPU_TYPE_NAME, CPUFeatureValueError,
                          FeatureFilterError, HostCPUModelError, UnknownCPUModelError,
                          UnknownFeatureError, X86CPUError, x86_cpu_class_by_name,
                          x86_cpu_clear_featurestr, x86_cpu_list, x86_cpu_parse_featurestr,
                          x86_cpu_type_by_model)
-from pyqemu.hw.i386.cpu_models import builtin_x86_defs
-from pyqemu.hw.i386.cpuid import (KVM_CPUID_FLAG_SIGNIFCANT_INDEX, cpu_x86_cpuid,
+from pyqemu.target.i386.cpu_models import builtin_x86_defs
+from pyqemu.target.i386.cpuid import (KVM_CPUID_FLAG_SIGNIFCANT_INDEX, cpu_x86_cpuid,
                            cpuid_entries_for_kvm, x86_apicid_from_cpu_idx)
 from pyqemu.qom import (AbstractTypeError, PropertyAccessError, PropertyValueError, object_new,
                  object_property_set_bool, object_unref)

@@ -16,13 +16,14 @@ from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, Cs  # noqa: E402
 
 from pyqemu.hw.core.errors import LoaderError  # noqa: E402
 from pyqemu.hw.i386 import loader_asm as la  # noqa: E402
-from pyqemu.hw.i386.cpu_state import (CR0_PE, CR0_PG, CR4_PAE, DESC_B_MASK, DESC_CS_MASK,  # noqa: E402
+from pyqemu.target.i386.cpu_state import (CR0_PE, CR0_PG, CR4_PAE, DESC_B_MASK, DESC_CS_MASK,  # noqa: E402
                                DESC_L_MASK, EFER_LMA, EFER_LME, IF_MASK, IOPL_MASK, R_CS,
                                R_DS, R_EAX, R_EBX, R_ES, R_FS, R_GS, R_SS, R_ESP, VM_MASK,
                                CPUX86State, x86_reset_state)
 from pyqemu.hw.i386.loader_bios import x86_bios_rom_init  # noqa: E402
 from pyqemu.hw.i386.multiboot import MULTIBOOT_BOOTLOADER_MAGIC, multiboot_load  # noqa: E402
 from pyqemu.system.memory import AddressSpace, MemoryRegion  # noqa: E402
+from pyqemu.target.i386.paging import page_walk  # noqa: E402
 
 RAM = 4 << 20
 
@@ -146,19 +147,13 @@ def test_prot32_entry_flat_segments_match_gdt_in_memory(board):
     assert env.mode_name == "prot32"
 
 
-def _walk(asp, cr3, va):
-    """Translate ``va`` through 4-level paging; returns (pa, user-accessible at every level)."""
-    user = True
-    table = cr3 & ~0xFFF
-    for level, shift in enumerate((39, 30, 21)):
-        e = asp.read(table + ((va >> shift) & 0x1FF) * 8, 8)
-        assert e & 1, f"not present at level {level} for {va:#x}"
-        user &= bool(e & 4)
-        if shift == 21:
-            assert e & 0x80, "2 MiB page expected in the PD"
-            return (e & 0x000FFFFFFFE00000) | (va & 0x1FFFFF), user
-        table = e & 0x000FFFFFFFFFF000
-    raise AssertionError("unreachable")
+def _walk(asp, env, va):
+    """Translate ``va`` through ``env``'s paging (target/i386/paging.py); returns (pa,
+    user-accessible at every level), asserting that a 2 MiB page maps it."""
+    walk = page_walk(asp.read, env.cr[0], env.cr[3], env.cr[4], env.efer, va)
+    assert walk.pa is not None, f"not present at level {len(walk.entries) - 1} for {va:#x}"
+    assert walk.page_size == 2 << 20, "2 MiB page expected in the PD"
+    return walk.pa, walk.user
 
 
 def test_long64_identity_maps_and_sets_cr_efer(board):
@@ -170,7 +165,7 @@ def test_long64_identity_maps_and_sets_cr_efer(board):
     assert env.segs[R_CS].flags & DESC_L_MASK and not env.segs[R_CS].flags & DESC_B_MASK
     assert env.segs[R_CS].selector == 0x10 and env.cpl == 0 and env.mode_name == "long64"
     for va in (0, 0x1234, 0x200000, 0x3FFFFFFF, 0x40000000, 0xFEE00000, 0xFFFFFFF0):
-        pa, user = _walk(asp, env.cr[3], va)
+        pa, user = _walk(asp, env, va)
         assert pa == va and not user
     assert la.descriptor_to_cache(0x10, _gdt_entry(asp, env, 0x10)) == env.segs[R_CS]
 
@@ -181,7 +176,7 @@ def test_long64_user_privilege_uses_dpl3_segments_and_user_pages(board):
     assert env.segs[R_CS].selector == 0x33 and env.segs[R_SS].selector == 0x2B
     assert env.segs[R_CS].dpl == 3 and env.cpl == 3
     assert env.eflags & IOPL_MASK == IOPL_MASK
-    assert _walk(asp, env.cr[3], 0x200123) == (0x200123, True)
+    assert _walk(asp, env, 0x200123) == (0x200123, True)
     with pytest.raises(LoaderError, match="long64 only"):
         la.setup_entry_state(env, asp, "prot32", 0x200000, privilege=3)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from pyqemu.hw.i386.cpu_features import feature_mask
+from pyqemu.target.i386.cpu_features import feature_mask
 
 CPUID_VENDOR_INTEL = "GenuineIntel"
 CPUID_VENDOR_AMD = "AuthenticAMD"

@@ -22,14 +22,11 @@ L1d 32 KiB 8-way, L1i 32 KiB 8-way, L2 2 MiB 8-way, 64-byte lines, no L3.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
-from pyqemu.hw.i386.cpu_features import CPUID_EXT2_AMD_ALIASES, FEATURE_WORDS, WORDS
-from pyqemu.hw.i386.cpu_models import CPUID_VENDOR_AMD
-from pyqemu.hw.i386.cpu_state import CR4_OSXSAVE, MSR_IA32_APICBASE_ENABLE
-
-if TYPE_CHECKING:
-    from pyqemu.hw.i386.cpu import X86CPU
+from pyqemu.target.i386.cpu_features import CPUID_EXT2_AMD_ALIASES, FEATURE_WORDS, WORDS
+from pyqemu.target.i386.cpu_models import CPUID_VENDOR_AMD
+from pyqemu.target.i386.cpu_state import CR4_OSXSAVE, MSR_IA32_APICBASE_ENABLE, CPUX86State
 
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1  # <linux/kvm.h> (sic)
 KVM_CPUID_SIGNATURE = 0x40000000
@@ -51,15 +48,50 @@ CPUID_PSE36 = 1 << 17
 
 
 class CpuidEntry(NamedTuple):
-    """One ``struct kvm_cpuid_entry2`` (function, index, flags, eax, ebx, ecx, edx)."""
+    """One CPUID answer as ``struct kvm_cpuid_entry2`` holds it (KVM API, KVM_SET_CPUID2):
+    the leaf (``function``), the sub-leaf (``index``), KVM's ``flags``
+    (:data:`KVM_CPUID_FLAG_SIGNIFCANT_INDEX` when the sub-leaf matters) and the four
+    registers.  The one type for a CPUID table: the KVM binding, KVM_GET_SUPPORTED_CPUID
+    and :func:`cpuid_entries_for_kvm` all use it."""
 
     function: int
-    index: int
-    flags: int
-    eax: int
-    ebx: int
-    ecx: int
-    edx: int
+    index: int = 0
+    flags: int = 0
+    eax: int = 0
+    ebx: int = 0
+    ecx: int = 0
+    edx: int = 0
+
+
+class X86CPU(Protocol):
+    """What CPUID reads of a CPU: its configuration (``hw/i386``'s X86CPU has all of it).
+
+    Kept to the fields the leaves need, so that the architecture does not depend
+    on the board: the topology and whether the KVM leaves are shown come from the
+    machine, through the two properties.
+    """
+
+    env: CPUX86State
+    apic_id: int
+    phys_bits: int
+    features: dict[str, int]
+    cpuid_vendor: str
+    cpuid_family: int
+    cpuid_model: int
+    cpuid_stepping: int
+    cpuid_model_id: str
+    cpuid_level: int | None
+    cpuid_xlevel: int | None
+    cpuid_min_level: int
+    cpuid_min_xlevel: int
+
+    @property
+    def cpuid_topology(self) -> tuple[int, int, int]:
+        """(dies, cores per die, threads per core) of the package this CPU is in."""
+
+    @property
+    def cpuid_kvm_leaves(self) -> bool:
+        """Whether the KVM paravirtual leaves 4000_0000H/4000_0001H are shown (under kvm)."""
 
 
 class CacheInfo(NamedTuple):
@@ -111,11 +143,9 @@ def apicid_bitwidth_for_count(count: int) -> int:
 
 
 def topology(cpu: "X86CPU") -> tuple[int, int, int]:
-    """(dies, cores per die, threads per core): the machine's -smp, else the CPU's own."""
-    smp = getattr(getattr(cpu, "machine", None), "smp", None)
-    if smp is not None:
-        return (max(1, getattr(smp, "dies", 1)), max(1, smp.cores), max(1, smp.threads))
-    return (1, max(1, cpu.nr_cores), max(1, cpu.nr_threads))
+    """(dies, cores per die, threads per core), each at least 1."""
+    dies, cores, threads = cpu.cpuid_topology
+    return (max(1, dies), max(1, cores), max(1, threads))
 
 
 def apicid_core_offset(cpu: "X86CPU") -> int:
@@ -197,8 +227,7 @@ def cpuid_xlevel(cpu: "X86CPU") -> int:
 
 
 def _kvm(cpu: "X86CPU") -> bool:
-    accel = getattr(getattr(cpu, "machine", None), "accel", None)
-    return getattr(accel, "name", None) == "kvm"
+    return bool(cpu.cpuid_kvm_leaves)
 
 
 def _xsave_components(cpu: "X86CPU") -> int:

@@ -17,39 +17,13 @@ works with qemu-system-x86_64 works here.  QEMU also accepts alternate
 spellings: ``_`` for ``-`` everywhere (``lahf_lm``), and a few historical
 aliases (``sse3`` for ``pni``, ``sse4_1`` for ``sse4.1``, ``xd`` for ``nx``,
 ``i64`` for ``lm``...).  :func:`feature_lookup` resolves every spelling.
-
-This module also holds the x86 CPU errors (user errors name the thing).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyqemu.hw.core.errors import DeviceError
-
-
-class X86CPUError(DeviceError):
-    """An x86 CPU could not be configured or realized; the message names the cause."""
-
-
-class UnknownCPUModelError(X86CPUError, LookupError):
-    """``-cpu NAME`` names no registered model."""
-
-
-class UnknownFeatureError(X86CPUError, LookupError):
-    """A ``-cpu`` option names a feature or property the x86 CPU does not have."""
-
-
-class CPUFeatureValueError(X86CPUError):
-    """A ``-cpu`` option gives a bad value (``sse4.2=maybe``, ``level=abc``)."""
-
-
-class FeatureFilterError(X86CPUError):
-    """``enforce`` is on and the accelerator cannot give some requested features."""
-
-
-class HostCPUModelError(X86CPUError):
-    """The ``host`` model was asked for without KVM."""
+from pyqemu.target.i386.errors import UnknownFeatureError
 
 
 @dataclass(frozen=True)

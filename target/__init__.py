@@ -1,0 +1,1 @@
+"""Target architectures (QEMU's ``target/``): what a CPU *is*, apart from the board it sits on."""
