@@ -14,16 +14,30 @@ machine and calls ``Machine.run``; a *vCPU thread* is the one
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from pyqemu.system.cpus import VCpu
 from pyqemu.target.i386.cpu_state import CPUX86State
 from pyqemu.util.error import PyQemuError
 
 __all__ = [
-    "EXCP_INTERRUPT", "EXCP_HLT", "EXCP_DEBUG", "EXCP_HALTED", "EXCP_YIELD", "EXCP_ATOMIC",
-    "EXCP_SHUTDOWN", "GDB_BREAKPOINT_SW", "GDB_BREAKPOINT_HW", "AccelError", "AccelCPU",
-    "AccelOps", "AccelState", "register_accel", "accel_list", "accel_init",
+    "EXCP_ATOMIC",
+    "EXCP_DEBUG",
+    "EXCP_HALTED",
+    "EXCP_HLT",
+    "EXCP_INTERRUPT",
+    "EXCP_SHUTDOWN",
+    "EXCP_YIELD",
+    "GDB_BREAKPOINT_HW",
+    "GDB_BREAKPOINT_SW",
+    "AccelCPU",
+    "AccelError",
+    "AccelOps",
+    "AccelState",
+    "accel_init",
+    "accel_list",
+    "register_accel",
 ]
 
 # What cpu_exec returns (QEMU's include/exec/cpu-all.h): part of this contract, so the
@@ -69,7 +83,7 @@ class AccelOps(abc.ABC):
 
     # -- required -------------------------------------------------------------------
     @abc.abstractmethod
-    def create_vcpu_thread(self, cpu: "CPUState") -> None:
+    def create_vcpu_thread(self, cpu: CPUState) -> None:
         """Start ``cpu``'s thread.  Main thread, BQL held, from ``qemu_init_vcpu``.
 
         The thread must initialise the vCPU, then call
@@ -77,14 +91,14 @@ class AccelOps(abc.ABC):
         """
 
     @abc.abstractmethod
-    def cpu_exec(self, cpu: "CPUState") -> int:
+    def cpu_exec(self, cpu: CPUState) -> int:
         """Run guest code until something needs the loop; return an ``EXCP_*``.
 
         vCPU thread, called with the BQL held; drops it while guest code runs.
         """
 
     @abc.abstractmethod
-    def synchronize_state(self, cpu: "CPUState") -> None:
+    def synchronize_state(self, cpu: CPUState) -> None:
         """Make ``cpu.env`` hold the vCPU's current registers (and mark it dirty).
 
         Any thread, BQL held, while the vCPU is stopped.  After writing ``cpu.env``
@@ -93,21 +107,21 @@ class AccelOps(abc.ABC):
         """
 
     # -- with defaults ------------------------------------------------------------------
-    def kick_vcpu_thread(self, cpu: "CPUState") -> None:
+    def kick_vcpu_thread(self, cpu: CPUState) -> None:
         """Make the vCPU leave guest code soon.  Any thread.  Default: ``cpu_exit``."""
         cpu.exit_request = True
 
-    def cpu_thread_is_idle(self, cpu: "CPUState") -> bool:
+    def cpu_thread_is_idle(self, cpu: CPUState) -> bool:
         """Whether a halted vCPU's thread may sleep.  vCPU thread, BQL held.  Default: yes."""
         return True
 
-    def synchronize_post_reset(self, cpu: "CPUState") -> None:
+    def synchronize_post_reset(self, cpu: CPUState) -> None:
         """After ``cpu_reset`` wrote ``cpu.env``.  Main thread, BQL.  Default: nothing."""
 
-    def synchronize_post_init(self, cpu: "CPUState") -> None:
+    def synchronize_post_init(self, cpu: CPUState) -> None:
         """After the machine is built, before the first run.  Main thread, BQL.  Default: nothing."""
 
-    def synchronize_pre_loadvm(self, cpu: "CPUState") -> None:
+    def synchronize_pre_loadvm(self, cpu: CPUState) -> None:
         """Before a snapshot overwrites ``cpu.env``.  Main thread, BQL.  Default: nothing."""
 
     def cpus_are_resettable(self) -> bool:
@@ -118,18 +132,18 @@ class AccelOps(abc.ABC):
         """Whether breakpoints and single-step are available.  Default: no."""
         return False
 
-    def insert_breakpoint(self, cpu: "CPUState", kind: int, addr: int, length: int) -> None:
+    def insert_breakpoint(self, cpu: CPUState, kind: int, addr: int, length: int) -> None:
         """Main thread, vCPUs paused.  Default: unsupported."""
         raise AccelError(f"{self.name}: breakpoints are not supported")
 
-    def remove_breakpoint(self, cpu: "CPUState", kind: int, addr: int, length: int) -> None:
+    def remove_breakpoint(self, cpu: CPUState, kind: int, addr: int, length: int) -> None:
         """Main thread, vCPUs paused.  Default: unsupported."""
         raise AccelError(f"{self.name}: breakpoints are not supported")
 
-    def remove_all_breakpoints(self, cpu: "CPUState") -> None:
+    def remove_all_breakpoints(self, cpu: CPUState) -> None:
         """Main thread, vCPUs paused.  Default: nothing to remove."""
 
-    def update_guest_debug(self, cpu: "CPUState") -> None:
+    def update_guest_debug(self, cpu: CPUState) -> None:
         """Apply ``cpu.singlestep_enabled`` and the breakpoints.  Main thread.  Default: nothing."""
 
     def close(self) -> None:
@@ -170,7 +184,7 @@ def register_accel(name: str, description: str, factory: Callable[[Any], AccelSt
 
 def _load_builtin_accels() -> None:
     # Importing registers them; deferred so that ``accel`` never imports ``hw`` at import time.
-    import pyqemu.accel.interp  # noqa: F401
+    import pyqemu.accel.interp
     import pyqemu.accel.kvm  # noqa: F401
 
 

@@ -25,10 +25,18 @@ import platform
 import re
 import sys
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from benchmarks.suite import (DEBUG_EXIT, EXIT_CODE, EXIT_VALUE, LOAD_ADDR, STACK_TOP,
-                              WORKLOADS, Workload)
+from benchmarks.suite import (
+    DEBUG_EXIT,
+    EXIT_CODE,
+    EXIT_VALUE,
+    LOAD_ADDR,
+    STACK_TOP,
+    WORKLOADS,
+    Workload,
+)
 
 ACCELS = ("interp", "kvm")
 #: Attribute names an interpreter may keep its executed-instruction count under.
@@ -188,7 +196,7 @@ def probe(w: Workload, accel: str) -> str | None:
     """For a workload whose mode the host may refuse: None if a tiny run works, else why."""
     try:
         out = run_workload(w, accel, w.min_n, timeout=60)
-    except Exception as e:  # noqa: BLE001  any failure of the tiny run is the reason
+    except Exception as e:
         return f"{accel} cannot run {w.may_be_unsupported} here: {type(e).__name__}: {e}"
     expected, _ = w.model(w.min_n)
     if out.result != expected:
@@ -213,7 +221,7 @@ def run_suite(workloads: Sequence[Workload], accels: Sequence[str], scale: float
     for accel in accels:
         try:
             overhead[accel] = run_overhead(accel)
-        except Exception as e:  # noqa: BLE001  reported, and the exit status says so
+        except Exception as e:
             overhead[accel] = None
             errors.append(f"empty guest on {accel}: {type(e).__name__}: {e}")
     for w in workloads:
@@ -233,7 +241,7 @@ def run_suite(workloads: Sequence[Workload], accels: Sequence[str], scale: float
                     continue
             try:
                 out = run_workload(w, accel, n, timeout)
-            except Exception as e:  # noqa: BLE001  reported, and the exit status says so
+            except Exception as e:
                 msg = f"{w.name} on {accel}: {type(e).__name__}: {e}"
                 errors.append(msg)
                 row["runs"][accel] = {"error": msg}

@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import re
 import zlib
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Callable
 
 WORKLOAD_DIR = Path(__file__).parent / "workloads"
 
@@ -105,7 +105,7 @@ def model_crc32(n: int) -> tuple[int, int]:
 FIB_K = 18
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fib(k: int) -> tuple[int, int]:
     """(fib(k), instructions inside fib(k) from its first instruction to its ret)."""
     if k < 2:

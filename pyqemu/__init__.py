@@ -15,7 +15,7 @@ from typing import Any
 
 from pyqemu.errors import GuestError, MachineStateError, PyQemuError
 
-__all__ = ["Machine", "RunResult", "PyQemuError", "MachineStateError", "GuestError"]
+__all__ = ["GuestError", "Machine", "MachineStateError", "PyQemuError", "RunResult"]
 
 
 def __getattr__(name: str) -> Any:

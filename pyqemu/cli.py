@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from pyqemu.util.error import PyQemuError
 
@@ -195,8 +195,8 @@ def print_help(what: str) -> None:
             v = "(not installed)"
         print(f"{PROG} version {v}: QEMU's vCPU lifecycle in Python (kvm and interp)")
     elif what == "machine":
+        import pyqemu.hw.i386.pc
         from pyqemu.hw.core.machine import MACHINE_TYPE_SUFFIX, machine_class_list
-        import pyqemu.hw.i386.pc  # noqa: F401
         print("Supported machines are:")
         for mc in machine_class_list():
             name = mc.alias or mc.name.removesuffix(MACHINE_TYPE_SUFFIX)
@@ -211,10 +211,10 @@ def print_help(what: str) -> None:
         from pyqemu.hw.i386.cpu import x86_cpu_list
         print(x86_cpu_list(), end="")
     elif what == "device":
+        import pyqemu.hw.char.serial_isa
+        import pyqemu.hw.misc.debugexit  # noqa: F401
         from pyqemu.hw.core.qdev import DeviceClass
         from pyqemu.qom import object_class_get_list
-        import pyqemu.hw.char.serial_isa  # noqa: F401
-        import pyqemu.hw.misc.debugexit  # noqa: F401
         print("Devices you can add with -device:")
         for k in object_class_get_list("device"):
             if isinstance(k, DeviceClass) and k.user_creatable:

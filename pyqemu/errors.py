@@ -2,7 +2,7 @@
 
 from pyqemu.util.error import PyQemuError
 
-__all__ = ["PyQemuError", "MachineStateError", "GuestError"]
+__all__ = ["GuestError", "MachineStateError", "PyQemuError"]
 
 
 class MachineStateError(PyQemuError, RuntimeError):

@@ -87,7 +87,7 @@ class GuestProgram:
     meta: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "GuestProgram":
+    def from_file(cls, path: str | Path) -> GuestProgram:
         p = Path(path)
         try:
             text = p.read_text()

@@ -47,10 +47,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Self
 
 from pyqemu.accel.interp.undefined_flags import undefined_flags
+from pyqemu.machine import Machine, RunResult
 from pyqemu.target.i386 import cpu_state as cs
 from pyqemu.target.i386.cpu_state import CPUX86State
 from pyqemu.target.i386.paging import page_walk
-from pyqemu.machine import Machine, RunResult
 from pyqemu.util.error import PyQemuError
 
 __all__ = [
@@ -189,8 +189,8 @@ def decode(code: bytes, address: int, bits: int) -> Insn | None:
                 count = "cl"
         prefixes = set(ci.prefix)
         insn = Insn(ci.address, bytes(ci.bytes), ci.mnemonic, ci.op_str, bits,
-                    ci.addr_size * 8, bool(prefixes & {0xF2, 0xF3}) and any(
-                        ci.mnemonic.startswith(s) for s in _STRING) or
+                    ci.addr_size * 8, (bool(prefixes & {0xF2, 0xF3}) and any(
+                        ci.mnemonic.startswith(s) for s in _STRING)) or
                     ci.mnemonic.startswith(("rep", "repne", "repe")),
                     width, count, tuple(mems))
     if len(_insn_cache) < 65536:

@@ -15,22 +15,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
-import pyqemu.hw.char.serial_isa  # noqa: F401  registers isa-serial
-import pyqemu.hw.i386.cpu  # noqa: F401  registers the x86 CPU types
-import pyqemu.hw.i386.pc  # noqa: F401  registers the pc machine
+import pyqemu.hw.char.serial_isa
+import pyqemu.hw.i386.cpu
+import pyqemu.hw.i386.pc
 import pyqemu.hw.misc.debugexit  # noqa: F401  registers isa-debug-exit
 from pyqemu.accel.ops import AccelError, AccelState, accel_init, accel_list
-from pyqemu.hw.core.machine import (MachineState, find_machine_class, machine_run_board_init,
-                             parse_mem_size, parse_smp)
-from pyqemu.target.i386.cpu_state import CPUX86State
 from pyqemu.errors import MachineStateError
-from pyqemu.qom import (object_get_root, object_new, object_property_add_child,
-                 object_unparent, object_unref)
+from pyqemu.hw.core.machine import (
+    MachineState,
+    find_machine_class,
+    machine_run_board_init,
+    parse_mem_size,
+    parse_smp,
+)
+from pyqemu.qom import (
+    object_get_root,
+    object_new,
+    object_property_add_child,
+    object_unparent,
+    object_unref,
+)
 from pyqemu.system import cpus as cpus_mod
 from pyqemu.system.cpus import qemu_global_mutex
 from pyqemu.system.runstate import RunControl, RunState, ShutdownCause
+from pyqemu.target.i386.cpu_state import CPUX86State
 from pyqemu.util import trace as tracing
 
 IoHook = Callable[[str, int, int, int, bool], None]
@@ -59,8 +70,11 @@ def parse_cpu_option(spec: str | None, default_type: str | None) -> str:
     is created (QEMU's global properties).  Options of an earlier machine in this
     process are forgotten first.
     """
-    from pyqemu.hw.i386.cpu import (x86_cpu_clear_featurestr, x86_cpu_parse_featurestr,
-                             x86_cpu_type_by_model)
+    from pyqemu.hw.i386.cpu import (
+        x86_cpu_clear_featurestr,
+        x86_cpu_parse_featurestr,
+        x86_cpu_type_by_model,
+    )
     with tracing.span("parse_cpu_option", cpu=spec or "(default)"):
         x86_cpu_clear_featurestr()
         if spec is None:
@@ -555,7 +569,7 @@ class Machine:
         if errors:
             raise errors[0]
 
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Machine:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -16,12 +16,20 @@ parent's.  Casts are by QOM type name, not Python class, as in QEMU.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from pyqemu.qom.errors import (AbstractTypeError, CastError, PathError, PropertyAccessError,
-                        PropertyNotFoundError, PropertyValueError, TypeNotFoundError,
-                        TypeRegistrationError)
+from pyqemu.qom.errors import (
+    AbstractTypeError,
+    CastError,
+    PathError,
+    PropertyAccessError,
+    PropertyNotFoundError,
+    PropertyValueError,
+    TypeNotFoundError,
+    TypeRegistrationError,
+)
 from pyqemu.util import trace
 
 TYPE_OBJECT = "object"
@@ -36,13 +44,13 @@ class TypeInfo:
     name: str
     parent: str | None = TYPE_OBJECT
     abstract: bool = False
-    instance_type: type["Object"] | None = None
-    class_type: type["ObjectClass"] | None = None
-    instance_init: Callable[["Object"], None] | None = None
-    instance_post_init: Callable[["Object"], None] | None = None
-    instance_finalize: Callable[["Object"], None] | None = None
-    class_init: Callable[["ObjectClass", Any], None] | None = None
-    class_base_init: Callable[["ObjectClass", Any], None] | None = None
+    instance_type: type[Object] | None = None
+    class_type: type[ObjectClass] | None = None
+    instance_init: Callable[[Object], None] | None = None
+    instance_post_init: Callable[[Object], None] | None = None
+    instance_finalize: Callable[[Object], None] | None = None
+    class_init: Callable[[ObjectClass, Any], None] | None = None
+    class_base_init: Callable[[ObjectClass, Any], None] | None = None
     class_data: Any = None
     interfaces: tuple[str, ...] = ()
 
@@ -52,11 +60,11 @@ class TypeImpl:
     """A registered type and, once initialised, its class."""
 
     info: TypeInfo
-    parent_type: "TypeImpl | None" = None
-    klass: "ObjectClass | None" = None
+    parent_type: TypeImpl | None = None
+    klass: ObjectClass | None = None
     ancestors: tuple[str, ...] = ()
-    instance_type: type["Object"] | None = None
-    class_type: type["ObjectClass"] | None = None
+    instance_type: type[Object] | None = None
+    class_type: type[ObjectClass] | None = None
 
     @property
     def name(self) -> str:
@@ -100,7 +108,7 @@ def _type_get_or_raise(name: str) -> TypeImpl:
     return impl
 
 
-def type_initialize(ti: TypeImpl) -> "ObjectClass":
+def type_initialize(ti: TypeImpl) -> ObjectClass:
     """Build ``ti``'s class if needed: parent first, then class_base_init, then class_init."""
     if ti.klass is not None:
         return ti.klass
@@ -148,7 +156,7 @@ class ObjectClass:
 
     type: TypeImpl
     interfaces: tuple[str, ...]
-    properties: dict[str, "ClassProperty"]
+    properties: dict[str, ClassProperty]
 
     def __init__(self) -> None:  # pragma: no cover - classes are built by type_initialize
         raise TypeError("ObjectClass instances are built by type_initialize")
@@ -158,7 +166,7 @@ class ObjectClass:
         return self.type.name
 
     @property
-    def parent(self) -> "ObjectClass | None":
+    def parent(self) -> ObjectClass | None:
         pt = self.type.parent_type
         return type_initialize(pt) if pt is not None else None
 
@@ -224,9 +232,9 @@ class ObjectProperty:
 
     name: str
     type: str
-    get: Callable[["Object"], Any] | None = None
-    set: Callable[["Object", Any], None] | None = None
-    release: Callable[["Object"], None] | None = None
+    get: Callable[[Object], Any] | None = None
+    set: Callable[[Object, Any], None] | None = None
+    release: Callable[[Object], None] | None = None
     description: str = ""
     opaque: Any = None
 
@@ -237,8 +245,8 @@ class ClassProperty:
 
     name: str
     type: str
-    get: Callable[["Object"], Any] | None = None
-    set: Callable[["Object", Any], None] | None = None
+    get: Callable[[Object], Any] | None = None
+    set: Callable[[Object, Any], None] | None = None
     description: str = ""
 
 
@@ -349,10 +357,10 @@ class Object:
 
     # composition --------------------------------------------------------------
     @property
-    def parent(self) -> "Object | None":
+    def parent(self) -> Object | None:
         return self._parent
 
-    def children(self) -> Iterator[tuple[str, "Object"]]:
+    def children(self) -> Iterator[tuple[str, Object]]:
         for name, prop in list(self._props.items()):
             if prop.type.startswith("child<"):
                 yield name, prop.opaque

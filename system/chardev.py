@@ -41,7 +41,8 @@ from __future__ import annotations
 import os
 import select
 import threading
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from pyqemu.util.error import PyQemuError
 
@@ -131,7 +132,7 @@ class Chardev:
         self._receive = None
         self._can_receive = None
 
-    def __enter__(self) -> "Chardev":
+    def __enter__(self) -> Chardev:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyqemu.util import trace
 from pyqemu.util.error import PyQemuError
@@ -40,7 +41,7 @@ class QueuedWork:
     """One ``run_on_cpu`` item (``struct qemu_work_item``): a function run on the vCPU
     thread, and its outcome."""
 
-    __slots__ = ("func", "done", "error", "result")
+    __slots__ = ("done", "error", "func", "result")
 
     def __init__(self, func: Callable[[Any], Any]) -> None:
         self.func = func
@@ -75,8 +76,8 @@ class VCpu(Protocol):
     work_list: list[QueuedWork]
     accel_ops: Any          # the machine's AccelOps (accel/ops.py), set by qemu_init_vcpu
     accel: Any              # the accelerator's per-vCPU state (AccelCPUState)
-    as_: "AddressSpace | None"
-    io_as: "AddressSpace | None"
+    as_: AddressSpace | None
+    io_as: AddressSpace | None
     machine: Any
     singlestep_enabled: bool
     nr_cores: int
@@ -104,7 +105,7 @@ class bql:
 
 
 def _wait(cond: threading.Condition, predicate: Callable[[], bool], what: str,
-          cpus: Iterable["CPUState"] = (), timeout: float = VCPU_WAIT_TIMEOUT) -> None:
+          cpus: Iterable[CPUState] = (), timeout: float = VCPU_WAIT_TIMEOUT) -> None:
     """Wait on ``cond`` (lock held) until ``predicate``; fail instead of hanging."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -120,14 +121,14 @@ def _wait(cond: threading.Condition, predicate: Callable[[], bool], what: str,
 # -- the vCPU side ---------------------------------------------------------------
 
 
-def cpu_is_stopped(cpu: "CPUState") -> bool:
+def cpu_is_stopped(cpu: CPUState) -> bool:
     """``cpu_is_stopped``: stopped, or the VM is not running (or is about to stop:
     a pending shutdown, reset or error keeps vCPUs from re-entering guest code)."""
     rc = cpu.machine.runctl
     return cpu.stopped or not rc.is_running() or rc.pending
 
 
-def cpu_can_run(cpu: "CPUState") -> bool:
+def cpu_can_run(cpu: CPUState) -> bool:
     """``cpu_can_run``: neither asked to stop nor stopped (the seed's lines 952-961)."""
     if cpu.stop:
         return False
@@ -136,7 +137,7 @@ def cpu_can_run(cpu: "CPUState") -> bool:
     return True
 
 
-def cpu_thread_is_idle(cpu: "CPUState") -> bool:
+def cpu_thread_is_idle(cpu: CPUState) -> bool:
     """``cpu_thread_is_idle``: nothing to do until kicked."""
     if cpu.stop or cpu.work_list:
         return False
@@ -152,7 +153,7 @@ def cpu_thread_is_idle(cpu: "CPUState") -> bool:
     return True
 
 
-def cpu_thread_signal_created(cpu: "CPUState") -> None:
+def cpu_thread_signal_created(cpu: CPUState) -> None:
     """``cpu_thread_signal_created``: the vCPU is initialised; wake ``qemu_init_vcpu``."""
     with qemu_cpu_cond:
         cpu.created = True
@@ -160,14 +161,14 @@ def cpu_thread_signal_created(cpu: "CPUState") -> None:
         qemu_cpu_cond.notify_all()
 
 
-def cpu_thread_signal_destroyed(cpu: "CPUState") -> None:
+def cpu_thread_signal_destroyed(cpu: CPUState) -> None:
     with qemu_cpu_cond:
         cpu.created = False
         trace.event("created = false; qemu_cond_signal(qemu_cpu_cond)", cpu=cpu.cpu_index)
         qemu_cpu_cond.notify_all()
 
 
-def process_queued_cpu_work(cpu: "CPUState") -> None:
+def process_queued_cpu_work(cpu: CPUState) -> None:
     """Run the ``run_on_cpu`` items queued for ``cpu`` (on its thread, lock held)."""
     while cpu.work_list:
         item = cpu.work_list.pop(0)
@@ -179,7 +180,7 @@ def process_queued_cpu_work(cpu: "CPUState") -> None:
         qemu_work_cond.notify_all()
 
 
-def qemu_wait_io_event_common(cpu: "CPUState") -> None:
+def qemu_wait_io_event_common(cpu: CPUState) -> None:
     """Acknowledge a stop request and run queued work (``qemu_wait_io_event_common``)."""
     if cpu.stop:
         cpu.stop = False
@@ -188,7 +189,7 @@ def qemu_wait_io_event_common(cpu: "CPUState") -> None:
     process_queued_cpu_work(cpu)
 
 
-def qemu_wait_io_event(cpu: "CPUState") -> None:
+def qemu_wait_io_event(cpu: CPUState) -> None:
     """``qemu_wait_io_event``: sleep on ``halt_cond`` while idle, then the common part."""
     assert cpu.halt_cond is not None
     while cpu_thread_is_idle(cpu):
@@ -197,7 +198,7 @@ def qemu_wait_io_event(cpu: "CPUState") -> None:
     qemu_wait_io_event_common(cpu)
 
 
-def cpu_exit(cpu: "CPUState") -> None:
+def cpu_exit(cpu: CPUState) -> None:
     """``cpu_exit``: ask the execution loop to return at its next check."""
     cpu.exit_request = True
 
@@ -205,7 +206,7 @@ def cpu_exit(cpu: "CPUState") -> None:
 # -- the main-thread side ------------------------------------------------------------
 
 
-def qemu_cpu_kick(cpu: "CPUState") -> None:
+def qemu_cpu_kick(cpu: CPUState) -> None:
     """``qemu_cpu_kick``: wake the thread from ``halt_cond`` and out of guest code."""
     if cpu.halt_cond is not None:
         with cpu.halt_cond:
@@ -216,7 +217,7 @@ def qemu_cpu_kick(cpu: "CPUState") -> None:
         cpu_exit(cpu)
 
 
-def qemu_init_vcpu(cpu: "CPUState") -> None:
+def qemu_init_vcpu(cpu: CPUState) -> None:
     """``qemu_init_vcpu``: start the vCPU thread and wait until it has set ``created``."""
     with trace.span("qemu_init_vcpu", cpu=cpu.cpu_index):
         ms = cpu.machine
@@ -248,11 +249,11 @@ def qemu_init_vcpu(cpu: "CPUState") -> None:
                     raise err
 
 
-def all_vcpus_paused(cpus: Iterable["CPUState"]) -> bool:
+def all_vcpus_paused(cpus: Iterable[CPUState]) -> bool:
     return all(cpu.stopped or not cpu.created for cpu in cpus)
 
 
-def pause_all_vcpus(cpus: list["CPUState"]) -> None:
+def pause_all_vcpus(cpus: list[CPUState]) -> None:
     """``pause_all_vcpus``: ask every vCPU to stop and wait until each has."""
     with qemu_global_mutex:
         for cpu in cpus:
@@ -266,7 +267,7 @@ def pause_all_vcpus(cpus: list["CPUState"]) -> None:
               cpus)
 
 
-def resume_all_vcpus(cpus: list["CPUState"]) -> None:
+def resume_all_vcpus(cpus: list[CPUState]) -> None:
     """``resume_all_vcpus``: clear stop/stopped and kick every vCPU."""
     with qemu_global_mutex:
         for cpu in cpus:
@@ -276,7 +277,7 @@ def resume_all_vcpus(cpus: list["CPUState"]) -> None:
             qemu_cpu_kick(cpu)
 
 
-def run_on_cpu(cpu: "CPUState", func: Callable[["CPUState"], Any]) -> Any:
+def run_on_cpu(cpu: CPUState, func: Callable[[CPUState], Any]) -> Any:
     """``run_on_cpu``: run ``func`` on ``cpu``'s thread and wait for it."""
     if cpu.thread is threading.current_thread() or cpu.thread is None or not cpu.created:
         return func(cpu)
@@ -291,7 +292,7 @@ def run_on_cpu(cpu: "CPUState", func: Callable[["CPUState"], Any]) -> Any:
     return item.result
 
 
-def cpu_remove_sync(cpu: "CPUState", timeout: float = VCPU_WAIT_TIMEOUT) -> None:
+def cpu_remove_sync(cpu: CPUState, timeout: float = VCPU_WAIT_TIMEOUT) -> None:
     """Unplug ``cpu`` and join its thread (``cpu_remove_sync``), with a timeout."""
     with qemu_global_mutex:
         cpu.unplug = True
@@ -306,7 +307,7 @@ def cpu_remove_sync(cpu: "CPUState", timeout: float = VCPU_WAIT_TIMEOUT) -> None
     cpu.thread = None
 
 
-def vcpu_thread_main(cpu: "CPUState", body: Callable[[], None], parent_depth: int) -> None:
+def vcpu_thread_main(cpu: CPUState, body: Callable[[], None], parent_depth: int) -> None:
     """Run a vCPU thread's body; an exception stops the VM and reaches ``Machine.run``.
 
     Accelerators call this as the thread target, so that every vCPU thread
@@ -315,7 +316,7 @@ def vcpu_thread_main(cpu: "CPUState", body: Callable[[], None], parent_depth: in
     trace.set_depth(parent_depth)
     try:
         body()
-    except BaseException as e:  # noqa: BLE001 - re-raised by Machine.run
+    except BaseException as e:
         with qemu_global_mutex:
             cpu.machine.runctl.report_error(e)
             cpu.created = False

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import bisect
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from pyqemu.system.cpus import qemu_global_mutex
 from pyqemu.util import trace
@@ -44,7 +45,7 @@ class MemoryRegion:
 
     def __init__(self, name: str, size: int, *, ops: MemoryRegionOps | None = None,
                  ram: bool = False, readonly: bool = False,
-                 alias: "MemoryRegion | None" = None, alias_offset: int = 0) -> None:
+                 alias: MemoryRegion | None = None, alias_offset: int = 0) -> None:
         if size <= 0:
             raise MemoryError_(f"memory region '{name}' needs a positive size, not {size}")
         self.name = name
@@ -57,7 +58,7 @@ class MemoryRegion:
         self.container: MemoryRegion | None = None
         self._mmap: mmap.mmap | None = None
         self._view: memoryview | None = None
-        self.is_ram = ram or readonly and ops is None and alias is None
+        self.is_ram = ram or (readonly and ops is None and alias is None)
         if self.is_ram:
             # Anonymous shared memory, page aligned: what KVM_SET_USER_MEMORY_REGION needs.
             self._mmap = mmap.mmap(-1, size, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS,
@@ -67,29 +68,29 @@ class MemoryRegion:
 
     # -- RAM ------------------------------------------------------------------------
     @classmethod
-    def ram_new(cls, name: str, size: int) -> "MemoryRegion":
+    def ram_new(cls, name: str, size: int) -> MemoryRegion:
         """``memory_region_init_ram``."""
         return cls(name, size, ram=True)
 
     @classmethod
-    def rom_new(cls, name: str, size: int) -> "MemoryRegion":
+    def rom_new(cls, name: str, size: int) -> MemoryRegion:
         """``memory_region_init_rom``: RAM the guest cannot write."""
         return cls(name, size, ram=True, readonly=True)
 
     @classmethod
-    def io_new(cls, name: str, size: int, ops: MemoryRegionOps) -> "MemoryRegion":
+    def io_new(cls, name: str, size: int, ops: MemoryRegionOps) -> MemoryRegion:
         """``memory_region_init_io``."""
         return cls(name, size, ops=ops)
 
     @classmethod
-    def alias_new(cls, name: str, target: "MemoryRegion", offset: int, size: int) -> "MemoryRegion":
+    def alias_new(cls, name: str, target: MemoryRegion, offset: int, size: int) -> MemoryRegion:
         """``memory_region_init_alias``: ``size`` bytes of ``target`` from ``offset``."""
         if offset + size > target.size:
             raise MemoryError_(f"alias '{name}' runs past the end of '{target.name}'")
         return cls(name, size, alias=target, alias_offset=offset)
 
     @classmethod
-    def container_new(cls, name: str, size: int) -> "MemoryRegion":
+    def container_new(cls, name: str, size: int) -> MemoryRegion:
         return cls(name, size)
 
     def ram(self) -> memoryview:
@@ -109,7 +110,7 @@ class MemoryRegion:
         return addr
 
     # -- topology ----------------------------------------------------------------------
-    def add_subregion(self, addr: int, sub: "MemoryRegion", priority: int = 0) -> None:
+    def add_subregion(self, addr: int, sub: MemoryRegion, priority: int = 0) -> None:
         """``memory_region_add_subregion(_overlap)``; a higher priority wins an overlap."""
         if sub.container is not None:
             raise MemoryError_(f"memory region '{sub.name}' is already mapped")
@@ -120,7 +121,7 @@ class MemoryRegion:
         self.subregions.append((addr, priority, sub))
         self._changed()
 
-    def del_subregion(self, sub: "MemoryRegion") -> None:
+    def del_subregion(self, sub: MemoryRegion) -> None:
         self.subregions = [s for s in self.subregions if s[2] is not sub]
         sub.container = None
         self._changed()
@@ -193,7 +194,7 @@ class AddressSpace:
         #: when set, consulted instead of the devices for every port/MMIO access (the
         #: hooks still see the access, with the replayed value); see :class:`IoReplay`.
         self.replay: IoReplay | None = None
-        self.listeners: list[Callable[["AddressSpace"], None]] = []
+        self.listeners: list[Callable[[AddressSpace], None]] = []
         root._address_spaces.append(self)
         self.update_topology()
 

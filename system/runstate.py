@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from pyqemu.system.cpus import qemu_global_mutex
 
@@ -56,7 +56,7 @@ class RunControl:
         #: set by the machine: kicks every vCPU out of guest code.  A request stops the
         #: vCPUs at the instruction that made it (the I/O write to isa-debug-exit, say),
         #: so the state a run ends in is the same on every accelerator.
-        self.kick_all: "Callable[[], None] | None" = None
+        self.kick_all: Callable[[], None] | None = None
 
     def _kick(self) -> None:
         if self.kick_all is not None:

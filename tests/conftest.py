@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from tests.support import require_accel, vcpu_threads
 from pyqemu.util import trace
+from tests.support import require_accel, vcpu_threads
 
 
 @pytest.fixture(params=["interp", "kvm"])

@@ -25,8 +25,14 @@ from unicorn import x86_const as U
 
 from pyqemu import Machine
 from pyqemu.images import GuestProgram
-from pyqemu.target.i386.paging import (ACC_EXEC, ACC_READ, ACC_WRITE, access_allowed,
-                                       accessed_dirty_updates, page_walk)
+from pyqemu.target.i386.paging import (
+    ACC_EXEC,
+    ACC_READ,
+    ACC_WRITE,
+    access_allowed,
+    accessed_dirty_updates,
+    page_walk,
+)
 
 DEBUG_EXIT = "isa-debug-exit,iobase=0xf4,iosize=0x04"
 RAM_SIZE = 32 << 20

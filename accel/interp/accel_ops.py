@@ -13,10 +13,24 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from pyqemu.accel.interp.cpu_exec import EXCP_BUDGET, InterpCore
-from pyqemu.accel.ops import (EXCP_DEBUG, EXCP_HALTED, EXCP_HLT, GDB_BREAKPOINT_HW, GDB_BREAKPOINT_SW,
-                              AccelError, AccelOps, AccelState)
-from pyqemu.system.cpus import (cpu_can_run, cpu_thread_signal_created, cpu_thread_signal_destroyed,
-                         qemu_global_mutex, qemu_wait_io_event, vcpu_thread_main)
+from pyqemu.accel.ops import (
+    EXCP_DEBUG,
+    EXCP_HALTED,
+    EXCP_HLT,
+    GDB_BREAKPOINT_HW,
+    GDB_BREAKPOINT_SW,
+    AccelError,
+    AccelOps,
+    AccelState,
+)
+from pyqemu.system.cpus import (
+    cpu_can_run,
+    cpu_thread_signal_created,
+    cpu_thread_signal_destroyed,
+    qemu_global_mutex,
+    qemu_wait_io_event,
+    vcpu_thread_main,
+)
 from pyqemu.util import trace
 
 if TYPE_CHECKING:
@@ -45,7 +59,7 @@ class InterpAccelOps(AccelOps):
 
     name = "interp"
 
-    def create_vcpu_thread(self, cpu: "CPUState") -> None:
+    def create_vcpu_thread(self, cpu: CPUState) -> None:
         """Main thread, BQL held: start "CPU n/INTERP" (``rr/mttcg_start_vcpu_thread``)."""
         depth = trace.depth()
         cpu.thread = threading.Thread(
@@ -54,7 +68,7 @@ class InterpAccelOps(AccelOps):
             daemon=True)
         cpu.thread.start()
 
-    def _thread_fn(self, cpu: "CPUState") -> None:
+    def _thread_fn(self, cpu: CPUState) -> None:
         with qemu_global_mutex:
             with trace.span("interp_init_vcpu", cpu=cpu.cpu_index):
                 self.init_vcpu(cpu)
@@ -73,7 +87,7 @@ class InterpAccelOps(AccelOps):
                 cpu.accel = None
             cpu_thread_signal_destroyed(cpu)
 
-    def init_vcpu(self, cpu: "CPUState") -> None:
+    def init_vcpu(self, cpu: CPUState) -> None:
         """Build the core (registers are ``cpu.env`` itself) and its empty block cache."""
         machine = cpu.machine
 
@@ -85,7 +99,7 @@ class InterpAccelOps(AccelOps):
                                on_triple_fault=triple_fault)
         cpu.accel.breakpoints.update(getattr(self, "_pending_bps", {}).get(cpu.cpu_index, ()))
 
-    def cpu_exec(self, cpu: "CPUState") -> int:
+    def cpu_exec(self, cpu: CPUState) -> int:
         """vCPU thread, BQL held; the BQL is dropped while blocks run (devices retake it)."""
         if cpu.halted:
             return EXCP_HALTED
@@ -109,45 +123,45 @@ class InterpAccelOps(AccelOps):
             cpu.halted = True
         return r
 
-    def synchronize_state(self, cpu: "CPUState") -> None:
+    def synchronize_state(self, cpu: CPUState) -> None:
         """Nothing to pull: ``cpu.env`` is the interpreter's state (flags are materialised
         whenever ``run`` returns)."""
 
-    def synchronize_post_reset(self, cpu: "CPUState") -> None:
+    def synchronize_post_reset(self, cpu: CPUState) -> None:
         """After a reset the guest code may differ (ROM reloaded): drop every block."""
         core = cpu.accel
         if isinstance(core, InterpCore):
             core.cc = None
             core.tb_flush()
 
-    def synchronize_post_init(self, cpu: "CPUState") -> None:
+    def synchronize_post_init(self, cpu: CPUState) -> None:
         self.synchronize_post_reset(cpu)
 
     def supports_guest_debug(self) -> bool:
         return True
 
-    def insert_breakpoint(self, cpu: "CPUState", kind: int, addr: int, length: int) -> None:
+    def insert_breakpoint(self, cpu: CPUState, kind: int, addr: int, length: int) -> None:
         """Breakpoints are RIP values (CS-relative, as gdb gives them) that end a block."""
         if kind not in (GDB_BREAKPOINT_SW, GDB_BREAKPOINT_HW):
             raise AccelError(f"interp: breakpoint kind {kind} is not supported")
         self._bps(cpu).add(addr)
         self._flush(cpu)
 
-    def remove_breakpoint(self, cpu: "CPUState", kind: int, addr: int, length: int) -> None:
+    def remove_breakpoint(self, cpu: CPUState, kind: int, addr: int, length: int) -> None:
         bps = self._bps(cpu)
         if addr not in bps:
             raise AccelError(f"interp: no breakpoint at {addr:#x}")
         bps.discard(addr)
         self._flush(cpu)
 
-    def remove_all_breakpoints(self, cpu: "CPUState") -> None:
+    def remove_all_breakpoints(self, cpu: CPUState) -> None:
         self._bps(cpu).clear()
         self._flush(cpu)
 
-    def update_guest_debug(self, cpu: "CPUState") -> None:
+    def update_guest_debug(self, cpu: CPUState) -> None:
         """Single-step is read from ``cpu.singlestep_enabled`` at every ``cpu_exec``."""
 
-    def _bps(self, cpu: "CPUState") -> set[int]:
+    def _bps(self, cpu: CPUState) -> set[int]:
         core = cpu.accel
         if isinstance(core, InterpCore):
             return core.breakpoints
@@ -155,7 +169,7 @@ class InterpAccelOps(AccelOps):
         return pending.setdefault(cpu.cpu_index, set())
 
     @staticmethod
-    def _flush(cpu: "CPUState") -> None:
+    def _flush(cpu: CPUState) -> None:
         if isinstance(cpu.accel, InterpCore):
             cpu.accel.tb_flush()   # blocks were cut at the old breakpoints
 

@@ -11,14 +11,25 @@ from __future__ import annotations
 import sys
 import time
 
-
 from pyqemu.accel.interp.cpu_exec import InterpCore
 from pyqemu.accel.ops import EXCP_HLT
-from pyqemu.target.i386.cpu_state import (CR0_ET, CR0_PE, DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK,
-                               DESC_G_MASK, DESC_P_MASK, DESC_R_MASK, DESC_S_MASK, DESC_W_MASK,
-                               CPUX86State, SegmentCache, x86_reset_state)
 from pyqemu.system.memory import AddressSpace, MemoryRegion
 from pyqemu.target.i386.asm import assemble
+from pyqemu.target.i386.cpu_state import (
+    CR0_ET,
+    CR0_PE,
+    DESC_A_MASK,
+    DESC_B_MASK,
+    DESC_CS_MASK,
+    DESC_G_MASK,
+    DESC_P_MASK,
+    DESC_R_MASK,
+    DESC_S_MASK,
+    DESC_W_MASK,
+    CPUX86State,
+    SegmentCache,
+    x86_reset_state,
+)
 
 LOOPS = {
     "register loop (add/xor/dec/jnz)": """

@@ -17,7 +17,8 @@ the instruction").
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pyqemu.accel.interp import flags as F
 from pyqemu.accel.interp.errors import UnimplementedInstruction
@@ -31,8 +32,20 @@ SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000, 8: 0x8000000000000000}
 class Op:
     """One decoded operand: ``kind`` is ``reg``, ``seg``, ``cr``, ``imm`` or ``mem``."""
 
-    __slots__ = ("kind", "size", "reg", "shift", "name", "imm", "seg", "base", "index",
-                 "scale", "disp", "base_name")
+    __slots__ = (
+        "base",
+        "base_name",
+        "disp",
+        "imm",
+        "index",
+        "kind",
+        "name",
+        "reg",
+        "scale",
+        "seg",
+        "shift",
+        "size",
+    )
 
     def __init__(self, kind: str, size: int) -> None:
         self.kind = kind
@@ -52,8 +65,24 @@ class Op:
 class Insn:
     """One decoded instruction, reduced to what the semantics need (capstone is not kept)."""
 
-    __slots__ = ("k", "ip", "next_ip", "linear", "size", "code", "mnem", "op_str", "ops",
-                 "prefixes", "adsize", "opsize", "rep", "repne", "modrm", "rex_w")
+    __slots__ = (
+        "adsize",
+        "code",
+        "ip",
+        "k",
+        "linear",
+        "mnem",
+        "modrm",
+        "next_ip",
+        "op_str",
+        "ops",
+        "opsize",
+        "prefixes",
+        "rep",
+        "repne",
+        "rex_w",
+        "size",
+    )
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
@@ -66,9 +95,20 @@ class Insn:
 class Mode:
     """What a block's code depends on: part of the TB key (QEMU's ``hflags``)."""
 
-    __slots__ = ("code", "stack", "cpl", "pe", "long", "paging", "cs_base", "cs_limit",
-                 "flat", "checks",
-                 "vm86", "key")
+    __slots__ = (
+        "checks",
+        "code",
+        "cpl",
+        "cs_base",
+        "cs_limit",
+        "flat",
+        "key",
+        "long",
+        "paging",
+        "pe",
+        "stack",
+        "vm86",
+    )
 
     def __init__(self, code: int, stack: int, cpl: int, pe: bool, long: bool, paging: bool,
                  cs_base: int, flat: bool = False, checks: tuple[int, ...] = (),
@@ -612,4 +652,4 @@ class Ctx:
         return "\n".join(pro + lines + handler) + "\n"
 
 
-__all__ = ["Ctx", "Insn", "Mode", "Op", "MASK", "SIGN"]
+__all__ = ["MASK", "SIGN", "Ctx", "Insn", "Mode", "Op"]

@@ -24,13 +24,20 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pyqemu.accel.interp import debug, excp, seg, string_rt, vm86
 from pyqemu.accel.interp.codegen import MASK, Mode
-from pyqemu.accel.interp.errors import (EXCP_GP, EXCP_UD, CpuStop, Fault, InterpArgumentError,
-                                 TripleFault)
 from pyqemu.accel.interp.debug import GuestDebug
+from pyqemu.accel.interp.errors import (
+    EXCP_GP,
+    EXCP_UD,
+    CpuStop,
+    Fault,
+    InterpArgumentError,
+    TripleFault,
+)
 from pyqemu.accel.interp.flags import ARITH_MASK, PARITY, LazyFlags
 from pyqemu.accel.interp.mmu import ACC_WRITE, Mmu
 from pyqemu.accel.interp.segcheck import check_stack, segment_checks

@@ -26,14 +26,49 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from pyqemu.accel.interp import task
-from pyqemu.accel.interp.errors import (EXCP_DB, EXCP_DF, EXCP_GP, EXCP_NP, EXCP_TS, HAS_ERROR_CODE,
-                                 VECTOR_NAMES, Fault, InterpError, TripleFault)
-from pyqemu.accel.interp.seg import (cache_from, check_target_ip, mark_accessed, protected,
-                              read_descriptor)
-from pyqemu.target.i386.cpu_state import (AC_MASK, CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_C_MASK,
-                               DESC_DPL_SHIFT, DESC_L_MASK, DESC_P_MASK, EFER_LMA, IF_MASK,
-                               IOPL_MASK, NT_MASK, R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, RF_MASK,
-                               TF_MASK, VM_MASK, SegmentCache)
+from pyqemu.accel.interp.errors import (
+    EXCP_DB,
+    EXCP_DF,
+    EXCP_GP,
+    EXCP_NP,
+    EXCP_TS,
+    HAS_ERROR_CODE,
+    VECTOR_NAMES,
+    Fault,
+    InterpError,
+    TripleFault,
+)
+from pyqemu.accel.interp.seg import (
+    cache_from,
+    check_target_ip,
+    mark_accessed,
+    protected,
+    read_descriptor,
+)
+from pyqemu.target.i386.cpu_state import (
+    AC_MASK,
+    CR0_PE,
+    DESC_B_MASK,
+    DESC_C_MASK,
+    DESC_CS_MASK,
+    DESC_DPL_SHIFT,
+    DESC_L_MASK,
+    DESC_P_MASK,
+    EFER_LMA,
+    IF_MASK,
+    IOPL_MASK,
+    NT_MASK,
+    R_CS,
+    R_DS,
+    R_ES,
+    R_FS,
+    R_GS,
+    R_SS,
+    RF_MASK,
+    TF_MASK,
+    VM_MASK,
+    SegmentCache,
+)
 from pyqemu.util import trace
 
 if TYPE_CHECKING:
@@ -46,7 +81,7 @@ def _vm86() -> ModuleType:
     return vm86
 
 
-def deliver(core: "InterpCore", fault: Fault) -> None:
+def deliver(core: InterpCore, fault: Fault) -> None:
     """Deliver an exception raised at ``env.rip`` (a fault: RIP is the faulting instruction).
 
     The EFLAGS image pushed for a fault-class exception has RF set, so that returning
@@ -68,7 +103,7 @@ def deliver(core: "InterpCore", fault: Fault) -> None:
             raise TripleFault(f"{third} while delivering #DF after {second}") from third
 
 
-def do_interrupt(core: "InterpCore", vector: int, error_code: int | None, ret_ip: int, *,
+def do_interrupt(core: InterpCore, vector: int, error_code: int | None, ret_ip: int, *,
                  soft: bool, cr2: int | None = None) -> None:
     env = core.env
     flags = core.get_flags()      # materialise the lazy flags: they are pushed
@@ -91,7 +126,7 @@ def do_interrupt(core: "InterpCore", vector: int, error_code: int | None, ret_ip
     core.mode_changed()
 
 
-def _real_mode(core: "InterpCore", vector: int, ret_ip: int) -> None:
+def _real_mode(core: InterpCore, vector: int, ret_ip: int) -> None:
     env = core.env
     if vector * 4 + 3 > env.idt.limit:
         raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector} past the IVT limit")
@@ -107,7 +142,7 @@ def _real_mode(core: "InterpCore", vector: int, ret_ip: int) -> None:
     env.rip = entry & 0xFFFF
 
 
-def _gate(core: "InterpCore", vector: int, size: int, soft: bool,
+def _gate(core: InterpCore, vector: int, size: int, soft: bool,
           task_ok: bool = False) -> tuple[int, int, int]:
     """Read and check a gate: returns (type, selector, offset) (SDM vol. 3A, 6.11, 6.12.1.1).
     With ``task_ok``, a task gate (type 5, 8-byte IDT only) passes the same checks (a
@@ -137,7 +172,7 @@ def _gate(core: "InterpCore", vector: int, size: int, soft: bool,
     return gtype, lo >> 16, offset
 
 
-def _target_cs(core: "InterpCore", sel: int) -> tuple[SegmentCache, int]:
+def _target_cs(core: InterpCore, sel: int) -> tuple[SegmentCache, int]:
     if sel & 0xFFFC == 0:
         raise Fault(EXCP_GP, 0, why="interrupt gate with a null code selector")
     lo, hi = read_descriptor(core, sel)
@@ -152,14 +187,14 @@ def _target_cs(core: "InterpCore", sel: int) -> tuple[SegmentCache, int]:
     return cache_from((sel & ~3) | new_cpl, lo, mark_accessed(core, sel, hi)), new_cpl
 
 
-def _tss_stack32(core: "InterpCore", cpl: int) -> tuple[int, int]:
+def _tss_stack32(core: InterpCore, cpl: int) -> tuple[int, int]:
     """SS and ESP (SP) for privilege ``cpl`` from the current 32-bit (16-bit) TSS, with
     the check against the TSS limit: :func:`accel.interp.task.tss_stack`, which the
     call gates of :mod:`accel.interp.gates` use too (SDM vol. 3A, 6.12.1, 7.2.1, 7.6)."""
     return task.tss_stack(core, cpl)
 
 
-def _protected(core: "InterpCore", vector: int, error_code: int | None, ret_ip: int,
+def _protected(core: InterpCore, vector: int, error_code: int | None, ret_ip: int,
                soft: bool) -> None:
     env = core.env
     gtype, sel, offset = _gate(core, vector, 8, soft, task_ok=True)
@@ -189,7 +224,7 @@ def _protected(core: "InterpCore", vector: int, error_code: int | None, ret_ip: 
     env.rip = offset if size == 4 else offset & 0xFFFF
 
 
-def _task_gate(core: "InterpCore", vector: int, tss: int, error_code: int | None,
+def _task_gate(core: InterpCore, vector: int, tss: int, error_code: int | None,
                ret_ip: int) -> None:
     """An interrupt or exception through a task gate (SDM vol. 3A, 6.12.2; vol. 2A INT n
     "TASK-GATE"): switch to the task, nested (back link, NT), saving ``ret_ip`` as the
@@ -203,7 +238,7 @@ def _task_gate(core: "InterpCore", vector: int, tss: int, error_code: int | None
         deliver(core, task.t_flag_trap(tss))
 
 
-def _long_mode(core: "InterpCore", vector: int, error_code: int | None, ret_ip: int,
+def _long_mode(core: InterpCore, vector: int, error_code: int | None, ret_ip: int,
                soft: bool) -> None:
     env = core.env
     gtype, sel, offset = _gate(core, vector, 16, soft)
@@ -239,7 +274,7 @@ def _long_mode(core: "InterpCore", vector: int, error_code: int | None, ret_ip: 
     env.rip = offset
 
 
-def iret(core: "InterpCore", size: int, next_ip: int) -> None:
+def iret(core: InterpCore, size: int, next_ip: int) -> None:
     """IRET/IRETD/IRETQ (SDM vol. 2A, IRET): real mode, same privilege, to an outer level,
     the 64-bit form that always pops SS:RSP, and the task return (NT = 1, protected mode:
     ``next_ip``, the address after the IRET, is saved in the task left); in and into
@@ -310,7 +345,7 @@ def iret(core: "InterpCore", size: int, next_ip: int) -> None:
     core.mode_changed()
 
 
-def _task_return(core: "InterpCore", next_ip: int) -> None:
+def _task_return(core: InterpCore, next_ip: int) -> None:
     """TASK-RETURN (SDM vol. 2A, IRET; vol. 3A, 7.4): switch, without nesting, to the
     task whose TSS selector is in the previous-task link of the current TSS; that
     task must be busy (:func:`accel.interp.task.new_tss_descriptor`: #TS(link) for a
@@ -327,7 +362,7 @@ def _task_return(core: "InterpCore", next_ip: int) -> None:
         raise task.t_flag_trap(link)
 
 
-def _null_outer_data_segs(core: "InterpCore", new_cpl: int, long64: bool) -> None:
+def _null_outer_data_segs(core: InterpCore, new_cpl: int, long64: bool) -> None:
     """Return to an outer privilege level: ES, DS, FS and GS that hold a data or
     non-conforming code segment with DPL < the new CPL get a null selector (SDM vol. 2A,
     IRET "RETURN-TO-OUTER-PRIVILEGE-LEVEL", which IA-32e mode reaches too; the same rule
@@ -351,7 +386,7 @@ def _null_outer_data_segs(core: "InterpCore", new_cpl: int, long64: bool) -> Non
             env.segs[seg] = SegmentCache(0, cache.base, cache.limit, flags & ~DESC_P_MASK)
 
 
-def _set_flags(core: "InterpCore", value: int, size: int, iret: bool = False) -> None:
+def _set_flags(core: InterpCore, value: int, size: int, iret: bool = False) -> None:
     """The EFLAGS update rules shared by POPF and IRET (SDM vol. 2B, POPF, Table 4-16).
 
     RF: POPF clears it; IRETD/IRETQ load it from the image (SDM vol. 2A, IRET:

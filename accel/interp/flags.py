@@ -19,7 +19,8 @@ Formulas (Intel SDM vol. 1, 3.4.3.1 and Appendix A; vol. 2 per instruction):
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pyqemu.target.i386.cpu_state import CC_A, CC_C, CC_O, CC_P, CC_S, CC_Z
 

@@ -55,7 +55,7 @@ def io_bitmap_allows(core: InterpCore, port: int, size: int) -> bool:
     if not tr.flags & DESC_P_MASK or tr.type not in TSS32_TYPES:
         return False
     # The 2-byte map base at 66H-67H must itself be inside the segment.
-    if IO_MAP_BASE + 1 > tr.limit:
+    if tr.limit < IO_MAP_BASE + 1:
         return False
     read = core.mmu.read_bytes
     lam = core.la_mask

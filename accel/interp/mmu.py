@@ -18,18 +18,26 @@ invalidates the blocks of that page (the "one cheap check per store" is free).
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pyqemu.accel.interp.errors import EXCP_GP, EXCP_PF, Fault
 from pyqemu.target.i386.cpu_state import CR0_PG, EFER_LMA
-from pyqemu.target.i386.paging import (ACC_EXEC, ACC_READ, ACC_WRITE, access_allowed,
-                                       accessed_dirty_updates, page_walk, pf_error_code)
+from pyqemu.target.i386.paging import (
+    ACC_EXEC,
+    ACC_READ,
+    ACC_WRITE,
+    access_allowed,
+    accessed_dirty_updates,
+    page_walk,
+    pf_error_code,
+)
 
 if TYPE_CHECKING:
     from pyqemu.accel.interp.cpu_exec import InterpCore
 
 PAGE = 4096
-__all__ = ["PAGE", "ACC_READ", "ACC_WRITE", "ACC_EXEC", "Mmu"]
+__all__ = ["ACC_EXEC", "ACC_READ", "ACC_WRITE", "PAGE", "Mmu"]
 
 _STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"),
             8: struct.Struct("<Q")}
@@ -38,7 +46,7 @@ _STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I
 class Mmu:
     """Address translation and memory helpers of one :class:`InterpCore`."""
 
-    def __init__(self, core: "InterpCore") -> None:
+    def __init__(self, core: InterpCore) -> None:
         self.core = core
         self.env = core.env
         self.mem = core.mem

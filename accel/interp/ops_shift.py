@@ -10,7 +10,7 @@ larger counts we compute the same expression (the SDM leaves it undefined, see
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pyqemu.accel.interp.codegen import MASK, Ctx, Insn, Op
 from pyqemu.accel.interp.flags import FLAG_BITS

@@ -26,8 +26,8 @@ MNEMONICS = [k + s for k in KINDS for s in SIZES if not (k in ("ins", "outs") an
 
 def _src_seg(i: Insn) -> int:
     for o in i.ops:
-        if o.kind == "mem" and o.seg >= 0 and o.seg != R_ES or o.kind == "mem" and \
-                o.base_name in ("si", "esi", "rsi") and o.seg >= 0:
+        if (o.kind == "mem" and o.seg >= 0 and o.seg != R_ES) or (o.kind == "mem" and \
+                o.base_name in ("si", "esi", "rsi") and o.seg >= 0):
             return o.seg
     return next((SEG_PREFIX[p] for p in i.prefixes if p in SEG_PREFIX), R_DS)
 
@@ -35,7 +35,7 @@ def _src_seg(i: Insn) -> int:
 @op(*MNEMONICS)
 def gen_string(c: Ctx, i: Insn) -> None:
     kind, size = i.mnem[:-1], SIZES[i.mnem[-1]]
-    if any(o.kind not in ("mem", "reg") or o.kind == "reg" and o.reg < 0 for o in i.ops):
+    if any(o.kind not in ("mem", "reg") or (o.kind == "reg" and o.reg < 0) for o in i.ops):
         raise c.unimplemented()          # e.g. SSE movsd xmm, xmm
     rep = "repne" if i.repne else "rep" if i.rep else ""
     seg = _src_seg(i)

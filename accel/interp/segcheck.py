@@ -30,9 +30,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pyqemu.accel.interp.errors import EXCP_GP, EXCP_SS, Fault
-from pyqemu.target.i386.cpu_state import (CR0_PE, DESC_B_MASK, DESC_CS_MASK, DESC_E_MASK, DESC_P_MASK,
-                               DESC_R_MASK, DESC_W_MASK, R_SS, VM_MASK, CPUX86State,
-                               SegmentCache)
+from pyqemu.target.i386.cpu_state import (
+    CR0_PE,
+    DESC_B_MASK,
+    DESC_CS_MASK,
+    DESC_E_MASK,
+    DESC_P_MASK,
+    DESC_R_MASK,
+    DESC_W_MASK,
+    R_SS,
+    VM_MASK,
+    CPUX86State,
+    SegmentCache,
+)
 
 if TYPE_CHECKING:
     from pyqemu.accel.interp.codegen import Ctx
@@ -74,7 +84,7 @@ def _kind(s: SegmentCache, protected: bool) -> int:
     return kind
 
 
-def check_stack(core: "InterpCore", off: int, size: int, write: bool) -> None:
+def check_stack(core: InterpCore, off: int, size: int, write: bool) -> None:
     """:func:`check_access` for SS, from the segment caches as they are now rather than
     the block's mode: interrupt delivery pushes right after switching SS (and perhaps
     from compatibility to 64-bit mode), before the mode is recomputed."""
@@ -89,7 +99,7 @@ def check_stack(core: "InterpCore", off: int, size: int, write: bool) -> None:
         check_access(core, R_SS, off, size, write, kind)
 
 
-def emit_limit_check(c: "Ctx", seg: int, ea: str, size: int) -> None:
+def emit_limit_check(c: Ctx, seg: int, ea: str, size: int) -> None:
     """Emit the limit (and null) check of a ``size``-byte access at offset ``ea``."""
     checks = c.mode.checks
     kind = checks[seg] if checks else 0
@@ -111,7 +121,7 @@ def emit_limit_check(c: "Ctx", seg: int, ea: str, size: int) -> None:
                f"raise Fault({vec}, 0, why='{name} expand-down limit')")
 
 
-def emit_type_check(c: "Ctx", seg: int, write: bool) -> None:
+def emit_type_check(c: Ctx, seg: int, write: bool) -> None:
     """Emit #GP(0) for a write to code or read-only data, or a read of execute-only code."""
     checks = c.mode.checks
     kind = checks[seg] if checks else 0
@@ -121,7 +131,7 @@ def emit_type_check(c: "Ctx", seg: int, write: bool) -> None:
         c.emit(f"raise Fault({EXCP_GP}, 0, why='{what} {_NAMES[seg]}')")
 
 
-def check_access(core: "InterpCore", seg: int, off: int, size: int, write: bool,
+def check_access(core: InterpCore, seg: int, off: int, size: int, write: bool,
                  kind: int | None = None) -> None:
     """The same checks at run time, for helpers that access memory themselves (the REP
     string loop, accel/interp/string_rt.py): raise the fault, or return.  ``kind``:
@@ -148,5 +158,10 @@ def check_access(core: "InterpCore", seg: int, off: int, size: int, write: bool,
         raise Fault(EXCP_SS if seg == R_SS else EXCP_GP, 0, why=f"{name} limit")
 
 
-__all__ = ["segment_checks", "emit_limit_check", "emit_type_check", "check_access",
-           "check_stack"]
+__all__ = [
+    "check_access",
+    "check_stack",
+    "emit_limit_check",
+    "emit_type_check",
+    "segment_checks",
+]

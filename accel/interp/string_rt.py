@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 POLL = 4096
 
 
-def rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int, rep: str,
+def rep_string(core: InterpCore, kind: str, size: int, adsize: int, seg: int, rep: str,
                next_ip: int) -> None:
     """REP string instructions, one element at a time (with bulk paths), restartable.
 
@@ -41,7 +41,7 @@ def rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int, 
         raise
 
 
-def _rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int, rep: str,
+def _rep_string(core: InterpCore, kind: str, size: int, adsize: int, seg: int, rep: str,
                 next_ip: int) -> None:
     env = core.env
     R = env.regs
@@ -154,7 +154,7 @@ def _rep_string(core: "InterpCore", kind: str, size: int, adsize: int, seg: int,
     env.rip = next_ip
 
 
-def _bulk(core: "InterpCore", kind: str, size: int, count: int, src: int, dst: int,
+def _bulk(core: InterpCore, kind: str, size: int, count: int, src: int, dst: int,
           acc: int) -> int:
     """Forward REP MOVS/STOS over RAM pages already in the TLB, as one slice copy.
 
@@ -188,7 +188,7 @@ def _bulk(core: "InterpCore", kind: str, size: int, count: int, src: int, dst: i
     return n
 
 
-def _bulk_scasb(core: "InterpCore", count: int, base: int, di: int, am: int,
+def _bulk_scasb(core: InterpCore, count: int, base: int, di: int, am: int,
                 al: int) -> tuple[int, bool]:
     """Forward REPNE SCASB over a RAM page already in the TLB: one ``bytes.find``.
 

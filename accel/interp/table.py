@@ -10,7 +10,8 @@ absent from the table is an :class:`~accel.interp.errors.UnimplementedInstructio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pyqemu.accel.interp.codegen import Ctx, Insn
@@ -43,6 +44,14 @@ def op(*mnemonics: str) -> Callable[[Semantic], Semantic]:
 
 def load_families() -> dict[str, Semantic]:
     """Import every family module (each registers its rows) and return the table."""
-    from pyqemu.accel.interp import (ops_alu, ops_bcd, ops_control, ops_move,  # noqa: F401
-                              ops_muldiv, ops_shift, ops_string, ops_system)
+    from pyqemu.accel.interp import (  # noqa: F401
+        ops_alu,
+        ops_bcd,
+        ops_control,
+        ops_move,
+        ops_muldiv,
+        ops_shift,
+        ops_string,
+        ops_system,
+    )
     return OPS

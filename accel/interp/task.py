@@ -36,7 +36,15 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING
 
-from pyqemu.accel.interp.errors import EXCP_DB, EXCP_GP, EXCP_NP, EXCP_SS, EXCP_TS, Fault, InterpError
+from pyqemu.accel.interp.errors import (
+    EXCP_DB,
+    EXCP_GP,
+    EXCP_NP,
+    EXCP_SS,
+    EXCP_TS,
+    Fault,
+    InterpError,
+)
 from pyqemu.accel.interp.mmu import ACC_WRITE
 from pyqemu.accel.interp.seg import cache_from, mark_accessed, read_descriptor
 from pyqemu.accel.interp.segcheck import check_access

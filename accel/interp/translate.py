@@ -13,8 +13,9 @@ metadata.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import capstone
 from capstone import x86 as csx
@@ -54,7 +55,7 @@ class TranslationBlock:
 class Translator:
     """Decoder and code generator shared by the blocks of one core."""
 
-    def __init__(self, core: "InterpCore") -> None:
+    def __init__(self, core: InterpCore) -> None:
         self.core = core
         self.ops = load_families()
         self.md: dict[int, capstone.Cs] = {}

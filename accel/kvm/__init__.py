@@ -8,4 +8,4 @@
 """
 
 # Importing the package registers the "kvm" accelerator (accel.ops._load_builtin_accels).
-from pyqemu.accel.kvm import kvm_all as _kvm_all  # noqa: E402,F401
+from pyqemu.accel.kvm import kvm_all as _kvm_all  # noqa: F401

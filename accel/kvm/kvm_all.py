@@ -66,38 +66,46 @@ from pyqemu.accel.kvm.binding import (
     VmFd,
 )
 from pyqemu.accel.kvm.errors import KvmError, KvmUnavailableError
-from pyqemu.target.i386.cpuid import cpuid_entries_for_kvm
-from pyqemu.accel.ops import (EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, GDB_BREAKPOINT_SW, AccelError,
-                              AccelOps, AccelState, register_accel)
+from pyqemu.accel.ops import (
+    EXCP_DEBUG,
+    EXCP_HLT,
+    EXCP_INTERRUPT,
+    GDB_BREAKPOINT_SW,
+    AccelError,
+    AccelOps,
+    AccelState,
+    register_accel,
+)
 from pyqemu.system import cpus as cpus_mod
 from pyqemu.system.cpus import qemu_global_mutex
 from pyqemu.system.memory import address_space_rw
+from pyqemu.target.i386.cpuid import cpuid_entries_for_kvm
 from pyqemu.util import trace
 
 if TYPE_CHECKING:
     from pyqemu.accel.ops import CPUState
-    from pyqemu.target.i386.cpuid import X86CPU
     from pyqemu.system.memory import AddressSpace
+    from pyqemu.target.i386.cpuid import X86CPU
 
 __all__ = [
     "SIG_IPI",
-    "KvmExitError",
     "KVMState",
     "KvmAccelOps",
     "KvmCpuState",
-    "kvm_init",
+    "KvmExitError",
+    "kvm_arch_get_registers",
+    "kvm_arch_init_vcpu",
+    "kvm_arch_put_registers",
     "kvm_available",
+    "kvm_cpu_exec",
+    "kvm_cpu_kick",
+    "kvm_destroy_vcpu",
+    "kvm_handle_exit",
+    "kvm_init",
+    "kvm_init_cpu_signals",
+    "kvm_init_vcpu",
     "kvm_start_vcpu_thread",
     "kvm_vcpu_thread_fn",
-    "kvm_init_vcpu",
-    "kvm_arch_init_vcpu",
-    "kvm_init_cpu_signals",
-    "kvm_cpu_exec",
-    "kvm_destroy_vcpu",
-    "kvm_arch_get_registers",
-    "kvm_arch_put_registers",
-    "kvm_cpu_kick",
-    "kvm_handle_exit",
 ]
 
 

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from pyqemu.util import trace
 

@@ -28,12 +28,18 @@ over the ``chardev`` property and stays the caller's to close.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pyqemu.hw.char.serial import SerialState
 from pyqemu.hw.core.errors import DeviceError
-from pyqemu.hw.core.qdev import (DeviceClass, DeviceState, Property, TYPE_DEVICE,
-                          device_class_set_props)
+from pyqemu.hw.core.qdev import (
+    TYPE_DEVICE,
+    DeviceClass,
+    DeviceState,
+    Property,
+    device_class_set_props,
+)
 from pyqemu.qom import Object, ObjectClass, TypeInfo, type_init
 from pyqemu.system.chardev import Chardev, ChardevError, qemu_chr_find, qemu_chr_new
 from pyqemu.system.cpus import qemu_global_mutex

@@ -14,11 +14,12 @@ sets from any thread and the execution loop polls without the lock.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from pyqemu.hw.core.qdev import DeviceClass, DeviceState, TYPE_DEVICE
-from pyqemu.system.cpus import QueuedWork
+from pyqemu.hw.core.qdev import TYPE_DEVICE, DeviceClass, DeviceState
 from pyqemu.qom import Object, ObjectClass, TypeInfo, object_property_add_uint, type_init
+from pyqemu.system.cpus import QueuedWork
 from pyqemu.util import trace
 
 if TYPE_CHECKING:
@@ -29,9 +30,9 @@ TYPE_CPU = "cpu"
 class CPUClass(DeviceClass):
     """``CPUClass``: per-target hooks."""
 
-    has_work: Callable[["CPUState"], bool] | None = None
-    dump_state: Callable[["CPUState"], str] | None = None
-    reset_hook: Callable[["CPUState"], None] | None = None
+    has_work: Callable[[CPUState], bool] | None = None
+    dump_state: Callable[[CPUState], str] | None = None
+    reset_hook: Callable[[CPUState], None] | None = None
     class_by_name: Callable[[str], ObjectClass | None] | None = None
     parse_features: Callable[[str, str], None] | None = None
 
@@ -56,8 +57,8 @@ class CPUState(DeviceState):
     work_list: list[QueuedWork]
     accel_ops: Any             # the machine's AccelOps (accel is above hw: not imported)
     accel: Any                 # the accelerator's per-vCPU state (AccelCPUState)
-    as_: "AddressSpace | None"  # memory address space (cpu->as)
-    io_as: "AddressSpace | None"
+    as_: AddressSpace | None  # memory address space (cpu->as)
+    io_as: AddressSpace | None
     machine: Any
     singlestep_enabled: bool
     exception_index: int

@@ -9,8 +9,9 @@ given ones, preferring sockets, and the product must equal maxcpus.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pyqemu.hw.core.errors import MachineError
 from pyqemu.qom import Object, ObjectClass, TypeInfo, object_class_get_list, type_init
@@ -141,13 +142,13 @@ class MachineClass(ObjectClass):
     """``MachineClass``: how to build a board."""
 
     desc: str = ""
-    init: Callable[["MachineState"], None] | None = None
+    init: Callable[[MachineState], None] | None = None
     max_cpus: int = 1
     default_cpu_type: str | None = None
     default_ram_size: int = 128 << 20
     is_default: bool = False
     alias: str | None = None
-    possible_cpu_arch_ids: Callable[["MachineState"], list[CPUArchId]] | None = None
+    possible_cpu_arch_ids: Callable[[MachineState], list[CPUArchId]] | None = None
 
 
 class MachineState(Object):

@@ -11,14 +11,28 @@ realized and are frozen afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pyqemu.hw.core.errors import DeviceError
-from pyqemu.qom import (ObjectClass, Object, PropertyAccessError, TypeInfo, check_property_value,
-                 container_get, object_class_property_add, object_get_root, object_new,
-                 object_property_add_bool, object_property_add_child, object_unref,
-                 object_property_set_bool, type_init, object_get_canonical_path)
+from pyqemu.qom import (
+    Object,
+    ObjectClass,
+    PropertyAccessError,
+    TypeInfo,
+    check_property_value,
+    container_get,
+    object_class_property_add,
+    object_get_canonical_path,
+    object_get_root,
+    object_new,
+    object_property_add_bool,
+    object_property_add_child,
+    object_property_set_bool,
+    object_unref,
+    type_init,
+)
 from pyqemu.util import trace
 
 TYPE_DEVICE = "device"
@@ -46,7 +60,7 @@ class DeviceClass(ObjectClass):
 
     realize: Realize | None = None
     unrealize: Realize | None = None
-    reset: Callable[["DeviceState"], None] | None = None
+    reset: Callable[[DeviceState], None] | None = None
     props: list[Property] = []
     desc: str = ""
     user_creatable: bool = False

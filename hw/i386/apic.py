@@ -16,10 +16,19 @@ from __future__ import annotations
 from typing import Any
 
 from pyqemu.hw.core.errors import DeviceError
-from pyqemu.hw.core.qdev import DeviceClass, DeviceState, Property, TYPE_DEVICE, device_class_set_props
-from pyqemu.target.i386.cpu_state import (APIC_DEFAULT_ADDRESS, MSR_IA32_APICBASE_BSP,
-                               MSR_IA32_APICBASE_ENABLE)
-from pyqemu.qom import ObjectClass, Object, TypeInfo, type_init
+from pyqemu.hw.core.qdev import (
+    TYPE_DEVICE,
+    DeviceClass,
+    DeviceState,
+    Property,
+    device_class_set_props,
+)
+from pyqemu.qom import Object, ObjectClass, TypeInfo, type_init
+from pyqemu.target.i386.cpu_state import (
+    APIC_DEFAULT_ADDRESS,
+    MSR_IA32_APICBASE_BSP,
+    MSR_IA32_APICBASE_ENABLE,
+)
 from pyqemu.util import trace
 
 TYPE_APIC = "apic"

@@ -21,37 +21,95 @@ from __future__ import annotations
 import copy
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from pyqemu.hw.core.cpu import CPUClass, CPUState, TYPE_CPU, cpu_reset
-from pyqemu.hw.core.qdev import (DeviceClass, DeviceState, Property, device_class_set_parent_realize,
-                          device_class_set_parent_unrealize, device_class_set_props)
-from pyqemu.target.i386 import cpu_features as cf
-from pyqemu.hw.i386.apic import (APICCommonState, TYPE_APIC, apic_reset_common)
-from pyqemu.target.i386.errors import (CPUFeatureValueError, FeatureFilterError, HostCPUModelError,
-                                  UnknownCPUModelError, UnknownFeatureError, X86CPUError)
-from pyqemu.target.i386.cpu_models import (BASE_DEF, HOST_DEF, MAX_DEF, X86CPUDefinition,
-                                builtin_x86_defs, model_description)
-from pyqemu.target.i386.cpu_state import (APIC_DEFAULT_ADDRESS, CPUX86State, IF_MASK,
-                               MSR_IA32_APICBASE_BSP, MSR_IA32_APICBASE_ENABLE, R_EDX,
-                               x86_reset_state)
-from pyqemu.target.i386.cpuid import (UNASSIGNED_APIC_ID, cpu_x86_cpuid, cpuid_signature,
-                           x86_cpu_min_levels)
-from pyqemu.qom import (Object, ObjectClass, PropertyAccessError, TypeInfo, check_property_value,
-                 object_class_by_name, object_class_get_list, object_new,
-                 object_property_add, object_property_add_child, object_property_set_bool,
-                 object_unparent, object_unref, type_init)
+from pyqemu.hw.core.cpu import TYPE_CPU, CPUClass, CPUState, cpu_reset
+from pyqemu.hw.core.qdev import (
+    DeviceClass,
+    DeviceState,
+    Property,
+    device_class_set_parent_realize,
+    device_class_set_parent_unrealize,
+    device_class_set_props,
+)
+from pyqemu.hw.i386.apic import TYPE_APIC, APICCommonState, apic_reset_common
+from pyqemu.qom import (
+    Object,
+    ObjectClass,
+    PropertyAccessError,
+    TypeInfo,
+    check_property_value,
+    object_class_by_name,
+    object_class_get_list,
+    object_new,
+    object_property_add,
+    object_property_add_child,
+    object_property_set_bool,
+    object_unparent,
+    object_unref,
+    type_init,
+)
 from pyqemu.system.cpus import cpu_remove_sync, qemu_global_mutex, qemu_init_vcpu
+from pyqemu.target.i386 import cpu_features as cf
+from pyqemu.target.i386.cpu_models import (
+    BASE_DEF,
+    HOST_DEF,
+    MAX_DEF,
+    X86CPUDefinition,
+    builtin_x86_defs,
+    model_description,
+)
+from pyqemu.target.i386.cpu_state import (
+    APIC_DEFAULT_ADDRESS,
+    IF_MASK,
+    MSR_IA32_APICBASE_BSP,
+    MSR_IA32_APICBASE_ENABLE,
+    R_EDX,
+    CPUX86State,
+    x86_reset_state,
+)
+from pyqemu.target.i386.cpuid import (
+    UNASSIGNED_APIC_ID,
+    cpu_x86_cpuid,
+    cpuid_signature,
+    x86_cpu_min_levels,
+)
+from pyqemu.target.i386.errors import (
+    CPUFeatureValueError,
+    FeatureFilterError,
+    HostCPUModelError,
+    UnknownCPUModelError,
+    UnknownFeatureError,
+    X86CPUError,
+)
 from pyqemu.util import trace
 
 __all__ = [
-    "TYPE_X86_CPU", "X86_CPU_TYPE_SUFFIX", "X86_CPU_TYPE_NAME", "X86CPU", "X86CPUClass",
-    "X86CPUError", "UnknownCPUModelError", "UnknownFeatureError", "CPUFeatureValueError",
-    "FeatureFilterError", "HostCPUModelError", "x86_cpu_class_by_name",
-    "x86_cpu_type_by_model", "x86_cpu_parse_featurestr", "x86_cpu_clear_featurestr",
-    "x86_cpu_list", "x86_cpu_realizefn", "x86_cpu_unrealizefn", "x86_cpu_expand_features",
-    "x86_cpu_filter_features", "x86_cpu_reset", "report_warning", "UNASSIGNED_APIC_ID",
+    "TYPE_X86_CPU",
+    "UNASSIGNED_APIC_ID",
+    "X86CPU",
+    "X86_CPU_TYPE_NAME",
+    "X86_CPU_TYPE_SUFFIX",
+    "CPUFeatureValueError",
+    "FeatureFilterError",
+    "HostCPUModelError",
+    "UnknownCPUModelError",
+    "UnknownFeatureError",
+    "X86CPUClass",
+    "X86CPUError",
+    "report_warning",
+    "x86_cpu_class_by_name",
+    "x86_cpu_clear_featurestr",
+    "x86_cpu_expand_features",
+    "x86_cpu_filter_features",
+    "x86_cpu_list",
+    "x86_cpu_parse_featurestr",
+    "x86_cpu_realizefn",
+    "x86_cpu_reset",
+    "x86_cpu_type_by_model",
+    "x86_cpu_unrealizefn",
 ]
 
 TYPE_X86_CPU = "x86_64-cpu"

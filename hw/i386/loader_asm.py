@@ -28,14 +28,38 @@ import struct
 from typing import Literal
 
 from pyqemu.hw.core.errors import LoaderError
-from pyqemu.target.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
-                               DESC_CS_MASK, DESC_DPL_SHIFT, DESC_G_MASK, DESC_L_MASK,
-                               DESC_P_MASK, DESC_R_MASK, DESC_S_MASK, DESC_TYPE_SHIFT,
-                               DESC_W_MASK, EFER_LMA, EFER_LME, EFLAGS_FIXED, IOPL_MASK,
-                               R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, R_ESP, CPUX86State,
-                               SegmentCache)
 from pyqemu.system.memory import AddressSpace
 from pyqemu.target.i386 import asm as x86_asm
+from pyqemu.target.i386.cpu_state import (
+    CR0_ET,
+    CR0_PE,
+    CR0_PG,
+    CR4_PAE,
+    DESC_A_MASK,
+    DESC_B_MASK,
+    DESC_CS_MASK,
+    DESC_DPL_SHIFT,
+    DESC_G_MASK,
+    DESC_L_MASK,
+    DESC_P_MASK,
+    DESC_R_MASK,
+    DESC_S_MASK,
+    DESC_TYPE_SHIFT,
+    DESC_W_MASK,
+    EFER_LMA,
+    EFER_LME,
+    EFLAGS_FIXED,
+    IOPL_MASK,
+    R_CS,
+    R_DS,
+    R_ES,
+    R_ESP,
+    R_FS,
+    R_GS,
+    R_SS,
+    CPUX86State,
+    SegmentCache,
+)
 from pyqemu.target.i386.descriptors import descriptor_cache, segment_descriptor
 from pyqemu.target.i386.errors import AssemblerError
 

@@ -37,10 +37,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyqemu.hw.core.errors import LoaderError
-from pyqemu.target.i386.cpu_state import R_EAX, R_EBX, CPUX86State
-from pyqemu.hw.i386.loader_asm import (BOOT_AREA_END, GDT_ADDR, check_loadable, load_bytes,
-                                setup_entry_state)
+from pyqemu.hw.i386.loader_asm import (
+    BOOT_AREA_END,
+    GDT_ADDR,
+    check_loadable,
+    load_bytes,
+    setup_entry_state,
+)
 from pyqemu.system.memory import AddressSpace
+from pyqemu.target.i386.cpu_state import R_EAX, R_EBX, CPUX86State
 from pyqemu.util import trace
 
 MULTIBOOT_HEADER_MAGIC = 0x1BADB002

@@ -13,11 +13,25 @@ from __future__ import annotations
 from typing import Any
 
 from pyqemu.hw.core.errors import DeviceError, MachineError
-from pyqemu.hw.core.machine import (CPUArchId, MACHINE_TYPE_SUFFIX, MachineClass, MachineState,
-                             TYPE_MACHINE)
+from pyqemu.hw.core.machine import (
+    MACHINE_TYPE_SUFFIX,
+    TYPE_MACHINE,
+    CPUArchId,
+    MachineClass,
+    MachineState,
+)
 from pyqemu.hw.core.qdev import DeviceState, qdev_new, qdev_prop_set
-from pyqemu.qom import (Object, ObjectClass, TypeInfo, container_get, object_property_add_child,
-                 object_property_set_bool, object_property_set_uint, object_unref, type_init)
+from pyqemu.qom import (
+    Object,
+    ObjectClass,
+    TypeInfo,
+    container_get,
+    object_property_add_child,
+    object_property_set_bool,
+    object_property_set_uint,
+    object_unref,
+    type_init,
+)
 from pyqemu.system.memory import AddressSpace, MemoryRegion
 from pyqemu.util import trace
 

@@ -20,8 +20,13 @@ from __future__ import annotations
 from typing import Any
 
 from pyqemu.hw.core.errors import DeviceError
-from pyqemu.hw.core.qdev import (DeviceClass, DeviceState, Property, TYPE_DEVICE,
-                          device_class_set_props)
+from pyqemu.hw.core.qdev import (
+    TYPE_DEVICE,
+    DeviceClass,
+    DeviceState,
+    Property,
+    device_class_set_props,
+)
 from pyqemu.qom import Object, ObjectClass, TypeInfo, type_init
 from pyqemu.system.memory import MemoryRegion
 from pyqemu.system.runstate import ShutdownCause

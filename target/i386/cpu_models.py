@@ -13,9 +13,9 @@ are only their starting point.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 from pyqemu.target.i386.cpu_features import feature_mask
 

@@ -90,7 +90,7 @@ class SegmentCache:
     def type(self) -> int:
         return (self.flags >> DESC_TYPE_SHIFT) & 0xF
 
-    def copy(self) -> "SegmentCache":
+    def copy(self) -> SegmentCache:
         return SegmentCache(self.selector, self.base, self.limit, self.flags)
 
 
@@ -180,7 +180,7 @@ class CPUX86State:
     def set_reg(self, name: str, value: int) -> None:
         set_reg(self, name, value)
 
-    def copy(self) -> "CPUX86State":
+    def copy(self) -> CPUX86State:
         """A deep copy (for snapshots and cross-checking)."""
         import copy
         return copy.deepcopy(self)

@@ -142,23 +142,23 @@ def apicid_bitwidth_for_count(count: int) -> int:
     return max(0, (count - 1).bit_length())
 
 
-def topology(cpu: "X86CPU") -> tuple[int, int, int]:
+def topology(cpu: X86CPU) -> tuple[int, int, int]:
     """(dies, cores per die, threads per core), each at least 1."""
     dies, cores, threads = cpu.cpuid_topology
     return (max(1, dies), max(1, cores), max(1, threads))
 
 
-def apicid_core_offset(cpu: "X86CPU") -> int:
+def apicid_core_offset(cpu: X86CPU) -> int:
     """Where the core id starts in an APIC id: after the SMT bits."""
     return apicid_bitwidth_for_count(topology(cpu)[2])
 
 
-def apicid_die_offset(cpu: "X86CPU") -> int:
+def apicid_die_offset(cpu: X86CPU) -> int:
     dies, cores, threads = topology(cpu)
     return apicid_core_offset(cpu) + apicid_bitwidth_for_count(cores)
 
 
-def apicid_pkg_offset(cpu: "X86CPU") -> int:
+def apicid_pkg_offset(cpu: X86CPU) -> int:
     """Where the package (socket) id starts in an APIC id."""
     dies, _, _ = topology(cpu)
     return apicid_die_offset(cpu) + apicid_bitwidth_for_count(dies)
@@ -182,15 +182,15 @@ def x86_apicid_from_cpu_idx(dies: int, cores: int, threads: int, index: int) -> 
     return x86_apicid_from_topo_ids(dies, cores, threads, pkg, die, core, smt)
 
 
-def is_amd(cpu: "X86CPU") -> bool:
+def is_amd(cpu: X86CPU) -> bool:
     return bool(cpu.cpuid_vendor == CPUID_VENDOR_AMD)
 
 
-def _f(cpu: "X86CPU", word: str) -> int:
+def _f(cpu: X86CPU, word: str) -> int:
     return int(cpu.features.get(word, 0))
 
 
-def x86_cpu_min_levels(cpu: "X86CPU") -> tuple[int, int]:
+def x86_cpu_min_levels(cpu: X86CPU) -> tuple[int, int]:
     """The lowest level/xlevel the enabled features need (QEMU's x86_cpu_adjust_feat_level).
 
     A feature reported in leaf N is invisible unless the maximum leaf is at least N;
@@ -211,7 +211,7 @@ def x86_cpu_min_levels(cpu: "X86CPU") -> tuple[int, int]:
     return level, xlevel
 
 
-def cpuid_level(cpu: "X86CPU") -> int:
+def cpuid_level(cpu: X86CPU) -> int:
     """The highest basic leaf: the ``level`` property if set, else the model's, raised by
     what the features need."""
     if cpu.cpuid_level is not None:
@@ -219,18 +219,18 @@ def cpuid_level(cpu: "X86CPU") -> int:
     return x86_cpu_min_levels(cpu)[0]
 
 
-def cpuid_xlevel(cpu: "X86CPU") -> int:
+def cpuid_xlevel(cpu: X86CPU) -> int:
     """The highest extended leaf: ``xlevel`` if set, else the model's raised by features."""
     if cpu.cpuid_xlevel is not None:
         return int(cpu.cpuid_xlevel)
     return x86_cpu_min_levels(cpu)[1]
 
 
-def _kvm(cpu: "X86CPU") -> bool:
+def _kvm(cpu: X86CPU) -> bool:
     return bool(cpu.cpuid_kvm_leaves)
 
 
-def _xsave_components(cpu: "X86CPU") -> int:
+def _xsave_components(cpu: X86CPU) -> int:
     if not _f(cpu, "FEAT_1_ECX") & CPUID_EXT_XSAVE:
         return 0
     comps = XSTATE_FP | XSTATE_SSE
@@ -246,7 +246,7 @@ def _xsave_size(components: int) -> int:
     return size
 
 
-def _leaf4(cpu: "X86CPU", count: int) -> tuple[int, int, int, int]:
+def _leaf4(cpu: X86CPU, count: int) -> tuple[int, int, int, int]:
     """Deterministic cache parameters (SDM vol. 2A Table 3-8, leaf 04H)."""
     if count >= len(CACHES):
         return (0, 0, 0, 0)  # type 0: no more caches
@@ -270,7 +270,7 @@ def _amd_l1(c: CacheInfo) -> int:
 _L2_ASSOC = {1: 1, 2: 2, 4: 4, 8: 6, 16: 8, 32: 0xA, 48: 0xB, 64: 0xC, 96: 0xD, 128: 0xE}
 
 
-def _phys_bits(cpu: "X86CPU") -> int:
+def _phys_bits(cpu: X86CPU) -> int:
     if cpu.phys_bits:
         return int(cpu.phys_bits)
     if _f(cpu, "FEAT_8000_0001_EDX") & CPUID_EXT2_LM:
@@ -280,7 +280,7 @@ def _phys_bits(cpu: "X86CPU") -> int:
     return 32
 
 
-def cpu_x86_cpuid(cpu: "X86CPU", index: int, count: int = 0) -> tuple[int, int, int, int]:
+def cpu_x86_cpuid(cpu: X86CPU, index: int, count: int = 0) -> tuple[int, int, int, int]:
     """CPUID.(EAX=index, ECX=count) for ``cpu``: (eax, ebx, ecx, edx), each 32-bit."""
     index &= 0xFFFFFFFF
     count &= 0xFFFFFFFF
@@ -301,7 +301,7 @@ def cpu_x86_cpuid(cpu: "X86CPU", index: int, count: int = 0) -> tuple[int, int, 
     return _leaf(cpu, index, count, level, xlevel, amd)
 
 
-def _leaf(cpu: "X86CPU", index: int, count: int, level: int, xlevel: int,
+def _leaf(cpu: X86CPU, index: int, count: int, level: int, xlevel: int,
           amd: bool) -> tuple[int, int, int, int]:
     env = cpu.env
     dies, cores, threads = topology(cpu)
@@ -404,7 +404,7 @@ def _leaf(cpu: "X86CPU", index: int, count: int, level: int, xlevel: int,
     return (0, 0, 0, 0)  # reserved leaves inside the range read as zero
 
 
-def _subleaves(cpu: "X86CPU", fn: int) -> list[int] | None:
+def _subleaves(cpu: X86CPU, fn: int) -> list[int] | None:
     """The sub-leaves of ``fn`` to put in a KVM table, or None if it has none."""
     if fn == 4:
         out = []
@@ -427,7 +427,7 @@ def _subleaves(cpu: "X86CPU", fn: int) -> list[int] | None:
     return None
 
 
-def cpuid_entries_for_kvm(cpu: "X86CPU") -> list[CpuidEntry]:
+def cpuid_entries_for_kvm(cpu: X86CPU) -> list[CpuidEntry]:
     """The KVM_SET_CPUID2 table for ``cpu`` (what ``kvm_arch_init_vcpu`` builds).
 
     Every basic leaf up to ``level``, the KVM leaves 4000_0000H/4000_0001H, then
@@ -446,7 +446,7 @@ def cpuid_entries_for_kvm(cpu: "X86CPU") -> list[CpuidEntry]:
                                   *cpu_x86_cpuid(cpu, fn, j)) for j in subs)
 
     level, xlevel = cpuid_level(cpu), cpuid_xlevel(cpu)
-    for fn in range(0, level + 1):
+    for fn in range(level + 1):
         add(fn)
     add(KVM_CPUID_SIGNATURE)
     add(KVM_CPUID_FEATURES)
@@ -456,7 +456,7 @@ def cpuid_entries_for_kvm(cpu: "X86CPU") -> list[CpuidEntry]:
     return out
 
 
-def feature_word_value(cpu: "X86CPU", word: str) -> int:
+def feature_word_value(cpu: X86CPU, word: str) -> int:
     """The value of one feature word as CPUID reports it (used by tests and the monitor)."""
     w = WORDS[word]
     regs = dict(zip(("eax", "ebx", "ecx", "edx"), cpu_x86_cpuid(cpu, w.leaf, w.subleaf or 0)))

@@ -29,11 +29,30 @@ from typing import NamedTuple
 from pyqemu.target.i386.cpu_state import DESC_DPL_SHIFT, DESC_G_MASK, DESC_P_MASK, SegmentCache
 
 __all__ = [
-    "DESCRIPTOR_ATTR_MASK", "GATE_CALL16", "GATE_CALL32", "GATE_INT16", "GATE_INT32",
-    "GATE_TASK", "GATE_TRAP16", "GATE_TRAP32", "SYS_LDT", "SYS_TSS16", "SYS_TSS16_BUSY",
-    "SYS_TSS32", "SYS_TSS32_BUSY",
-    "descriptor_base", "descriptor_limit", "descriptor_cache", "segment_descriptor",
-    "Gate", "gate_descriptor", "TssField", "TssLayout", "TSS16", "TSS32", "TSS64",
+    "DESCRIPTOR_ATTR_MASK",
+    "GATE_CALL16",
+    "GATE_CALL32",
+    "GATE_INT16",
+    "GATE_INT32",
+    "GATE_TASK",
+    "GATE_TRAP16",
+    "GATE_TRAP32",
+    "SYS_LDT",
+    "SYS_TSS16",
+    "SYS_TSS16_BUSY",
+    "SYS_TSS32",
+    "SYS_TSS32_BUSY",
+    "TSS16",
+    "TSS32",
+    "TSS64",
+    "Gate",
+    "TssField",
+    "TssLayout",
+    "descriptor_base",
+    "descriptor_cache",
+    "descriptor_limit",
+    "gate_descriptor",
+    "segment_descriptor",
 ]
 
 #: the attribute bits of a descriptor's high dword (type, S, DPL, P, AVL, L, D/B, G)

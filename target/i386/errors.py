@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from pyqemu.util.error import PyQemuError
 
-__all__ = ["X86CPUError", "UnknownCPUModelError", "UnknownFeatureError",
-           "CPUFeatureValueError", "FeatureFilterError", "HostCPUModelError", "AssemblerError"]
+__all__ = [
+    "AssemblerError",
+    "CPUFeatureValueError",
+    "FeatureFilterError",
+    "HostCPUModelError",
+    "UnknownCPUModelError",
+    "UnknownFeatureError",
+    "X86CPUError",
+]
 
 
 class X86CPUError(PyQemuError, ValueError):

@@ -21,16 +21,42 @@ carry no R/W, U/S or XD) and 4-level (4.5; 1 GiB and 2 MiB pages).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
-from pyqemu.target.i386.cpu_state import (CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP, EFER_LMA,
-                                          EFER_NXE)
+from pyqemu.target.i386.cpu_state import (
+    CR0_PG,
+    CR0_WP,
+    CR4_PAE,
+    CR4_PSE,
+    CR4_SMEP,
+    EFER_LMA,
+    EFER_NXE,
+)
 
 __all__ = [
-    "PTE_P", "PTE_RW", "PTE_US", "PTE_A", "PTE_D", "PTE_PS", "PTE_XD", "ADDR_MASK",
-    "PFEC_P", "PFEC_W", "PFEC_U", "PFEC_RSVD", "PFEC_I", "ACC_READ", "ACC_WRITE", "ACC_EXEC",
-    "PageEntry", "PageWalk", "page_walk", "access_allowed", "pf_error_code",
+    "ACC_EXEC",
+    "ACC_READ",
+    "ACC_WRITE",
+    "ADDR_MASK",
+    "PFEC_I",
+    "PFEC_P",
+    "PFEC_RSVD",
+    "PFEC_U",
+    "PFEC_W",
+    "PTE_A",
+    "PTE_D",
+    "PTE_P",
+    "PTE_PS",
+    "PTE_RW",
+    "PTE_US",
+    "PTE_XD",
+    "PageEntry",
+    "PageWalk",
+    "access_allowed",
     "accessed_dirty_updates",
+    "page_walk",
+    "pf_error_code",
 ]
 
 # Paging-structure entry bits (SDM vol. 3A, 4.3 Table 4-4..4-6, 4.5 Tables 4-15..4-20).

@@ -88,7 +88,7 @@ def test_models_match_unicorn(w: Workload) -> None:
     expected, insns = w.model(n)
     try:
         result, count = _unicorn_run(w, n)
-    except Exception as e:  # noqa: BLE001  Unicorn's own limits (legacy paging) are not ours
+    except Exception as e:
         if w.may_be_unsupported:
             pytest.skip(f"unicorn cannot run {w.may_be_unsupported}: {e}")
         raise

@@ -8,15 +8,41 @@ from typing import Any
 
 import pytest
 
-from pyqemu.qom import (AbstractTypeError, CastError, Object, ObjectClass, PathError,
-                 PropertyAccessError, PropertyNotFoundError, PropertyValueError, TypeInfo,
-                 TypeNotFoundError, TypeRegistrationError, container_get, object_class_by_name,
-                 object_dynamic_cast, object_dynamic_cast_assert, object_get_canonical_path,
-                 object_get_root, object_new, object_property_add_bool,
-                 object_property_add_child, object_property_add_link, object_property_add_str,
-                 object_property_add_uint, object_property_get, object_property_set,
-                 object_resolve_path, object_unparent, object_unref, qom_get, qom_list,
-                 qom_set, type_get_by_name, type_register_static)
+from pyqemu.qom import (
+    AbstractTypeError,
+    CastError,
+    Object,
+    ObjectClass,
+    PathError,
+    PropertyAccessError,
+    PropertyNotFoundError,
+    PropertyValueError,
+    TypeInfo,
+    TypeNotFoundError,
+    TypeRegistrationError,
+    container_get,
+    object_class_by_name,
+    object_dynamic_cast,
+    object_dynamic_cast_assert,
+    object_get_canonical_path,
+    object_get_root,
+    object_new,
+    object_property_add_bool,
+    object_property_add_child,
+    object_property_add_link,
+    object_property_add_str,
+    object_property_add_uint,
+    object_property_get,
+    object_property_set,
+    object_resolve_path,
+    object_unparent,
+    object_unref,
+    qom_get,
+    qom_list,
+    qom_set,
+    type_get_by_name,
+    type_register_static,
+)
 from pyqemu.util.error import PyQemuError
 
 _ids = itertools.count()

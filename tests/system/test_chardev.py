@@ -13,8 +13,15 @@ _ROOT = Path(__file__).resolve().parents[2]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from pyqemu.system.chardev import (ChardevError, FileChardev, MemoryChardev, NullChardev,  # noqa: E402
-                            StdioChardev, qemu_chr_find, qemu_chr_new)
+from pyqemu.system.chardev import (  # noqa: E402
+    ChardevError,
+    FileChardev,
+    MemoryChardev,
+    NullChardev,
+    StdioChardev,
+    qemu_chr_find,
+    qemu_chr_new,
+)
 
 
 def test_file_backend_writes_bytes_unbuffered(tmp_path):

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pyqemu.accel.interp.cpu_exec import InterpCore
 from pyqemu.accel.kvm import kvm_abi as abi
 from pyqemu.accel.ops import EXCP_DEBUG
+from pyqemu.system.memory import AddressSpace, MemoryRegion
 from pyqemu.target.i386.cpu_state import (
     CR0_ET,
     CR0_PE,
@@ -64,7 +65,6 @@ from pyqemu.target.i386.cpu_state import (
     SegmentCache,
     x86_reset_state,
 )
-from pyqemu.system.memory import AddressSpace, MemoryRegion
 
 RAM_SIZE = 6 << 20
 GDT, PML4, PDPT, PD, IDT, TSS, STUBS, KSTACK = (0x1000, 0x2000, 0x3000, 0x4000, 0x5000,

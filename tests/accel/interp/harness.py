@@ -8,12 +8,29 @@ tested by guest code in test_modes.py.
 from __future__ import annotations
 
 from pyqemu.accel.interp.cpu_exec import InterpCore
-from pyqemu.target.i386.cpu_state import (CR0_ET, CR0_PE, CR0_PG, CR4_PAE, DESC_A_MASK, DESC_B_MASK,
-                               DESC_CS_MASK, DESC_G_MASK, DESC_L_MASK, DESC_P_MASK, DESC_R_MASK,
-                               DESC_S_MASK, DESC_W_MASK, EFER_LMA, EFER_LME, EFER_NXE,
-                               CPUX86State, SegmentCache, x86_reset_state)
 from pyqemu.system.memory import AddressSpace, MemoryRegion
 from pyqemu.target.i386.asm import assemble
+from pyqemu.target.i386.cpu_state import (
+    CR0_ET,
+    CR0_PE,
+    CR0_PG,
+    CR4_PAE,
+    DESC_A_MASK,
+    DESC_B_MASK,
+    DESC_CS_MASK,
+    DESC_G_MASK,
+    DESC_L_MASK,
+    DESC_P_MASK,
+    DESC_R_MASK,
+    DESC_S_MASK,
+    DESC_W_MASK,
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+    CPUX86State,
+    SegmentCache,
+    x86_reset_state,
+)
 
 RAM_SIZE = 4 << 20
 CODE = 0x1000

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 import pyqemu.accel.interp  # noqa: F401  (registers the accelerator)
+from pyqemu import Machine
 from pyqemu.accel.interp.accel_ops import InterpAccelOps, InterpAccelState
 from pyqemu.accel.ops import AccelError, accel_list
-from pyqemu import Machine
 from pyqemu.util import trace
 
 

@@ -39,7 +39,7 @@ REGS = {8: ("al", "bl", "cl", "dl"), 16: ("ax", "bx", "cx", "dx"),
 HIGH8 = ("ah", "bh", "ch", "dh")
 
 _guests: dict[int, Guest] = {}
-_ucs: dict[int, "unicorn.Uc"] = {}
+_ucs: dict[int, unicorn.Uc] = {}
 
 
 def _guest(bits: int) -> Guest:
@@ -48,7 +48,7 @@ def _guest(bits: int) -> Guest:
     return _guests[bits]
 
 
-def _uc(bits: int) -> "unicorn.Uc":
+def _uc(bits: int) -> unicorn.Uc:
     if bits not in _ucs:
         uc = unicorn.Uc(unicorn.UC_ARCH_X86, UC_MODES[bits])
         uc.mem_map(0, 2 << 20)
@@ -382,7 +382,7 @@ def test_double_shifts_match_unicorn(ms: tuple[int, int], mnem: str, count: int,
     else:
         text = f"{mnem} {d}, {s}, {hex(count)}"
     undef = 0 if masked == 0 else CC_AF_OF(masked)
-    if mnem == "shld" and size == 16 and masked == 16 or masked > size:
+    if (mnem == "shld" and size == 16 and masked == 16) or masked > size:
         undef |= 0x1
     check(bits, text, regs, flags, undef)
 

@@ -42,8 +42,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyqemu.accel.interp.undefined_flags import undefined_flags
-from tests.accel.interp.cpl3_oracle import (CLEAN, CODE, DATA, DATA_SIZE, RDONLY, STACK,
-                                            InterpCpl3, KvmCpl3, Outcome, entry_ip)
+from tests.accel.interp.cpl3_oracle import (
+    CLEAN,
+    CODE,
+    DATA,
+    DATA_SIZE,
+    RDONLY,
+    STACK,
+    InterpCpl3,
+    KvmCpl3,
+    Outcome,
+    entry_ip,
+)
 from tests.accel.interp.harness import asm
 from tests.accel.kvm.kvm_support import kvm_usable
 
@@ -195,7 +205,7 @@ WINDOW = 0x800            # the data offset the base register points near
 class Gen:
     """Draws one program; tracks which flags are undefined to never read one."""
 
-    def __init__(self, choices: "Choices", bits: int) -> None:
+    def __init__(self, choices: Choices, bits: int) -> None:
         self.c = choices
         self.bits = bits
         self.nregs = 16 if bits == 64 else 8
@@ -310,8 +320,8 @@ class Gen:
             size = 16
         # POPCNT only in 64-bit mode: in compatibility mode this host's KVM (PVM) answers
         # #UD (probed: f3 0f b8 c3 runs natively in 64-bit code, #UD in 32-bit code).
-        m = self.c.pick((["bt", "bts", "btr", "btc", "bsf", "bsr"]
-                                      + (["popcnt"] if self.bits == 64 else [])))
+        m = self.c.pick(["bt", "bts", "btr", "btc", "bsf", "bsr"]
+                                      + (["popcnt"] if self.bits == 64 else []))
         if m in ("bsf", "bsr", "popcnt"):
             rm = self.src(size) if self.c.flip() else self.mem(size)
             self.emit(f"{m} {self.dst(size)}, {rm}", "", "CPAZSO",
@@ -433,9 +443,9 @@ class Gen:
         self.emit(f"{a32}{rep}{m}{suffix}", "", sets)
 
     def misc(self, size: int) -> None:
-        line = self.c.pick((["lahf", "sahf", "cbw", "cwde", "cwd", "cdq", "clc",
+        line = self.c.pick(["lahf", "sahf", "cbw", "cwde", "cwd", "cdq", "clc",
                                           "stc", "cmc"] + (["cdqe", "cqo"] if self.bits == 64
-                                                           else [])))
+                                                           else []))
         if line == "lahf":
             self.emit(line, "CPAZS")
         elif line == "sahf":

@@ -14,8 +14,18 @@ from __future__ import annotations
 import pytest
 
 from pyqemu.accel.ops import EXCP_HLT
-from pyqemu.target.i386.cpu_state import (DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK, DESC_E_MASK, DESC_G_MASK,
-                               DESC_P_MASK, DESC_R_MASK, DESC_S_MASK, DESC_W_MASK, SegmentCache)
+from pyqemu.target.i386.cpu_state import (
+    DESC_A_MASK,
+    DESC_B_MASK,
+    DESC_CS_MASK,
+    DESC_E_MASK,
+    DESC_G_MASK,
+    DESC_P_MASK,
+    DESC_R_MASK,
+    DESC_S_MASK,
+    DESC_W_MASK,
+    SegmentCache,
+)
 from tests.accel.interp.harness import CODE, Guest
 from tests.accel.interp.test_sysinsn import frame, guest, run, vector
 

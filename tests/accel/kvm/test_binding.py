@@ -36,7 +36,6 @@ from pyqemu.accel.kvm.binding import (
 )
 from pyqemu.accel.kvm.errors import KvmError, KvmUnavailableError
 from pyqemu.util.error import PyQemuError
-
 from tests.accel.kvm.kvm_support import asm, require_cap, setup_long_mode, setup_real_mode
 
 ffi = abi.ffi
@@ -157,9 +156,8 @@ def test_kvm_run_fields_on_a_closed_vcpu_raise_ebadf(vm):
 
 
 def test_creating_the_same_vcpu_twice_raises_eexist(vm):
-    with vm.create_vcpu(0):
-        with pytest.raises(KvmError) as info:
-            vm.create_vcpu(0)
+    with vm.create_vcpu(0), pytest.raises(KvmError) as info:
+        vm.create_vcpu(0)
     assert str(info.value) == "KVM_CREATE_VCPU: [Errno 17] File exists"
 
 

@@ -16,8 +16,8 @@ import pytest
 from pyqemu.accel.kvm.binding import CpuidEntry, FailEntry, InternalError, Unsupported
 from pyqemu.accel.kvm.errors import KvmError
 from pyqemu.accel.kvm.kvm_all import (
-    KVMState,
     KvmExitError,
+    KVMState,
     kvm_cpuid_entries,
     kvm_handle_exit,
     kvm_init,
@@ -25,13 +25,12 @@ from pyqemu.accel.kvm.kvm_all import (
 from pyqemu.accel.ops import AccelError, accel_init, accel_list
 from pyqemu.hw.core.cpu import TYPE_CPU, CPUState
 from pyqemu.hw.core.machine import SMPConfig
-from pyqemu.target.i386 import cpu_state as cs
 from pyqemu.qom import TypeInfo, object_new, type_init
 from pyqemu.system import cpus
 from pyqemu.system.memory import AddressSpace, MemoryRegion
 from pyqemu.system.runstate import RunControl, RunState
+from pyqemu.target.i386 import cpu_state as cs
 from pyqemu.util import trace
-
 from tests.accel.kvm.kvm_support import GDT, GDT_ENTRIES, PD, PDPT, PML4, asm, kvm_usable
 
 TIMEOUT = 20.0
@@ -374,8 +373,8 @@ def test_exits_the_loop_cannot_continue_from_raise_kvm_exit_error(exit_, text):
 def test_cpuid_table_is_the_cpu_models_own():
     """KVM_SET_CPUID2 gets exactly the model's table (one CPUID source for both accelerators)."""
     import pyqemu.hw.i386.cpu  # noqa: F401  registers the models
-    from pyqemu.target.i386.cpuid import cpuid_entries_for_kvm
     from pyqemu.qom import object_new, object_unref
+    from pyqemu.target.i386.cpuid import cpuid_entries_for_kvm
 
     cpu = object_new("qemu64-x86_64-cpu")
     try:

@@ -24,7 +24,7 @@ class FakeTimer:
     """A timer factory the test fires by hand (the FIFO character timeout)."""
 
     def __init__(self) -> None:
-        self.armed: list[tuple[float, object, "FakeTimer.Handle"]] = []
+        self.armed: list[tuple[float, object, FakeTimer.Handle]] = []
 
     class Handle:
         def __init__(self) -> None:

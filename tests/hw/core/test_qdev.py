@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 from pyqemu.hw.core.errors import DeviceError
-from pyqemu.hw.core.qdev import (TYPE_DEVICE, DeviceClass, DeviceState, Property,
-                          device_class_set_parent_realize, device_class_set_parent_unrealize,
-                          device_class_set_props, qdev_new, qdev_prop_set, qdev_realize,
-                          qdev_unrealize)
-from pyqemu.qom import (ObjectClass, PropertyAccessError, PropertyValueError, TypeInfo,
-                 object_get_canonical_path, object_property_get_bool, object_property_set_bool,
-                 type_register_static)
+from pyqemu.hw.core.qdev import (
+    TYPE_DEVICE,
+    DeviceClass,
+    DeviceState,
+    Property,
+    device_class_set_parent_realize,
+    device_class_set_parent_unrealize,
+    device_class_set_props,
+    qdev_new,
+    qdev_prop_set,
+    qdev_realize,
+    qdev_unrealize,
+)
+from pyqemu.qom import (
+    ObjectClass,
+    PropertyAccessError,
+    PropertyValueError,
+    TypeInfo,
+    object_get_canonical_path,
+    object_property_get_bool,
+    object_property_set_bool,
+    type_register_static,
+)
 
 _ids = itertools.count()
 

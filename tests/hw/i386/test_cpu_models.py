@@ -10,27 +10,53 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from pyqemu.accel.ops import AccelOps, AccelState
 from pyqemu.hw.core.machine import SMPConfig
-from pyqemu.target.i386 import cpu_features as cf
-from pyqemu.hw.i386.cpu import (TYPE_X86_CPU, X86CPU, X86_CPU_TYPE_NAME, CPUFeatureValueError,
-                         FeatureFilterError, HostCPUModelError, UnknownCPUModelError,
-                         UnknownFeatureError, X86CPUError, x86_cpu_class_by_name,
-                         x86_cpu_clear_featurestr, x86_cpu_list, x86_cpu_parse_featurestr,
-                         x86_cpu_type_by_model)
-from pyqemu.target.i386.cpu_models import builtin_x86_defs
-from pyqemu.target.i386.cpuid import (KVM_CPUID_FLAG_SIGNIFCANT_INDEX, cpu_x86_cpuid,
-                           cpuid_entries_for_kvm, x86_apicid_from_cpu_idx)
-from pyqemu.qom import (AbstractTypeError, PropertyAccessError, PropertyValueError, object_new,
-                 object_property_set_bool, object_unref)
-from pyqemu.system.cpus import (cpu_thread_signal_created, cpu_thread_signal_destroyed,
-                         qemu_global_mutex, vcpu_thread_main)
+from pyqemu.hw.i386.cpu import (
+    TYPE_X86_CPU,
+    X86_CPU_TYPE_NAME,
+    X86CPU,
+    CPUFeatureValueError,
+    FeatureFilterError,
+    HostCPUModelError,
+    UnknownCPUModelError,
+    UnknownFeatureError,
+    X86CPUError,
+    x86_cpu_class_by_name,
+    x86_cpu_clear_featurestr,
+    x86_cpu_list,
+    x86_cpu_parse_featurestr,
+    x86_cpu_type_by_model,
+)
+from pyqemu.qom import (
+    AbstractTypeError,
+    PropertyAccessError,
+    PropertyValueError,
+    object_new,
+    object_property_set_bool,
+    object_unref,
+)
+from pyqemu.system.cpus import (
+    cpu_thread_signal_created,
+    cpu_thread_signal_destroyed,
+    qemu_global_mutex,
+    vcpu_thread_main,
+)
 from pyqemu.system.runstate import RunControl
+from pyqemu.target.i386 import cpu_features as cf
+from pyqemu.target.i386.cpu_models import builtin_x86_defs
+from pyqemu.target.i386.cpuid import (
+    KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+    cpu_x86_cpuid,
+    cpuid_entries_for_kvm,
+    x86_apicid_from_cpu_idx,
+)
 from pyqemu.util import trace
 from pyqemu.util.error import PyQemuError
 
@@ -395,7 +421,7 @@ def test_cpuid_entries_for_kvm_cover_every_leaf_with_significant_index() -> None
     cpu = new_cpu("qemu64", machine=fake_machine(FakeAccel(name="kvm")))
     entries = cpuid_entries_for_kvm(cpu)
     fns = {e.function for e in entries}
-    assert set(range(0, 0xE)) <= fns and set(range(0x80000000, 0x8000000B)) <= fns
+    assert set(range(0xE)) <= fns and set(range(0x80000000, 0x8000000B)) <= fns
     assert {0x40000000, 0x40000001} <= fns
     kvm_sig = next(e for e in entries if e.function == 0x40000000)
     assert (kvm_sig.ebx, kvm_sig.ecx, kvm_sig.edx) == (0x4B4D564B, 0x564B4D56, 0x4D)

@@ -16,13 +16,33 @@ from capstone import CS_ARCH_X86, CS_MODE_16, CS_MODE_32, Cs  # noqa: E402
 
 from pyqemu.hw.core.errors import LoaderError  # noqa: E402
 from pyqemu.hw.i386 import loader_asm as la  # noqa: E402
-from pyqemu.target.i386.cpu_state import (CR0_PE, CR0_PG, CR4_PAE, DESC_B_MASK, DESC_CS_MASK,  # noqa: E402
-                               DESC_L_MASK, EFER_LMA, EFER_LME, IF_MASK, IOPL_MASK, R_CS,
-                               R_DS, R_EAX, R_EBX, R_ES, R_FS, R_GS, R_SS, R_ESP, VM_MASK,
-                               CPUX86State, x86_reset_state)
 from pyqemu.hw.i386.loader_bios import x86_bios_rom_init  # noqa: E402
 from pyqemu.hw.i386.multiboot import MULTIBOOT_BOOTLOADER_MAGIC, multiboot_load  # noqa: E402
 from pyqemu.system.memory import AddressSpace, MemoryRegion  # noqa: E402
+from pyqemu.target.i386.cpu_state import (  # noqa: E402
+    CR0_PE,
+    CR0_PG,
+    CR4_PAE,
+    DESC_B_MASK,
+    DESC_CS_MASK,
+    DESC_L_MASK,
+    EFER_LMA,
+    EFER_LME,
+    IF_MASK,
+    IOPL_MASK,
+    R_CS,
+    R_DS,
+    R_EAX,
+    R_EBX,
+    R_ES,
+    R_ESP,
+    R_FS,
+    R_GS,
+    R_SS,
+    VM_MASK,
+    CPUX86State,
+    x86_reset_state,
+)
 from pyqemu.target.i386.paging import page_walk  # noqa: E402
 
 RAM = 4 << 20

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from pyqemu.target.i386.cpu_state import (DESC_A_MASK, DESC_B_MASK, DESC_CS_MASK, DESC_G_MASK,
-                                          DESC_P_MASK, DESC_R_MASK, DESC_S_MASK, SegmentCache)
-from pyqemu.target.i386.descriptors import (GATE_CALL32, GATE_INT32, TSS16, TSS32, TSS64, Gate,
-                                            descriptor_cache, gate_descriptor,
-                                            segment_descriptor)
+from pyqemu.target.i386.cpu_state import (
+    DESC_A_MASK,
+    DESC_B_MASK,
+    DESC_CS_MASK,
+    DESC_G_MASK,
+    DESC_P_MASK,
+    DESC_R_MASK,
+    DESC_S_MASK,
+    SegmentCache,
+)
+from pyqemu.target.i386.descriptors import (
+    GATE_CALL32,
+    GATE_INT32,
+    TSS16,
+    TSS32,
+    TSS64,
+    Gate,
+    descriptor_cache,
+    gate_descriptor,
+    segment_descriptor,
+)
 
 CODE32 = DESC_P_MASK | DESC_S_MASK | DESC_CS_MASK | DESC_R_MASK | DESC_A_MASK | DESC_B_MASK
 

@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import pytest
 
-from pyqemu.target.i386.cpu_state import (CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, CR4_SMEP,
-                                          EFER_LMA, EFER_LME, EFER_NXE)
-from pyqemu.target.i386.paging import (ACC_EXEC, ACC_READ, ACC_WRITE, PFEC_I, PFEC_P, PFEC_U,
-                                       PFEC_W, PTE_A, PTE_D, PTE_P, PTE_PS, PTE_RW, PTE_US,
-                                       PTE_XD, access_allowed, accessed_dirty_updates,
-                                       page_walk, pf_error_code)
+from pyqemu.target.i386.cpu_state import (
+    CR0_PE,
+    CR0_PG,
+    CR0_WP,
+    CR4_PAE,
+    CR4_PSE,
+    CR4_SMEP,
+    EFER_LMA,
+    EFER_LME,
+    EFER_NXE,
+)
+from pyqemu.target.i386.paging import (
+    ACC_EXEC,
+    ACC_READ,
+    ACC_WRITE,
+    PFEC_I,
+    PFEC_P,
+    PFEC_U,
+    PFEC_W,
+    PTE_A,
+    PTE_D,
+    PTE_P,
+    PTE_PS,
+    PTE_RW,
+    PTE_US,
+    PTE_XD,
+    access_allowed,
+    accessed_dirty_updates,
+    page_walk,
+    pf_error_code,
+)
 
 PG = CR0_PE | CR0_PG
 
