@@ -362,7 +362,7 @@ def format_table(report: dict[str, Any]) -> str:
         cells.append("-" if ratio is None else f"{ratio:.0f}x" if ratio >= 10
                      else f"{ratio:.2f}x")
         body.append(cells)
-    widths = [max(len(c) for c in col) for col in zip(head, *body)]
+    widths = [max(len(c) for c in col) for col in zip(head, *body, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" if i < 2 else f"{{:>{w}}}" for i, w in enumerate(widths))
     lines.append(fmt.format(*head))
     lines.append("  ".join("-" * w for w in widths))

@@ -2,6 +2,11 @@
 
 from pyqemu.util.error import PyQemuError
 
+__all__ = [
+    "AbstractTypeError", "CastError", "PathError", "PropertyAccessError", "PropertyNotFoundError",
+    "PropertyValueError", "QOMError", "TypeNotFoundError", "TypeRegistrationError",
+]
+
 
 class QOMError(PyQemuError):
     """Root of the object model's errors."""

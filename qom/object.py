@@ -126,8 +126,9 @@ def type_initialize(ti: TypeImpl) -> ObjectClass:
             pt = ti.parent_type
             ti.ancestors = (ti.name,) + (pt.ancestors if pt else ())
             ti.instance_type = ti.info.instance_type or (pt.instance_type if pt else Object)
-            ti.class_type = ti.info.class_type or (pt.class_type if pt else ObjectClass)
-            klass = ti.class_type.__new__(ti.class_type)
+            class_type = ti.info.class_type or (pt.class_type if pt else None) or ObjectClass
+            ti.class_type = class_type
+            klass = class_type.__new__(class_type)
             if parent is not None:
                 # memcpy(ti->class, parent->class, parent->class_size): the class
                 # starts as a copy of its parent's, which class_init then overrides.
@@ -298,6 +299,12 @@ class Object:
     """An instance of a QOM type (``Object``)."""
 
     klass: ObjectClass
+    # Set by object_initialize_with_type (objects are never built by __init__):
+    _props: dict[str, ObjectProperty]       # instance properties (obj->properties)
+    _parent: Object | None                  # the composition-tree parent (obj->parent)
+    _name: str | None                       # this object's child<> name in its parent
+    _refcount: int
+    _finalized: bool
 
     def __init__(self) -> None:  # pragma: no cover - objects are built by object_new
         raise TypeError("use object_new(typename)")
@@ -334,7 +341,7 @@ class Object:
 
     def property_list(self) -> list[ObjectProperty | ClassProperty]:
         """Class properties first (declaration order), then instance properties."""
-        seen = dict(self.klass.properties)
+        seen: dict[str, ObjectProperty | ClassProperty] = dict(self.klass.properties)
         seen.update(self._props)
         return list(seen.values())
 
@@ -605,7 +612,7 @@ def object_property_find(obj: Object, name: str) -> ObjectProperty | ClassProper
 def object_unparent(obj: Object) -> None:
     """Remove ``obj`` from its parent; the parent's reference is dropped."""
     parent = obj._parent
-    if parent is not None:
+    if parent is not None and obj._name is not None:
         parent.property_del(obj._name)
 
 
@@ -691,4 +698,58 @@ type_init(
     TypeInfo(name=TYPE_CONTAINER, parent=TYPE_OBJECT),
 )
 
-__all__ = [n for n in dir() if not n.startswith("_")]
+__all__ = [
+    "TYPE_CONTAINER",
+    "TYPE_INTERFACE",
+    "TYPE_OBJECT",
+    "ClassProperty",
+    "Object",
+    "ObjectClass",
+    "ObjectProperty",
+    "TypeImpl",
+    "TypeInfo",
+    "check_property_value",
+    "container_get",
+    "object_class_by_name",
+    "object_class_dynamic_cast",
+    "object_class_get_list",
+    "object_class_get_parent",
+    "object_class_property_add",
+    "object_dynamic_cast",
+    "object_dynamic_cast_assert",
+    "object_finalize",
+    "object_get_canonical_path",
+    "object_get_class",
+    "object_get_root",
+    "object_get_typename",
+    "object_initialize_with_type",
+    "object_new",
+    "object_new_with_type",
+    "object_property_add",
+    "object_property_add_bool",
+    "object_property_add_child",
+    "object_property_add_link",
+    "object_property_add_str",
+    "object_property_add_uint",
+    "object_property_find",
+    "object_property_get",
+    "object_property_get_bool",
+    "object_property_get_str",
+    "object_property_get_uint",
+    "object_property_set",
+    "object_property_set_bool",
+    "object_property_set_link",
+    "object_property_set_str",
+    "object_property_set_uint",
+    "object_ref",
+    "object_resolve_path",
+    "object_unparent",
+    "object_unref",
+    "qom_get",
+    "qom_list",
+    "qom_set",
+    "type_get_by_name",
+    "type_init",
+    "type_initialize",
+    "type_register_static",
+]

@@ -1,9 +1,9 @@
 """vCPU bookkeeping shared by every accelerator (``system/cpus.c``, ``cpus-common.c``).
 
-The big lock (QEMU's BQL, ``qemu_global_mutex``) guards devices and the vCPU
-fields of every vCPU (:class:`VCpu`, which ``hw/core``'s ``CPUState`` implements).  A vCPU thread holds it except while
-it runs guest code (``KVM_RUN``, or a run of translation blocks) and while it
-waits on a condition.  Conditions on it:
+The big lock (QEMU's BQL, ``qemu_global_mutex``) guards devices and the fields
+of every vCPU (:class:`VCpu`, which ``hw/core``'s ``CPUState`` implements).  A
+vCPU thread holds it except while it runs guest code (``KVM_RUN``, or a run of
+translation blocks) and while it waits on a condition.  Conditions on it:
 
 * ``qemu_cpu_cond``: a vCPU thread was created or destroyed;
 * ``qemu_pause_cond``: a vCPU thread has stopped;
@@ -94,7 +94,7 @@ class VcpuThreadError(PyQemuError, RuntimeError):
     """A vCPU thread failed to start, to stop, or to answer in time."""
 
 
-class bql:
+class bql:  # noqa: N801 - QEMU's name (bql_lock/bql_unlock)
     """``with bql():`` takes the big lock (``bql_lock``/``bql_unlock``)."""
 
     def __enter__(self) -> None:
@@ -132,9 +132,7 @@ def cpu_can_run(cpu: CPUState) -> bool:
     """``cpu_can_run``: neither asked to stop nor stopped (the seed's lines 952-961)."""
     if cpu.stop:
         return False
-    if cpu_is_stopped(cpu):
-        return False
-    return True
+    return not cpu_is_stopped(cpu)
 
 
 def cpu_thread_is_idle(cpu: CPUState) -> bool:
@@ -237,7 +235,8 @@ def qemu_init_vcpu(cpu: CPUState) -> None:
                 ops.create_vcpu_thread(cpu)
             with trace.span("while (!cpu->created) qemu_cond_wait(&qemu_cpu_cond)"):
                 try:
-                    _wait(qemu_cpu_cond, lambda: cpu.created or cpu.machine.runctl.error is not None,
+                    _wait(qemu_cpu_cond,
+                          lambda: cpu.created or cpu.machine.runctl.error is not None,
                           f"waiting for vCPU {cpu.cpu_index} to be created", [cpu])
                 except VcpuThreadError:
                     if cpu.machine.runctl.error is not None:

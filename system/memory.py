@@ -28,7 +28,7 @@ from pyqemu.util import trace
 from pyqemu.util.error import PyQemuError
 
 
-class MemoryError_(PyQemuError, ValueError):
+class MemoryMapError(PyQemuError, ValueError):
     """A bad memory layout (overlap, size) or an access the dispatch cannot serve."""
 
 
@@ -47,7 +47,7 @@ class MemoryRegion:
                  ram: bool = False, readonly: bool = False,
                  alias: MemoryRegion | None = None, alias_offset: int = 0) -> None:
         if size <= 0:
-            raise MemoryError_(f"memory region '{name}' needs a positive size, not {size}")
+            raise MemoryMapError(f"memory region '{name}' needs a positive size, not {size}")
         self.name = name
         self.size = size
         self.ops = ops
@@ -86,7 +86,7 @@ class MemoryRegion:
     def alias_new(cls, name: str, target: MemoryRegion, offset: int, size: int) -> MemoryRegion:
         """``memory_region_init_alias``: ``size`` bytes of ``target`` from ``offset``."""
         if offset + size > target.size:
-            raise MemoryError_(f"alias '{name}' runs past the end of '{target.name}'")
+            raise MemoryMapError(f"alias '{name}' runs past the end of '{target.name}'")
         return cls(name, size, alias=target, alias_offset=offset)
 
     @classmethod
@@ -96,14 +96,14 @@ class MemoryRegion:
     def ram(self) -> memoryview:
         """The region's bytes (RAM/ROM only): the same memory KVM maps into the guest."""
         if self._view is None:
-            raise MemoryError_(f"memory region '{self.name}' is not RAM")
+            raise MemoryMapError(f"memory region '{self.name}' is not RAM")
         return self._view
 
     def host_address(self) -> int:
         """The host virtual address of the RAM (for ``KVM_SET_USER_MEMORY_REGION``)."""
         import ctypes
         if self._mmap is None:
-            raise MemoryError_(f"memory region '{self.name}' is not RAM")
+            raise MemoryMapError(f"memory region '{self.name}' is not RAM")
         buf = (ctypes.c_char * 1).from_buffer(self._mmap)
         addr = ctypes.addressof(buf)
         del buf
@@ -113,9 +113,9 @@ class MemoryRegion:
     def add_subregion(self, addr: int, sub: MemoryRegion, priority: int = 0) -> None:
         """``memory_region_add_subregion(_overlap)``; a higher priority wins an overlap."""
         if sub.container is not None:
-            raise MemoryError_(f"memory region '{sub.name}' is already mapped")
+            raise MemoryMapError(f"memory region '{sub.name}' is already mapped")
         if addr < 0 or addr + sub.size > self.size:
-            raise MemoryError_(
+            raise MemoryMapError(
                 f"memory region '{sub.name}' at {addr:#x} does not fit in '{self.name}'")
         sub.container = self
         self.subregions.append((addr, priority, sub))
@@ -145,7 +145,8 @@ class MemoryRegion:
             sub.close()
 
     def __repr__(self) -> str:
-        kind = "ram" if self.is_ram else "alias" if self.alias else "io" if self.ops else "container"
+        kind = ("ram" if self.is_ram else "alias" if self.alias else "io" if self.ops
+                else "container")
         return f"<MemoryRegion {self.name} {kind} size={self.size:#x}>"
 
 

@@ -27,7 +27,7 @@ from pyqemu.util.error import PyQemuError
 
 #: The groups ``-d`` accepts, with the help text ``-d help`` prints.
 GROUPS: dict[str, str] = {
-    "lifecycle": "the vCPU lifecycle: board init, QOM, realize, vCPU threads (the seeds' call tree)",
+    "lifecycle": "the vCPU lifecycle: board init, QOM, realize, vCPU threads (QEMU's call tree)",
     "exec": "every translation block / KVM_RUN executed (with its exit)",
     "in_asm": "guest code of each translation block when it is translated (interp)",
     "cpu": "registers before each translation block (interp) or KVM_RUN (kvm)",
@@ -108,8 +108,8 @@ def _fmt(name: str, kw: dict[str, object]) -> str:
     if not kw:
         return name
     args = " ".join(
-        f"{k}={v:#x}" if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 9 else f"{k}={v}"
-        for k, v in kw.items())
+        f"{k}={v:#x}" if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 9
+        else f"{k}={v}" for k, v in kw.items())
     return f"{name} ({args})"
 
 

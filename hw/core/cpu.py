@@ -96,7 +96,8 @@ def cpu_common_initfn(obj: Object) -> None:
     cpu.exception_index = -1
 
     def get_index(o: Object) -> int:
-        return o.cpu_index  # type: ignore[attr-defined,no-any-return]
+        assert isinstance(o, CPUState)
+        return o.cpu_index
 
     object_property_add_uint(obj, "cpu-index", 32, get_index, None)
 

@@ -40,7 +40,7 @@ MAX_XAPIC_ID = 0xFE
 class APICCommonState(DeviceState):
     """One local APIC: its id, the APIC base MSR value and the CPU it belongs to."""
 
-    id: int
+    apic_id: int        # the "id" property (a DeviceState's own ``id`` is its -device id=)
     apicbase: int
     cpu: Any
 
@@ -56,11 +56,12 @@ def apic_common_realize(dev: DeviceState) -> None:
     """Check the id; the register model and its MMIO page come with a later issue."""
     s = dev
     assert isinstance(s, APICCommonState)
-    with trace.span("apic_common_realize", id=s.id):
-        if s.id == UNASSIGNED_APIC_ID:
+    with trace.span("apic_common_realize", id=s.apic_id):
+        if s.apic_id == UNASSIGNED_APIC_ID:
             raise DeviceError("apic: property 'id' was not set")
-        if s.id > MAX_XAPIC_ID and not getattr(s.cpu, "has_feature", lambda n: False)("x2apic"):
-            raise DeviceError(f"apic: APIC id {s.id} needs x2apic (xAPIC ids stop at "
+        x2apic = getattr(s.cpu, "has_feature", lambda n: False)("x2apic")
+        if s.apic_id > MAX_XAPIC_ID and not x2apic:
+            raise DeviceError(f"apic: APIC id {s.apic_id} needs x2apic (xAPIC ids stop at "
                               f"{MAX_XAPIC_ID})")
 
 
@@ -83,7 +84,7 @@ def apic_class_init(klass: ObjectClass, data: Any) -> None:
     assert isinstance(dc, DeviceClass)
     dc.realize = apic_common_realize
     dc.desc = "local APIC (id and APIC base; register model pending)"
-    device_class_set_props(dc, [Property("id", "uint32", UNASSIGNED_APIC_ID,
+    device_class_set_props(dc, [Property("id", "uint32", UNASSIGNED_APIC_ID, field="apic_id",
                                          description="the APIC id of this local APIC")])
 
 

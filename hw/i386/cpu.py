@@ -1,4 +1,7 @@
-"""The x86 CPU: ``X86CPU``/``X86CPUClass``, its model types, its realize chain (``target/i386/cpu.c``).
+"""The x86 CPU device: ``X86CPU``/``X86CPUClass``, its model types, its realize chain.
+
+QEMU has these in ``target/i386/cpu.c``; here the device half lives with the board
+(``hw/i386``) and the architecture's facts in ``target/i386``.
 
 Types (QEMU's names, ``qemu-system-x86_64``)::
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyqemu.hw.core.errors import LoaderError
-from pyqemu.system.memory import MemoryError_, MemoryRegion
+from pyqemu.system.memory import MemoryMapError, MemoryRegion
 from pyqemu.util import trace
 
 BIOS_ALIGN = 64 * 1024
@@ -88,7 +88,7 @@ def x86_bios_rom_init(system_memory: MemoryRegion,
         try:
             system_memory.add_subregion(FOUR_GIB - size, rom)
             system_memory.add_subregion(ISA_BIOS_END - isa_size, isa_bios, ISA_BIOS_PRIORITY)
-        except MemoryError_ as e:
+        except MemoryMapError as e:
             if rom.container is not None:
                 system_memory.del_subregion(rom)
             rom.close()

@@ -141,7 +141,8 @@ class CPUX86State:
     # -- derived state (QEMU keeps these in hflags) ------------------------------------
     @property
     def cpl(self) -> int:
-        """Current privilege level: CS.RPL in protected mode (SS.DPL per SDM 5.5), 0 in real mode."""
+        """Current privilege level (SDM vol. 3A, 5.5): SS.DPL in protected mode, 3 in VM86,
+        0 in real mode."""
         if not self.cr[0] & CR0_PE:
             return 0
         if self.eflags & VM_MASK:
@@ -174,7 +175,7 @@ class CPUX86State:
         return "prot32" if self.code32 else "prot16"
 
     def reg(self, name: str) -> int:
-        """A register by its name (``rax``, ``eax``, ``ax``, ``al``, ``rip``, ``cs``, ``cr0`` ...)."""
+        """A register by name (``rax``, ``eax``, ``ax``, ``al``, ``rip``, ``cs``, ``cr0`` ...)."""
         return get_reg(self, name)
 
     def set_reg(self, name: str, value: int) -> None:
@@ -284,8 +285,8 @@ def x86_reset_state(env: CPUX86State) -> None:
     data = DESC_P_MASK | DESC_S_MASK | DESC_W_MASK | DESC_A_MASK
     for i in range(6):
         env.segs[i] = SegmentCache(0, 0, 0xFFFF, data)
-    env.segs[R_CS] = SegmentCache(0xF000, 0xFFFF0000, 0xFFFF,
-                                  DESC_P_MASK | DESC_S_MASK | DESC_CS_MASK | DESC_R_MASK | DESC_A_MASK)
+    code = DESC_P_MASK | DESC_S_MASK | DESC_CS_MASK | DESC_R_MASK | DESC_A_MASK
+    env.segs[R_CS] = SegmentCache(0xF000, 0xFFFF0000, 0xFFFF, code)
     env.ldt = SegmentCache(0, 0, 0xFFFF, DESC_P_MASK | (2 << DESC_TYPE_SHIFT))
     env.tr = SegmentCache(0, 0, 0xFFFF, DESC_P_MASK | (11 << DESC_TYPE_SHIFT))
     env.gdt = SegmentCache(0, 0, 0xFFFF, 0)

@@ -22,6 +22,8 @@ L1d 32 KiB 8-way, L1i 32 KiB 8-way, L2 2 MiB 8-way, 64-byte lines, no L3.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from pyqemu.target.i386.cpu_features import CPUID_EXT2_AMD_ALIASES, FEATURE_WORDS, WORDS
@@ -47,12 +49,13 @@ CPUID_PAE = 1 << 6
 CPUID_PSE36 = 1 << 17
 
 
-class CpuidEntry(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class CpuidEntry:
     """One CPUID answer as ``struct kvm_cpuid_entry2`` holds it (KVM API, KVM_SET_CPUID2):
     the leaf (``function``), the sub-leaf (``index``), KVM's ``flags``
     (:data:`KVM_CPUID_FLAG_SIGNIFCANT_INDEX` when the sub-leaf matters) and the four
     registers.  The one type for a CPUID table: the KVM binding, KVM_GET_SUPPORTED_CPUID
-    and :func:`cpuid_entries_for_kvm` all use it."""
+    and :func:`cpuid_entries_for_kvm` all use it.  It unpacks in the struct's order."""
 
     function: int
     index: int = 0
@@ -61,6 +64,10 @@ class CpuidEntry(NamedTuple):
     ebx: int = 0
     ecx: int = 0
     edx: int = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return iter((self.function, self.index, self.flags, self.eax, self.ebx, self.ecx,
+                     self.edx))
 
 
 class X86CPU(Protocol):
@@ -154,7 +161,7 @@ def apicid_core_offset(cpu: X86CPU) -> int:
 
 
 def apicid_die_offset(cpu: X86CPU) -> int:
-    dies, cores, threads = topology(cpu)
+    _, cores, _ = topology(cpu)
     return apicid_core_offset(cpu) + apicid_bitwidth_for_count(cores)
 
 
@@ -459,7 +466,8 @@ def cpuid_entries_for_kvm(cpu: X86CPU) -> list[CpuidEntry]:
 def feature_word_value(cpu: X86CPU, word: str) -> int:
     """The value of one feature word as CPUID reports it (used by tests and the monitor)."""
     w = WORDS[word]
-    regs = dict(zip(("eax", "ebx", "ecx", "edx"), cpu_x86_cpuid(cpu, w.leaf, w.subleaf or 0)))
+    regs = dict(zip(("eax", "ebx", "ecx", "edx"), cpu_x86_cpuid(cpu, w.leaf, w.subleaf or 0),
+                    strict=True))
     return regs[w.reg]
 
 

@@ -133,7 +133,7 @@ def gate_descriptor(selector: int, offset: int, gate_type: int, dpl: int = 0, *,
     return raw
 
 
-# -- task-state segments (Figures 7-2, 7-10, 8-11) --------------------------------------------------
+# -- task-state segments (Figures 7-2, 7-10, 8-11) -------------------------------------------
 
 class TssField(NamedTuple):
     offset: int
