@@ -129,7 +129,7 @@ def cpu_is_stopped(cpu: CPUState) -> bool:
 
 
 def cpu_can_run(cpu: CPUState) -> bool:
-    """``cpu_can_run``: neither asked to stop nor stopped (the seed's lines 952-961)."""
+    """``cpu_can_run`` (QEMU's ``system/cpus.c``): neither asked to stop nor stopped."""
     if cpu.stop:
         return False
     return not cpu_is_stopped(cpu)

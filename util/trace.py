@@ -1,12 +1,12 @@
 """Live trace points (QEMU's ``trace/`` and ``-d``), printed as an indented call tree.
 
-The lifecycle trace follows the call trees of the seed documents: each step of
-the real code opens a *span* (``with trace.span("qemu_init_vcpu", cpu=0):``)
-or emits an *event*; nested spans indent.  Depth is kept per thread, and a
-thread started inside a span (a vCPU thread started by ``create_vcpu_thread``)
-inherits the depth of the span that started it, so its steps print as children
-of the step that created it.  Every line names its thread, the way QEMU's vCPU
-threads are named (``CPU 0/KVM``).
+The lifecycle trace follows QEMU's call tree (docs/architecture.md, "The
+lifecycle"), with QEMU's function names: each step of the real code opens a *span*
+(``with trace.span("qemu_init_vcpu", cpu=0):``) or emits an *event*; nested spans
+indent. Depth is kept per thread, and a thread started inside a span (a vCPU thread
+started by ``create_vcpu_thread``) inherits the depth of the span that started it,
+so its steps print as children of the step that created it. Every line names its
+thread, the way QEMU's vCPU threads are named (``CPU 0/KVM``).
 
 Groups (``lifecycle``, ``exec``, ``in_asm``, ``cpu``, ``int``, ``ioport``)
 are switched on by ``-d`` on the command line or ``Machine(trace=...)``.  A

@@ -1,6 +1,6 @@
 """``CPUState``/``CPUClass``: what every vCPU has, whatever its target (``hw/core/cpu-common.c``).
 
-The fields are QEMU's and mean what they mean there (the seeds list them):
+The fields are QEMU's (``include/hw/core/cpu.h``) and mean what they mean there:
 ``created`` is set by the vCPU thread once the accelerator has initialised the
 vCPU; ``stop`` asks the thread to stop and ``stopped`` says it has; ``unplug``
 asks it to leave its loop and destroy the vCPU; ``exit_request`` asks the
@@ -121,7 +121,7 @@ def cpu_class_init(klass: ObjectClass, data: Any) -> None:
 
 
 def cpu_reset(cpu: CPUState) -> None:
-    """``cpu_reset``: the target's reset hook, traced as in the seeds."""
+    """``cpu_reset``: the target's reset hook (QEMU's ``cpu_reset`` in ``hw/core/cpu-common.c``)."""
     with trace.span("cpu_reset", cpu=cpu.cpu_index):
         hook = cpu.klass.reset_hook  # type: ignore[attr-defined]
         if hook is not None:

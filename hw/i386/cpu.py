@@ -16,7 +16,8 @@ like ``x86_cpu_register_feature_bit_props``, then ``x86_cpu_load_model``), and
 ``x86_cpu_post_initfn`` applies the ``-cpu model,f=on`` options parsed by
 :func:`x86_cpu_parse_featurestr` (QEMU applies them as global properties).
 Setting ``realized`` runs :func:`x86_cpu_realizefn`, step by step in the order
-of the seeds (001, 002, 004), each step a lifecycle trace span of its own name.
+QEMU's ``x86_cpu_realizefn`` takes them, each step a lifecycle trace span of its
+own name (docs/architecture.md, "The lifecycle").
 """
 
 from __future__ import annotations
@@ -716,7 +717,7 @@ _SNAPSHOT_FIELDS = ("features", "user_features", "filtered_features", "user_prop
 
 
 def x86_cpu_realizefn(dev: DeviceState) -> None:
-    """``x86_cpu_realizefn``: the seeds' steps, in their order; on failure undo them all.
+    """``x86_cpu_realizefn``: QEMU's steps, in QEMU's order; on failure undo them all.
 
     x86_cpu_expand_features, x86_cpu_filter_features (+ check/enforce), phys-bits,
     cpu_exec_realizefn, x86_cpu_apic_create, mce_init, qemu_init_vcpu (the vCPU
