@@ -1,12 +1,12 @@
 """A thin, policy-free binding of the KVM API, layered by file descriptor.
 
 ``Kvm`` (the ``/dev/kvm`` system fd) creates a ``VmFd``, which creates
-``VcpuFd``s, exactly as ``Documentation/virt/kvm/api.rst`` section 3 ("API
+``VcpuFd``s, exactly as ``Documentation/virt/kvm/api.rst`` (1, "General
 description") groups the ioctls into system, VM and vCPU ioctls.  Each wrapper
 issues one ioctl; it neither retries, logs, nor decides anything: that is the
-vCPU loop's job (:mod:`accel.kvm.kvm_all`).
+vCPU loop's job (:mod:`pyqemu.accel.kvm.kvm_all`).
 
-Every failure raises :class:`~accel.kvm.errors.KvmError`, which keeps the errno
+Every failure raises :class:`~pyqemu.accel.kvm.errors.KvmError`, which keeps the errno
 and names the ioctl.  Every ``KVM_RUN`` exit is decoded once, here, into one of
 the frozen dataclasses below (``IoOut``, ``MmioRead``, ``Hlt``, ...);
 an exit reason this module does not model becomes ``Unsupported``.
@@ -31,6 +31,9 @@ the GIL for the duration of the call, so vCPUs in different threads run truly in
 parallel.  A blocked ``KVM_RUN`` returns ``Intr`` when its thread receives a
 signal or when ``immediate_exit`` is set (api.rst 5 "The kvm_run structure").
 
+Section numbers ("api.rst 4.11") are those of the document in recent kernels;
+an ioctl's section is also found by its name.
+
 Structs (``get_regs``, ``get_sregs``, ``get_fpu``) are returned as fresh cffi
 ``cdata`` objects owning their memory (``struct kvm_regs *`` etc.); read and
 write their fields by name and hand them back to the matching setter.
@@ -44,7 +47,7 @@ import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Self, TypeAlias
 
 import cffi
 
@@ -131,7 +134,7 @@ class _FdObject:
         if fd >= 0:
             os.close(fd)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -263,16 +266,16 @@ class VmFd(_FdObject):
         _ioctl(self._fd, abi.KVM_CREATE_IRQCHIP)
 
     def create_pit2(self, flags: int = 0) -> None:
-        """KVM_CREATE_PIT2 (api.rst 4.62): in-kernel i8254; needs the irqchip first."""
+        """KVM_CREATE_PIT2 (api.rst 4.71): in-kernel i8254; needs the irqchip first."""
         config = ffi.new("struct kvm_pit_config *", {"flags": flags})
         _ioctl(self._fd, abi.KVM_CREATE_PIT2, config)
 
     def set_tss_addr(self, addr: int) -> None:
-        """KVM_SET_TSS_ADDR (api.rst 4.41): three pages of guest-physical space for VMX real mode."""
+        """KVM_SET_TSS_ADDR (api.rst 4.36): three guest-physical pages for VMX real mode."""
         _ioctl(self._fd, abi.KVM_SET_TSS_ADDR, addr)
 
     def set_identity_map_addr(self, addr: int) -> None:
-        """KVM_SET_IDENTITY_MAP_ADDR (api.rst 4.63): one page for the VMX real-mode identity map."""
+        """KVM_SET_IDENTITY_MAP_ADDR (api.rst 4.40): one page for the VMX real-mode identity map."""
         value = ffi.new("uint64_t *", addr)
         _ioctl(self._fd, abi.KVM_SET_IDENTITY_MAP_ADDR, value)
 
@@ -396,21 +399,22 @@ class Unsupported:
     reason_text: str
 
 
-VcpuExit = Union[
-    IoIn,
-    IoOut,
-    MmioRead,
-    MmioWrite,
-    Hlt,
-    Shutdown,
-    Debug,
-    InternalError,
-    FailEntry,
-    SystemEvent,
-    Intr,
-    IrqWindowOpen,
-    Unsupported,
-]
+#: Every value ``VcpuFd.run`` returns.
+VcpuExit: TypeAlias = (
+    IoIn
+    | IoOut
+    | MmioRead
+    | MmioWrite
+    | Hlt
+    | Shutdown
+    | Debug
+    | InternalError
+    | FailEntry
+    | SystemEvent
+    | Intr
+    | IrqWindowOpen
+    | Unsupported
+)
 
 _HLT = Hlt()
 _SHUTDOWN = Shutdown()
@@ -617,7 +621,11 @@ class VcpuFd(_FdObject):
         return _ioctl(self._fd, abi.KVM_SET_MSRS, msrs[1])
 
     def set_cpuid2(self, entries: Iterable[CpuidEntry]) -> None:
-        """KVM_SET_CPUID2 (api.rst 4.46): the CPUID the guest sees."""
+        """KVM_SET_CPUID2: the CPUID the guest sees.
+
+        The successor of KVM_SET_CPUID (api.rst 4.20), taking ``struct kvm_cpuid2`` as
+        KVM_GET_SUPPORTED_CPUID (4.46) describes it.
+        """
         ents = list(entries)
         _buf, cpuid = _cpuid2_alloc(len(ents))
         cpuid.nent = len(ents)
@@ -628,7 +636,7 @@ class VcpuFd(_FdObject):
         _ioctl(self._fd, abi.KVM_SET_CPUID2, cpuid)
 
     def get_cpuid2(self, max_entries: int = abi.KVM_MAX_CPUID_ENTRIES) -> list[CpuidEntry]:
-        """KVM_GET_CPUID2 (api.rst 4.x): the CPUID last set with KVM_SET_CPUID2."""
+        """KVM_GET_CPUID2: the CPUID last set with KVM_SET_CPUID2 (``struct kvm_cpuid2``)."""
         _buf, cpuid = _cpuid2_alloc(max_entries)
         cpuid.nent = max_entries
         _ioctl(self._fd, abi.KVM_GET_CPUID2, cpuid)
@@ -646,7 +654,7 @@ class VcpuFd(_FdObject):
         _ioctl(self._fd, abi.KVM_SET_TSC_KHZ, khz)
 
     def set_guest_debug(self, control: int, debugreg: Iterable[int] | None = None) -> None:
-        """KVM_SET_GUEST_DEBUG (api.rst 4.38): KVM_GUESTDBG_* flags and DR0-7 for hw bps."""
+        """KVM_SET_GUEST_DEBUG (api.rst 4.87): KVM_GUESTDBG_* flags and DR0-7 for hw bps."""
         dbg = ffi.new("struct kvm_guest_debug *")
         dbg.control = control
         if debugreg is not None:
@@ -655,7 +663,7 @@ class VcpuFd(_FdObject):
         _ioctl(self._fd, abi.KVM_SET_GUEST_DEBUG, dbg)
 
     def get_debugregs(self) -> tuple[list[int], int, int]:
-        """KVM_GET_DEBUGREGS (api.rst 4.32; KVM_CAP_DEBUGREGS) -> ([DR0..DR3], DR6, DR7).
+        """KVM_GET_DEBUGREGS (api.rst 4.33; KVM_CAP_DEBUGREGS) -> ([DR0..DR3], DR6, DR7).
 
         ``struct kvm_debugregs`` is db[4], dr6, dr7, flags and reserved[9], all __u64
         (128 bytes): passed as a plain array, the layout being that flat.
@@ -665,7 +673,7 @@ class VcpuFd(_FdObject):
         return [buf[0], buf[1], buf[2], buf[3]], buf[4], buf[5]
 
     def set_debugregs(self, db: Iterable[int], dr6: int, dr7: int) -> None:
-        """KVM_SET_DEBUGREGS (api.rst 4.33; KVM_CAP_DEBUGREGS): the guest's DR0-DR3, DR6, DR7."""
+        """KVM_SET_DEBUGREGS (api.rst 4.34; KVM_CAP_DEBUGREGS): the guest's DR0-DR3, DR6, DR7."""
         buf = ffi.new("uint64_t[16]")
         for k, v in enumerate(db):
             buf[k] = v
@@ -703,7 +711,7 @@ class VcpuFd(_FdObject):
         _ioctl(self._fd, abi.KVM_INTERRUPT, arg)
 
     def nmi(self) -> None:
-        """KVM_NMI (api.rst 4.65): queue an NMI."""
+        """KVM_NMI (api.rst 4.64): queue an NMI."""
         _ioctl(self._fd, abi.KVM_NMI)
 
 

@@ -2,7 +2,7 @@
 
 Facts only, transcribed from ``<linux/kvm.h>`` and ``<asm/kvm.h>`` (the
 uapi headers) and ``Documentation/virt/kvm/api.rst``.  Nothing here opens a
-file or issues an ioctl; that is :mod:`accel.kvm.binding`.
+file or issues an ioctl; that is :mod:`pyqemu.accel.kvm.binding`.
 
 Why cffi in ABI mode (``ffi.cdef`` without a compiler step): the layouts are
 plain C structs with natural alignment, so cffi computes the same offsets as
@@ -251,6 +251,7 @@ ffi.cdef(
 
 
 # --- ioctl number encoding (<asm-generic/ioctl.h>) --------------------------
+# The helpers keep the header's macro names, so each ioctl below reads as the header's.
 
 _IOC_NRBITS = 8
 _IOC_TYPEBITS = 8
@@ -264,7 +265,7 @@ _IOC_WRITE = 1
 _IOC_READ = 2
 
 
-def _IOC(direction: int, type_: int, nr: int, size: int) -> int:
+def _IOC(direction: int, type_: int, nr: int, size: int) -> int:  # noqa: N802
     return (
         (direction << _IOC_DIRSHIFT)
         | (type_ << _IOC_TYPESHIFT)
@@ -277,19 +278,19 @@ def _size(ctype: str | int) -> int:
     return ctype if isinstance(ctype, int) else ffi.sizeof(ctype)
 
 
-def _IO(type_: int, nr: int) -> int:
+def _IO(type_: int, nr: int) -> int:  # noqa: N802
     return _IOC(_IOC_NONE, type_, nr, 0)
 
 
-def _IOR(type_: int, nr: int, ctype: str | int) -> int:
+def _IOR(type_: int, nr: int, ctype: str | int) -> int:  # noqa: N802
     return _IOC(_IOC_READ, type_, nr, _size(ctype))
 
 
-def _IOW(type_: int, nr: int, ctype: str | int) -> int:
+def _IOW(type_: int, nr: int, ctype: str | int) -> int:  # noqa: N802
     return _IOC(_IOC_WRITE, type_, nr, _size(ctype))
 
 
-def _IOWR(type_: int, nr: int, ctype: str | int) -> int:
+def _IOWR(type_: int, nr: int, ctype: str | int) -> int:  # noqa: N802
     return _IOC(_IOC_READ | _IOC_WRITE, type_, nr, _size(ctype))
 
 

@@ -1,11 +1,14 @@
 """The KVM accelerator: ``kvm_init``, the vCPU thread and ``kvm_cpu_exec``.
 
 QEMU counterparts: ``accel/kvm/kvm-all.c`` (kvm_init, kvm_init_vcpu,
-kvm_cpu_exec, kvm_destroy_vcpu, memory slots), ``accel/kvm/kvm-accel-ops.c``
-(kvm_vcpu_thread_fn, kvm_start_vcpu_thread) and ``target/i386/kvm/kvm.c``
-(kvm_arch_init_vcpu, kvm_arch_get/put_registers, kvm_arch_handle_exit).  The
-binding below this module (:mod:`accel.kvm.binding`) has no policy; every
-decision (retry, stop, report) is made here.
+kvm_cpu_exec, kvm_destroy_vcpu, memory slots) and ``accel/kvm/kvm-accel-ops.c``
+(kvm_vcpu_thread_fn, kvm_start_vcpu_thread).  What depends on x86 (QEMU's
+``target/i386/kvm/kvm.c``: kvm_arch_init, kvm_arch_init_vcpu and CPUID,
+kvm_arch_get/put_registers, kvm_arch_handle_exit) is in
+:mod:`pyqemu.accel.kvm.kvm_i386`; the ones callers have always imported from
+here (kvm_arch_init_vcpu, kvm_arch_get/put_registers, kvm_cpuid_entries) are
+re-exported.  The binding below both (:mod:`pyqemu.accel.kvm.binding`) has no
+policy; every decision (retry, stop, report) is made here.
 
 Threads and locks:
 
@@ -38,18 +41,16 @@ says ``env`` is newer than the kernel, so ``kvm_cpu_exec`` pushes it
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from pyqemu.accel.kvm import kvm_abi as abi
 from pyqemu.accel.kvm.binding import (
     CpuidEntry,
-    Debug,
-    FailEntry,
-    Hlt,
     InternalError,
     Intr,
     IoIn,
@@ -60,12 +61,27 @@ from pyqemu.accel.kvm.binding import (
     MmioWrite,
     Shutdown,
     SystemEvent,
-    Unsupported,
     VcpuExit,
     VcpuFd,
     VmFd,
 )
-from pyqemu.accel.kvm.errors import KvmError, KvmUnavailableError
+from pyqemu.accel.kvm.errors import KvmError, KvmExitError, KvmUnavailableError
+from pyqemu.accel.kvm.kvm_i386 import (
+    KVM_ARCH_REQUIRED_CAPABILITIES,
+    kvm_arch_get_registers,
+    kvm_arch_get_supported_cpuid,
+    kvm_arch_handle_exit,
+    kvm_arch_init,
+    kvm_arch_init_vcpu,
+    kvm_arch_insert_sw_breakpoint,
+    kvm_arch_put_registers,
+    kvm_arch_remove_sw_breakpoint,
+    kvm_arch_update_guest_debug,
+    kvm_arch_vcpu_id,
+    kvm_cpuid_entries,
+    set_seg,
+    vcpu_rip,
+)
 from pyqemu.accel.ops import (
     EXCP_DEBUG,
     EXCP_HLT,
@@ -77,15 +93,13 @@ from pyqemu.accel.ops import (
     register_accel,
 )
 from pyqemu.system import cpus as cpus_mod
-from pyqemu.system.cpus import qemu_global_mutex
+from pyqemu.system.cpus import VCpu, qemu_global_mutex
 from pyqemu.system.memory import address_space_rw
-from pyqemu.target.i386.cpuid import cpuid_entries_for_kvm
 from pyqemu.util import trace
 
 if TYPE_CHECKING:
     from pyqemu.accel.ops import CPUState
     from pyqemu.system.memory import AddressSpace
-    from pyqemu.target.i386.cpuid import X86CPU
 
 __all__ = [
     "SIG_IPI",
@@ -99,6 +113,7 @@ __all__ = [
     "kvm_available",
     "kvm_cpu_exec",
     "kvm_cpu_kick",
+    "kvm_cpuid_entries",
     "kvm_destroy_vcpu",
     "kvm_handle_exit",
     "kvm_init",
@@ -109,54 +124,29 @@ __all__ = [
 ]
 
 
+#: The name tests/accel/interp/cpl3_oracle.py imports ``kvm_i386.set_seg`` by, from here.
+_set_seg = set_seg
+
 #: The kick signal (QEMU's SIG_IPI is SIGUSR1 on Linux).
 SIG_IPI = signal.SIGUSR1
 
-# Where kvm_arch_init puts the VMX real-mode helpers (QEMU's values, below the BIOS).
-KVM_IDENTITY_BASE = 0xFEFFC000
-KVM_TSS_BASE = KVM_IDENTITY_BASE + 0x1000
-
-#: KVM_CHECK_EXTENSION results kvm_init insists on (kvm_required_capabilites + x86's).
+#: KVM_CHECK_EXTENSION results kvm_init insists on: QEMU's generic
+#: ``kvm_required_capabilites``, then the architecture's.
 REQUIRED_CAPS = (
     "KVM_CAP_USER_MEMORY",
     "KVM_CAP_DESTROY_MEMORY_REGION_WORKS",
     "KVM_CAP_JOIN_MEMORY_REGIONS_WORKS",
     "KVM_CAP_INTERNAL_ERROR_DATA",
     "KVM_CAP_IMMEDIATE_EXIT",
-    "KVM_CAP_EXT_CPUID",
-    "KVM_CAP_SET_TSS_ADDR",
-)
+) + KVM_ARCH_REQUIRED_CAPABILITIES
 
-# MSRs carried between cpu.env and KVM (kvm_put_msrs / kvm_get_msrs), by env attribute.
-_MSR_FIELDS = {
-    0x174: "sysenter_cs",
-    0x175: "sysenter_esp",
-    0x176: "sysenter_eip",
-    0x277: "pat",
-    0xC0000081: "star",
-    0xC0000082: "lstar",
-    0xC0000083: "cstar",
-    0xC0000084: "fmask",
-    0xC0000102: "kernelgsbase",
-    0xC0000103: "tsc_aux",
-    0x1A0: "misc_enable",
+#: KVM_INTERNAL_ERROR_* suberrors (<linux/kvm.h>), named as QEMU's message names them.
+_INTERNAL_ERROR_NAMES = {
+    abi.KVM_INTERNAL_ERROR_EMULATION: "emulation failure",
+    abi.KVM_INTERNAL_ERROR_SIMUL_EX: "simultaneous exceptions",
+    abi.KVM_INTERNAL_ERROR_DELIVERY_EV: "event delivery",
+    abi.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON: "unexpected exit reason",
 }
-
-
-class KvmExitError(AccelError):
-    """The guest stopped on an exit the vCPU loop cannot continue from.
-
-    KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_FAIL_ENTRY, an unsupported exit, or a
-    failed KVM_RUN.  QEMU prints the registers and stops the VM with
-    RUN_STATE_INTERNAL_ERROR; pyqemu raises this from the vCPU thread, which
-    stops the VM and re-raises it to the caller of ``Machine.run``.
-    ``exit`` is the decoded exit (or None), ``rip`` the guest's RIP.
-    """
-
-    def __init__(self, message: str, exit_: VcpuExit | None = None, rip: int | None = None):
-        super().__init__(message)
-        self.exit = exit_
-        self.rip = rip
 
 
 # --- per-VM and per-vCPU state ----------------------------------------------------------
@@ -164,7 +154,11 @@ class KvmExitError(AccelError):
 
 @dataclass
 class KvmCpuState:
-    """The accelerator's per-vCPU state (QEMU's ``AccelCPUState`` + ``kvm_fd``/``kvm_run``)."""
+    """The accelerator's per-vCPU state (QEMU's ``AccelCPUState`` + ``kvm_fd``/``kvm_run``).
+
+    ``tsc_khz`` and ``cpuid`` are what ``kvm_arch_init_vcpu`` gave KVM_GET_TSC_KHZ and
+    KVM_SET_CPUID2; ``guest_debug`` the last KVM_SET_GUEST_DEBUG control.
+    """
 
     vcpu: VcpuFd
     vcpu_id: int
@@ -212,8 +206,9 @@ class KVMState(AccelState):
             for name in dir(abi)
             if name.startswith("KVM_CAP_")
         }
-        self.supported_cpuid = kvm.get_supported_cpuid()
-        self.msr_index_list = frozenset(kvm.get_msr_index_list())
+        # What the host's KVM offers x86 guests, read once (for kvm_i386).
+        self.supported_cpuid: list[CpuidEntry] = kvm.get_supported_cpuid()
+        self.msr_index_list: frozenset[int] = frozenset(kvm.get_msr_index_list())
         self.signals_installed = False
         self.breakpoints: dict[int, bytes] = {}  # guest address -> original byte (sw bps)
         self._slots: dict[tuple[int, int, int, int], _Slot] = {}
@@ -272,17 +267,7 @@ class KVMState(AccelState):
 
     def get_supported_cpuid(self, function: int, index: int, reg: str) -> int | None:
         """``kvm_arch_get_supported_cpuid``: what KVM_GET_SUPPORTED_CPUID allows."""
-        value = 0
-        for e in self.supported_cpuid:
-            if e.function != function:
-                continue
-            if e.flags & abi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX and e.index != index:
-                continue
-            value = getattr(e, reg)
-            break
-        if function == 1 and reg == "ecx":
-            value |= 1 << 31  # CPUID_EXT_HYPERVISOR: KVM always lets us set it
-        return value
+        return kvm_arch_get_supported_cpuid(self, function, index, reg)
 
     def close(self) -> None:
         """Drop the slots and close the VM and /dev/kvm.  Main thread, all vCPUs gone."""
@@ -344,10 +329,7 @@ def kvm_init(machine: Any = None, path: str = "/dev/kvm") -> KVMState:
             raise
         try:
             state = KVMState(kvm, vm)
-            with trace.span("kvm_arch_init"):
-                if state.caps.get("KVM_CAP_SET_IDENTITY_MAP_ADDR"):
-                    vm.set_identity_map_addr(KVM_IDENTITY_BASE)
-                vm.set_tss_addr(KVM_TSS_BASE)
+            kvm_arch_init(state)
             _install_sig_ipi(state)
         except BaseException:
             vm.close()
@@ -409,12 +391,6 @@ def cpu_handle_guest_debug(cpu: CPUState) -> None:
     cpu.stopped = True
 
 
-def _vcpu_id(cpu: CPUState) -> int:
-    """``kvm_arch_vcpu_id``: the APIC id on x86."""
-    apic_id = getattr(cpu, "apic_id", None)
-    return int(apic_id) if apic_id is not None else int(cpu.cpu_index)
-
-
 def _kvm_state(cpu: CPUState) -> KVMState:
     accel = cpu.machine.accel
     assert isinstance(accel, KVMState), "kvm vCPU on a machine without KVMState"
@@ -428,7 +404,7 @@ def kvm_init_vcpu(cpu: CPUState) -> None:
     (set by ``cpu_reset``) is pushed to the kernel before the first KVM_RUN.
     """
     s = _kvm_state(cpu)
-    vcpu_id = _vcpu_id(cpu)
+    vcpu_id = kvm_arch_vcpu_id(cpu)
     with trace.span("kvm_init_vcpu", cpu=cpu.cpu_index, vcpu_id=vcpu_id):
         with trace.span("KVM_CREATE_VCPU", vcpu_id=vcpu_id):
             try:
@@ -443,37 +419,6 @@ def kvm_init_vcpu(cpu: CPUState) -> None:
         cpu.accel = KvmCpuState(vcpu, vcpu_id)
         cpu.vcpu_dirty = True
         kvm_arch_init_vcpu(cpu)
-
-
-def kvm_arch_init_vcpu(cpu: CPUState) -> None:
-    """``kvm_arch_init_vcpu`` (x86): TSC frequency, KVM_SET_CPUID2 from the CPU model, MSRs."""
-    s = _kvm_state(cpu)
-    st: KvmCpuState = cpu.accel
-    with trace.span("kvm_arch_init_vcpu", cpu=cpu.cpu_index):
-        with trace.span("TSC"):
-            if s.caps.get("KVM_CAP_GET_TSC_KHZ"):
-                st.tsc_khz = st.vcpu.get_tsc_khz()
-                trace.event("KVM_GET_TSC_KHZ", khz=st.tsc_khz)
-        entries = kvm_cpuid_entries(cpu)
-        with trace.span("KVM_SET_CPUID2", entries=len(entries)):
-            st.vcpu.set_cpuid2(entries)
-            st.cpuid = entries
-        with trace.span("MSRs"):
-            supported = [i for i in _MSR_FIELDS if i in s.msr_index_list]
-            trace.event("kvm_init_msrs", count=len(supported))
-
-
-def kvm_cpuid_entries(cpu: CPUState) -> list[CpuidEntry]:
-    """The KVM_SET_CPUID2 table: the CPU model's ``cpuid_entries_for_kvm``, the same
-    ``cpu_x86_cpuid`` that answers the interpreter's CPUID (``kvm_arch_init_vcpu``).
-
-    A CPU without a model (a bare CPUState in the accelerator's own tests) gets the
-    host's KVM_GET_SUPPORTED_CPUID as is.
-    """
-    if not hasattr(cpu, "cpuid_level") and not hasattr(cpu, "features"):
-        trace.event("no CPU model CPUID: using KVM_GET_SUPPORTED_CPUID")
-        return list(_kvm_state(cpu).supported_cpuid)
-    return cpuid_entries_for_kvm(cast("X86CPU", cpu))
 
 
 def kvm_init_cpu_signals(cpu: CPUState) -> None:
@@ -501,145 +446,6 @@ def kvm_destroy_vcpu(cpu: CPUState) -> None:
             st.vcpu.close()
 
 
-# --- registers: kvm_regs / kvm_sregs / MSRs / FPU <-> CPUX86State -------------------------
-
-_KVM_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
-_KVM_SEGS = ("es", "cs", "ss", "ds", "fs", "gs")  # in CPUX86State.segs order
-
-_DESC_TYPE_SHIFT, _DESC_S, _DESC_DPL_SHIFT, _DESC_P = 8, 1 << 12, 13, 1 << 15
-_DESC_AVL, _DESC_L_SHIFT, _DESC_B_SHIFT, _DESC_G = 1 << 20, 21, 22, 1 << 23
-_VM_MASK = 1 << 17
-
-
-def _get_seg(lhs: Any, rhs: Any) -> None:
-    """kvm_segment -> SegmentCache (QEMU's get_seg)."""
-    lhs.selector = rhs.selector
-    lhs.base = rhs.base
-    lhs.limit = rhs.limit
-    lhs.flags = (
-        (rhs.type << _DESC_TYPE_SHIFT)
-        | (_DESC_P if rhs.present and not rhs.unusable else 0)
-        | (rhs.dpl << _DESC_DPL_SHIFT)
-        | (rhs.db << _DESC_B_SHIFT)
-        | (_DESC_S if rhs.s else 0)
-        | (rhs.l << _DESC_L_SHIFT)
-        | (_DESC_G if rhs.g else 0)
-        | (_DESC_AVL if rhs.avl else 0)
-    )
-
-
-def _set_seg(lhs: Any, rhs: Any) -> None:
-    """SegmentCache -> kvm_segment (QEMU's set_seg)."""
-    flags = rhs.flags
-    lhs.selector = rhs.selector
-    lhs.base = rhs.base
-    lhs.limit = rhs.limit
-    lhs.type = (flags >> _DESC_TYPE_SHIFT) & 15
-    lhs.present = 1 if flags & _DESC_P else 0
-    lhs.dpl = (flags >> _DESC_DPL_SHIFT) & 3
-    lhs.db = (flags >> _DESC_B_SHIFT) & 1
-    lhs.s = 1 if flags & _DESC_S else 0
-    lhs.l = (flags >> _DESC_L_SHIFT) & 1
-    lhs.g = 1 if flags & _DESC_G else 0
-    lhs.avl = 1 if flags & _DESC_AVL else 0
-    lhs.unusable = 0 if lhs.present else 1
-    lhs.padding = 0
-
-
-def _set_v8086_seg(lhs: Any, rhs: Any) -> None:
-    """A segment in virtual-8086 mode (QEMU's set_v8086_seg): fixed attributes."""
-    lhs.selector = rhs.selector
-    lhs.base = rhs.base
-    lhs.limit = rhs.limit
-    lhs.type, lhs.present, lhs.dpl, lhs.db, lhs.s = 3, 1, 3, 0, 1
-    lhs.l = lhs.g = lhs.avl = lhs.unusable = lhs.padding = 0
-
-
-def kvm_arch_get_registers(cpu: CPUState) -> None:
-    """``kvm_arch_get_registers``: KVM_GET_REGS/SREGS/MSRS/FPU into ``cpu.env``.
-
-    The vCPU's own thread (or any thread while it is stopped and its fd open).
-    """
-    st: KvmCpuState = cpu.accel
-    env = cpu.env
-    v = st.vcpu
-    regs = v.get_regs()
-    for i, name in enumerate(_KVM_GPRS):
-        env.regs[i] = getattr(regs, name)
-    env.rip = regs.rip
-    env.eflags = regs.rflags
-    sregs = v.get_sregs()
-    for i, name in enumerate(_KVM_SEGS):
-        _get_seg(env.segs[i], getattr(sregs, name))
-    _get_seg(env.ldt, sregs.ldt)
-    _get_seg(env.tr, sregs.tr)
-    env.gdt.base, env.gdt.limit = sregs.gdt.base, sregs.gdt.limit
-    env.idt.base, env.idt.limit = sregs.idt.base, sregs.idt.limit
-    env.cr[0], env.cr[2], env.cr[3] = sregs.cr0, sregs.cr2, sregs.cr3
-    env.cr[4], env.cr[8] = sregs.cr4, sregs.cr8
-    env.efer = sregs.efer
-    env.apic_base = sregs.apic_base
-    msrs = _kvm_state(cpu).msr_index_list
-    wanted = [i for i in _MSR_FIELDS if i in msrs]
-    for index, value in v.get_msrs(wanted).items():
-        setattr(env, _MSR_FIELDS[index], value)
-    fpu = v.get_fpu()
-    env.fpu_fcw, env.fpu_fsw, env.fpu_ftw = fpu.fcw, fpu.fsw, fpu.ftwx
-    for i in range(8):
-        env.fpregs[i] = int.from_bytes(bytes(fpu.fpr[i])[:10], "little")
-    for i in range(16):
-        env.xmm[i] = int.from_bytes(bytes(fpu.xmm[i]), "little")
-    env.mxcsr = fpu.mxcsr
-
-
-def kvm_arch_put_registers(cpu: CPUState, level: int = 0) -> None:
-    """``kvm_arch_put_registers``: ``cpu.env`` into KVM_SET_REGS/SREGS/MSRS/FPU.
-
-    vCPU thread, before KVM_RUN when ``cpu.vcpu_dirty``.  ``level`` is QEMU's
-    KVM_PUT_* level; every level puts the same state here.  ``env.fpu_ftw`` is
-    taken as the abridged (FXSAVE) tag byte.
-    """
-    st: KvmCpuState = cpu.accel
-    env = cpu.env
-    v = st.vcpu
-    # SREGS first: KVM_SET_SREGS may change how KVM interprets RIP/RFLAGS (mode).
-    sregs = abi.ffi.new("struct kvm_sregs *")
-    setter = _set_v8086_seg if env.eflags & _VM_MASK else _set_seg
-    for i, name in enumerate(_KVM_SEGS):
-        setter(getattr(sregs, name), env.segs[i])
-    _set_seg(sregs.ldt, env.ldt)
-    _set_seg(sregs.tr, env.tr)
-    sregs.gdt.base, sregs.gdt.limit = env.gdt.base, env.gdt.limit & 0xFFFF
-    sregs.idt.base, sregs.idt.limit = env.idt.base, env.idt.limit & 0xFFFF
-    sregs.cr0, sregs.cr2, sregs.cr3 = env.cr[0], env.cr[2], env.cr[3]
-    sregs.cr4, sregs.cr8 = env.cr[4], env.cr[8]
-    sregs.efer = env.efer
-    sregs.apic_base = env.apic_base
-    v.set_sregs(sregs)
-    regs = abi.ffi.new("struct kvm_regs *")
-    for i, name in enumerate(_KVM_GPRS):
-        setattr(regs, name, env.regs[i] & 0xFFFFFFFFFFFFFFFF)
-    regs.rip = env.rip & 0xFFFFFFFFFFFFFFFF
-    regs.rflags = env.eflags
-    v.set_regs(regs)
-    msrs = _kvm_state(cpu).msr_index_list
-    values = {i: getattr(env, f) & 0xFFFFFFFFFFFFFFFF for i, f in _MSR_FIELDS.items()
-              if i in msrs}
-    n = v.set_msrs(values)
-    if n != len(values):
-        failed = list(values)[n]
-        raise AccelError(f"kvm_put_msrs: KVM refused MSR {failed:#x} = {values[failed]:#x}")
-    fpu = abi.ffi.new("struct kvm_fpu *")
-    fpu.fcw, fpu.fsw, fpu.ftwx = env.fpu_fcw, env.fpu_fsw, env.fpu_ftw & 0xFF
-    for i in range(8):
-        abi.ffi.memmove(fpu.fpr[i], (env.fpregs[i] & ((1 << 80) - 1)).to_bytes(10, "little"), 10)
-    for i in range(16):
-        abi.ffi.memmove(fpu.xmm[i], (env.xmm[i] & ((1 << 128) - 1)).to_bytes(16, "little"), 16)
-    fpu.mxcsr = env.mxcsr
-    v.set_fpu(fpu)
-
-
 # --- the exec loop ----------------------------------------------------------------------------
 
 
@@ -647,10 +453,9 @@ def kvm_cpu_kick(cpu: CPUState) -> None:
     """``kvm_cpu_kick``: make the next (or current) KVM_RUN return at once.  Any thread."""
     st = cpu.accel
     if isinstance(st, KvmCpuState) and not st.vcpu.closed:
-        try:
+        # KvmError: closed under our feet; the thread is on its way out anyway.
+        with contextlib.suppress(KvmError):
             st.vcpu.immediate_exit = 1
-        except KvmError:
-            pass  # closed under our feet: the thread is on its way out anyway
 
 
 def kvm_cpu_exec(cpu: CPUState) -> int:
@@ -697,7 +502,9 @@ def kvm_handle_exit(cpu: CPUState, exit_: VcpuExit) -> int:
     """Act on one decoded exit: 0 to re-enter the guest, else the EXCP_* to return.
 
     vCPU thread, big lock *not* held (device dispatch takes it).  This is the
-    switch of QEMU's kvm_cpu_exec plus x86's kvm_arch_handle_exit.
+    switch of QEMU's kvm_cpu_exec: port I/O, MMIO, a kick, the interrupt window,
+    a triple fault, a system event and an internal error are handled here;
+    every other exit goes to x86's :func:`~pyqemu.accel.kvm.kvm_i386.kvm_arch_handle_exit`.
     """
     st: KvmCpuState = cpu.accel
     vcpu = st.vcpu
@@ -705,12 +512,12 @@ def kvm_handle_exit(cpu: CPUState, exit_: VcpuExit) -> int:
         trace.event(f"KVM_RUN -> {exit_!r}", "exec")
     match exit_:
         case IoOut(port=port, size=size, count=count, data=data):
-            io_as = cpu.io_as
+            io_as = _io_address_space(cpu)
             for k in range(count):  # string I/O: ``count`` items, same port (kvm_handle_io)
                 address_space_rw(io_as, port, bytearray(data[k * size:(k + 1) * size]), True)
             return 0
         case IoIn(port=port, size=size, count=count):
-            io_as = cpu.io_as
+            io_as = _io_address_space(cpu)
             buf = bytearray()
             for _ in range(count):
                 item = bytearray(size)
@@ -719,11 +526,11 @@ def kvm_handle_exit(cpu: CPUState, exit_: VcpuExit) -> int:
             vcpu.set_io_in_data(bytes(buf))
             return 0
         case MmioWrite(addr=addr, data=data):
-            address_space_rw(cpu.as_, addr, bytearray(data), True)
+            address_space_rw(_memory_address_space(cpu), addr, bytearray(data), True)
             return 0
         case MmioRead(addr=addr, size=size):
             item = bytearray(size)
-            address_space_rw(cpu.as_, addr, item, False)
+            address_space_rw(_memory_address_space(cpu), addr, item, False)
             vcpu.set_mmio_read_data(bytes(item))
             return 0
         case Intr():
@@ -733,12 +540,6 @@ def kvm_handle_exit(cpu: CPUState, exit_: VcpuExit) -> int:
             return EXCP_INTERRUPT
         case IrqWindowOpen():
             return EXCP_INTERRUPT
-        case Hlt():
-            # kvm_handle_halt (no in-kernel irqchip): halt until there is work.
-            with qemu_global_mutex:
-                cpu.halted = True
-            trace.event("KVM_EXIT_HLT: EXCP_HLT")
-            return EXCP_HLT
         case Shutdown():
             trace.event("KVM_EXIT_SHUTDOWN: qemu_system_reset_request")
             cpu.machine.runctl.request_reset()
@@ -755,32 +556,25 @@ def kvm_handle_exit(cpu: CPUState, exit_: VcpuExit) -> int:
             else:
                 runctl.request_shutdown(ShutdownCause.GUEST_SHUTDOWN)
             return EXCP_INTERRUPT
-        case Debug(pc=pc, exception=exc):
-            trace.event("KVM_EXIT_DEBUG", pc=pc, exception=exc)
-            return EXCP_DEBUG
         case InternalError(suberror=sub, data=data):
-            rip = _safe_rip(vcpu)
-            what = {1: "emulation failure", 2: "simultaneous exceptions",
-                    3: "event delivery", 4: "unexpected exit reason"}.get(sub, "unknown")
+            rip = vcpu_rip(vcpu)
+            what = _INTERNAL_ERROR_NAMES.get(sub, "unknown")
             raise KvmExitError(
                 f"KVM internal error. Suberror: {sub} ({what}), rip={rip:#x}, "
                 f"extra data: {[hex(d) for d in data]}", exit_, rip)
-        case FailEntry(reason=reason, cpu=hcpu):
-            rip = _safe_rip(vcpu)
-            raise KvmExitError(
-                f"KVM: entry failed, hardware error {reason:#x} (host cpu {hcpu}), rip={rip:#x}",
-                exit_, rip)
-        case Unsupported(reason_number=n, reason_text=text):
-            rip = _safe_rip(vcpu)
-            raise KvmExitError(f"KVM: unhandled exit {text} ({n}), rip={rip:#x}", exit_, rip)
-    raise AssertionError(f"unreachable: {exit_!r}")
+    return kvm_arch_handle_exit(cpu, exit_)
 
 
-def _safe_rip(vcpu: VcpuFd) -> int:
-    try:
-        return int(vcpu.get_regs().rip)
-    except KvmError:
-        return -1
+def _io_address_space(cpu: CPUState) -> AddressSpace:
+    asp = cpu.io_as
+    assert asp is not None, "qemu_init_vcpu gives every vCPU its I/O address space"
+    return asp
+
+
+def _memory_address_space(cpu: CPUState) -> AddressSpace:
+    asp = cpu.as_
+    assert asp is not None, "qemu_init_vcpu gives every vCPU its memory address space"
+    return asp
 
 
 # --- AccelOps -------------------------------------------------------------------------------
@@ -811,11 +605,11 @@ class KvmAccelOps(AccelOps):
         if cpu.vcpu_dirty:
             return
 
-        def do_sync(c: CPUState) -> None:
-            st = c.accel
-            if isinstance(st, KvmCpuState) and not st.vcpu.closed and not c.vcpu_dirty:
-                kvm_arch_get_registers(c)
-                c.vcpu_dirty = True
+        def do_sync(_: VCpu) -> None:  # run_on_cpu calls it with ``cpu``
+            st = cpu.accel
+            if isinstance(st, KvmCpuState) and not st.vcpu.closed and not cpu.vcpu_dirty:
+                kvm_arch_get_registers(cpu)
+                cpu.vcpu_dirty = True
 
         cpus_mod.run_on_cpu(cpu, do_sync)
 
@@ -836,35 +630,35 @@ class KvmAccelOps(AccelOps):
         kvm_cpu_kick(cpu)
         t = cpu.thread
         if t is not None and t.ident is not None and t.is_alive() and self.state.signals_installed:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # the thread has just exited
                 signal.pthread_kill(t.ident, SIG_IPI)
-            except ProcessLookupError:
-                pass  # the thread has just exited
 
     def cpu_thread_is_idle(self, cpu: CPUState) -> bool:
-        """Without an in-kernel irqchip a halted vCPU's thread sleeps (QEMU: !kvm_halt_in_kernel)."""
+        """A halted vCPU's thread sleeps: no in-kernel irqchip (QEMU: !kvm_halt_in_kernel)."""
         return True
 
     def supports_guest_debug(self) -> bool:
         return bool(self.state.caps.get("KVM_CAP_SET_GUEST_DEBUG"))
 
     def insert_breakpoint(self, cpu: CPUState, kind: int, addr: int, length: int) -> None:
-        """``kvm_arch_insert_sw_breakpoint``: save the byte at ``addr``, write INT3."""
+        """``kvm_insert_breakpoint``: a software breakpoint at ``addr`` (once per address).
+
+        Main thread, vCPUs paused.  Writing the breakpoint instruction is
+        ``kvm_arch_insert_sw_breakpoint``'s job.
+        """
         if kind != GDB_BREAKPOINT_SW:
             raise AccelError("kvm: only software breakpoints are supported")
         if addr in self.state.breakpoints:
             return
-        asp = cpu.as_
-        self.state.breakpoints[addr] = asp.read_bytes(addr, 1)
-        asp.write_bytes(addr, b"\xcc", force=True)
+        self.state.breakpoints[addr] = kvm_arch_insert_sw_breakpoint(cpu, addr)
         self.update_guest_debug(cpu)
 
     def remove_breakpoint(self, cpu: CPUState, kind: int, addr: int, length: int) -> None:
-        """``kvm_arch_remove_sw_breakpoint``: put the saved byte back."""
+        """``kvm_remove_breakpoint``: put back what ``insert_breakpoint`` replaced."""
         orig = self.state.breakpoints.pop(addr, None)
         if orig is None:
             raise AccelError(f"kvm: no breakpoint at {addr:#x}")
-        cpu.as_.write_bytes(addr, orig, force=True)
+        kvm_arch_remove_sw_breakpoint(cpu, addr, orig)
         self.update_guest_debug(cpu)
 
     def remove_all_breakpoints(self, cpu: CPUState) -> None:
@@ -872,15 +666,17 @@ class KvmAccelOps(AccelOps):
             self.remove_breakpoint(cpu, GDB_BREAKPOINT_SW, addr, 1)
 
     def update_guest_debug(self, cpu: CPUState) -> None:
-        """``kvm_update_guest_debug``: KVM_SET_GUEST_DEBUG from singlestep and breakpoints."""
+        """``kvm_update_guest_debug``: KVM_SET_GUEST_DEBUG from singlestep and breakpoints.
+
+        Main thread; the ioctl runs on the vCPU thread (``run_on_cpu``).
+        """
         control = 0
         if cpu.singlestep_enabled:
             control |= abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_SINGLESTEP
-        if self.state.breakpoints:
-            control |= abi.KVM_GUESTDBG_ENABLE | abi.KVM_GUESTDBG_USE_SW_BP
+        control = kvm_arch_update_guest_debug(control, bool(self.state.breakpoints))
 
-        def do_update(c: CPUState) -> None:
-            st = c.accel
+        def do_update(_: VCpu) -> None:  # run_on_cpu calls it with ``cpu``
+            st = cpu.accel
             if isinstance(st, KvmCpuState) and not st.vcpu.closed:
                 st.vcpu.set_guest_debug(control)
                 st.guest_debug = control

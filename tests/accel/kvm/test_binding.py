@@ -1,7 +1,7 @@
 """The KVM binding: every wrapper's error path, and real guests end to end.
 
 Guests are assembled with keystone at test time.  Tests needing /dev/kvm, or a
-capability the host lacks, skip with the reason (see conftest.kvm_usable).
+capability the host lacks, skip with the reason (see kvm_support.kvm_usable).
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def test_regs_sregs_fpu_round_trip(vm):
         assert (back.rax, back.r15, back.rip, back.rflags) == (0x1122334455667788, 7, 0x1234, 0x202)
 
         sregs = vcpu.get_sregs()
-        assert sregs.cs.selector == 0xF000  # the reset state (api.rst: SDM reset values)
+        assert sregs.cs.selector == 0xF000  # after RESET (SDM vol. 3A, processor state after reset)
         sregs.ds.base = 0x12340
         sregs.ds.selector = 0x1234
         vcpu.set_sregs(sregs)

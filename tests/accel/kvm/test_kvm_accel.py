@@ -266,7 +266,7 @@ def test_vcpu_lifecycle_runs_io_mmio_and_halts_then_unplugs(machine):
              "kvm_arch_init_vcpu", "KVM_SET_CPUID2", "kvm_init_cpu_signals", "created = true",
              "kvm_cpu_exec", "KVM_EXIT_HLT", "kvm_destroy_vcpu"]
     positions = [text.find(step) for step in order]
-    assert -1 not in positions, dict(zip(order, positions))
+    assert -1 not in positions, dict(zip(order, positions, strict=True))
     assert positions == sorted(positions)
     assert all(("CPU 0/KVM]" in line) for line in lines if "kvm_init_vcpu" in line)
 
@@ -344,7 +344,7 @@ def test_two_vcpus_run_in_parallel_threads(machine):
     assert {c.thread.name for c in cpu_list} == {"CPU 0/KVM", "CPU 1/KVM"}
 
 
-# --- exit handling as a pure function --------------------------------------------------------------
+# --- exit handling as a pure function ----------------------------------------------------------
 
 
 class _FakeVcpu:
