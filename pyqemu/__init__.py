@@ -8,14 +8,24 @@ The public surface is small::
         m.run(timeout=5)
         print(m.serial_output, hex(m.reg_read("rip")))
 
-Everything pyqemu raises derives from :class:`PyQemuError`.
+Everything pyqemu raises derives from :class:`PyQemuError`.  Warnings are logged
+on the ``pyqemu`` logger (silent by default in a library; the command line prints
+them as ``pyqemu: warning: ...``).
 """
 
+import logging
 from typing import Any
 
-from pyqemu.errors import GuestError, MachineStateError, PyQemuError
+from pyqemu.errors import GuestError, MachineStateError, MemoryAccessError, PyQemuError
 
-__all__ = ["GuestError", "Machine", "MachineStateError", "PyQemuError", "RunResult"]
+__all__ = ["GuestError", "Machine", "MachineStateError", "MemoryAccessError", "PyQemuError",
+           "RunResult"]
+
+# Warnings (a CPU feature the accelerator cannot give, an ambiguous -cpu string) go to
+# the "pyqemu" logger.  A library stays quiet unless its user configures logging
+# (logging.getLogger("pyqemu"), pytest's caplog); the command line installs a handler
+# that prints them as "pyqemu: warning: ...".
+logging.getLogger("pyqemu").addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str) -> Any:

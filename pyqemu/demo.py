@@ -17,6 +17,8 @@ from importlib import resources
 from pyqemu.accel.ops import accel_list
 from pyqemu.images import GuestProgram
 
+__all__ = ["demo_main", "pick_accel"]
+
 DEMO = "demo_bios.s"
 
 
@@ -31,13 +33,13 @@ def pick_accel() -> tuple[str, str]:
 
 
 def demo_main(argv: list[str]) -> int:
-    from pyqemu.cli import UsageError
+    from pyqemu.cli import ACCEL_ALIASES, UsageError
     from pyqemu.machine import Machine
     from pyqemu.util import trace
 
     accel, why = pick_accel()
     if argv[:1] == ["-accel"] and len(argv) == 2:
-        accel, why = argv[1], "chosen with -accel"
+        accel, why = ACCEL_ALIASES.get(argv[1], argv[1]), "chosen with -accel"
     elif argv:
         raise UsageError("usage: pyqemu demo [-accel kvm|interp]")
     src = resources.files("pyqemu").joinpath("guests", DEMO).read_text()

@@ -2,7 +2,7 @@
 
 from pyqemu.util.error import PyQemuError
 
-__all__ = ["GuestError", "MachineStateError", "PyQemuError"]
+__all__ = ["GuestError", "MachineStateError", "MemoryAccessError", "PyQemuError"]
 
 
 class MachineStateError(PyQemuError, RuntimeError):
@@ -13,3 +13,9 @@ class MachineStateError(PyQemuError, RuntimeError):
 class GuestError(PyQemuError, RuntimeError):
     """The guest did something the machine cannot continue from (e.g. KVM reported an
     internal error or a failed entry); the message says what and where."""
+
+
+class MemoryAccessError(PyQemuError, ValueError):
+    """A :meth:`~pyqemu.Machine.mem_read` / ``mem_write`` of guest-physical memory
+    outside guest RAM and ROM (an MMIO window, an unassigned address, beyond 4 GiB) or
+    with a negative address or size; the message names the range and what lies there."""

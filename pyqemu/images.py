@@ -15,16 +15,31 @@ vol. 3A, 9.1.4) far-jumps to F000:0000, i.e. the ROM's alias below 1 MiB.
 ``multiboot`` sources are 32-bit code assembled at 1 MiB; they begin with a
 Multiboot header using the a.out kludge (Multiboot Specification 0.6.96, 3.1.1),
 which :func:`multiboot_header` writes for them.
+
+The example images the README boots are built from ``pyqemu/guests/hello.s`` (a
+BIOS ROM) and ``pyqemu/guests/kernel.s`` (a multiboot kernel) by one command::
+
+    pyqemu images DIR            # or: python -m pyqemu.images DIR
+
+which writes ``DIR/hello.rom`` and ``DIR/kernel.mb`` (:func:`write_example_images`).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import tempfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from pyqemu.hw.core.errors import LoaderError
 from pyqemu.hw.i386 import loader_asm
+
+__all__ = ["BIOS_SIZE", "EXAMPLES", "MULTIBOOT_BASE", "GuestProgram", "assemble", "bios_image",
+           "example_image", "images_main", "multiboot_header", "multiboot_image",
+           "write_example_images"]
 
 BIOS_SIZE = 64 * 1024
 MULTIBOOT_BASE = 0x100000
@@ -46,7 +61,8 @@ def bios_image(source: str) -> bytes:
     """A 64 KiB ROM: ``source`` (16-bit, CS=0xF000, IP from 0) and a reset vector jumping to it."""
     code = assemble(source, "bios", 0)
     if len(code) > 0xFFF0:
-        raise LoaderError(f"BIOS code is {len(code)} bytes; at most 0xfff0 fit before the reset vector")
+        raise LoaderError(f"BIOS code is {len(code)} bytes; at most 0xfff0 fit before the "
+                          "reset vector")
     rom = bytearray(b"\xff" * BIOS_SIZE)  # erased flash reads as ones
     rom[:len(code)] = code
     # 0xFFF0: jmp far 0xF000:0x0000 (EA iw iw), then hlt as a backstop.
@@ -93,8 +109,8 @@ class GuestProgram:
             text = p.read_text()
         except OSError as e:
             raise LoaderError(f"cannot read guest program '{p}': {e.strerror}") from None
-        pairs = [m.groups() for m in re.finditer(r"^#!\s*([\w-]+):\s*(.*?)\s*$", text, re.M)]
-        meta = dict(pairs)
+        pairs = [(m[1], m[2]) for m in re.finditer(r"^#!\s*([\w-]+):\s*(.*?)\s*$", text, re.M)]
+        meta: dict[str, str] = dict(pairs)
         for key, name in pairs:
             if key == "include":
                 # Shared routines (the UART output code, say) live once, beside the guests.
@@ -118,3 +134,61 @@ class GuestProgram:
         if self.mode == "multiboot":
             return multiboot_image(self.source)
         return assemble(self.source, self.mode, self.load)
+
+
+#: The README's example images: file name -> the guest source in ``pyqemu/guests``.
+EXAMPLES: dict[str, str] = {"hello.rom": "hello.s", "kernel.mb": "kernel.s"}
+
+
+def example_image(name: str) -> bytes:
+    """The bytes of example image ``name`` (a key of :data:`EXAMPLES`), built from its
+    source shipped in the package."""
+    if name not in EXAMPLES:
+        raise LoaderError(f"no example image '{name}' (there are {', '.join(EXAMPLES)})")
+    source = resources.files("pyqemu").joinpath("guests", EXAMPLES[name]).read_text()
+    meta = {m[1]: m[2] for m in re.finditer(r"^#!\s*([\w-]+):\s*(.*?)\s*$", source, re.M)}
+    return GuestProgram(name=name, source=source, mode=meta["mode"]).image()
+
+
+def write_example_images(directory: str | os.PathLike[str]) -> list[Path]:
+    """Build every example image into ``directory`` (created if missing); each file is
+    written whole or not at all (a temporary file renamed into place)."""
+    out = Path(directory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LoaderError(f"cannot create the directory '{out}': {e.strerror}") from None
+    written = []
+    for name in EXAMPLES:
+        data = example_image(name)
+        target = out / name
+        try:
+            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except OSError as e:
+            raise LoaderError(f"cannot write '{target}': {e.strerror}") from None
+        written.append(target)
+    return written
+
+
+def images_main(argv: list[str]) -> int:
+    """``pyqemu images DIR``: write DIR/hello.rom and DIR/kernel.mb, say what they are."""
+    from pyqemu.cli import UsageError
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise UsageError("usage: pyqemu images DIR (writes DIR/hello.rom and DIR/kernel.mb)")
+    what = {"hello.rom": "a 64 KiB BIOS ROM: -bios", "kernel.mb": "a multiboot kernel: -kernel"}
+    for path in write_example_images(argv[0]):
+        print(f"{path}  ({path.stat().st_size} bytes, {what.get(path.name, 'an image')})")
+    return 0
+
+
+if __name__ == "__main__":  # python -m pyqemu.images DIR
+    from pyqemu.cli import main
+    sys.exit(main(["images", *sys.argv[1:]]))

@@ -16,16 +16,18 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyqemu.hw.char.serial_isa
 import pyqemu.hw.i386.cpu
 import pyqemu.hw.i386.pc
 import pyqemu.hw.misc.debugexit  # noqa: F401  registers isa-debug-exit
 from pyqemu.accel.ops import AccelError, AccelState, accel_init, accel_list
-from pyqemu.errors import MachineStateError
+from pyqemu.errors import MachineStateError, MemoryAccessError
 from pyqemu.hw.core.machine import (
+    MachineClass,
     MachineState,
+    SMPConfig,
     find_machine_class,
     machine_run_board_init,
     parse_mem_size,
@@ -44,7 +46,11 @@ from pyqemu.system.runstate import RunControl, RunState, ShutdownCause
 from pyqemu.target.i386.cpu_state import CPUX86State
 from pyqemu.util import trace as tracing
 
+__all__ = ["IoHook", "Machine", "MachineConfig", "RunResult", "check_options",
+           "parse_cpu_option"]
+
 IoHook = Callable[[str, int, int, int, bool], None]
+DeviceSpec = tuple[str, dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +59,7 @@ class RunResult:
 
     ``reason`` is ``"shutdown"`` (the guest powered off, wrote isa-debug-exit, or
     reset with ``no_reboot``), ``"halted"`` (every vCPU executed HLT and nothing can
-    wake it: there is no interrupt source yet), ``"timeout"`` or ``"debug"``.
+    wake it: the pc has no interrupt source), ``"timeout"`` or ``"debug"``.
     ``exit_code`` is QEMU's process exit status for a shutdown.
     """
 
@@ -86,15 +92,27 @@ def parse_cpu_option(spec: str | None, default_type: str | None) -> str:
         return typename
 
 
+class MachineConfig(NamedTuple):
+    """Every option checked (:func:`check_options`), ready to build from."""
+
+    machine_class: MachineClass
+    smp: SMPConfig
+    ram_size: int
+    cpu_type: str
+    devices: list[DeviceSpec]
+    kernel: Any                  # the parsed -kernel (MultibootImage) or None
+
+
 def check_options(machine: str = "pc", cpu: str | None = None, smp: str | int = 1,
                   memory: str | int | None = None, bios: str | None = None,
                   kernel: str | None = None, append: str = "",
-                  devices: Sequence[str] = (), accel: str = "interp",
-                  ) -> tuple[Any, Any, int, str, list[Any]]:
+                  devices: Sequence[str | DeviceSpec] = (), accel: str = "interp",
+                  ) -> MachineConfig:
     """Check every machine option, in QEMU's order, without building anything.
 
-    Returns (machine class, -smp topology, RAM size, CPU type, device specs); a bad
-    option raises the error that names it.
+    A bad option raises the error that names it.  The images are read here (with
+    their size bounds) and checked as the load will check them; the kernel comes
+    back parsed, so that the machine loads what was checked.
     """
     mc = find_machine_class(machine)
     smp_cfg = parse_smp(smp, mc.max_cpus)
@@ -105,8 +123,8 @@ def check_options(machine: str = "pc", cpu: str | None = None, smp: str | int = 
         _check_device_driver(driver)
     if accel not in [name for name, _, _ in accel_list()]:
         raise AccelError(f"invalid accelerator '{accel}'; -accel help lists them")
-    _check_images(bios, kernel, append, ram_size)
-    return mc, smp_cfg, ram_size, cpu_type, device_specs
+    image = _check_images(bios, kernel, append, ram_size)
+    return MachineConfig(mc, smp_cfg, ram_size, cpu_type, device_specs, image)
 
 
 def _check_device_driver(driver: str) -> None:
@@ -120,28 +138,22 @@ def _check_device_driver(driver: str) -> None:
         raise DeviceError(f"device '{driver}' cannot be added with -device")
 
 
-def _check_images(bios: str | None, kernel: str | None, append: str, ram_size: int) -> None:
-    """Fail on a missing or malformed ``-bios``/``-kernel`` before anything is built.
-
-    The kernel is loaded once into scratch RAM of the machine's size (anonymous
-    memory: pages never touched cost nothing), so every check the real load makes
-    (header, segments, entry point, fit in RAM) runs here first.
-    """
-    from pyqemu.system.memory import AddressSpace, MemoryRegion
+def _check_images(bios: str | None, kernel: str | None, append: str, ram_size: int) -> Any:
+    """Fail on a missing, oversized or malformed ``-bios``/``-kernel`` before anything is
+    built; the parsed kernel (or None)."""
     if bios is not None:
         from pyqemu.hw.i386.loader_bios import read_bios_image
         read_bios_image(bios)
     if kernel is not None:
-        from pyqemu.hw.i386.multiboot import multiboot_load
-        root = MemoryRegion.container_new("scratch", 1 << 32)
-        root.add_subregion(0, MemoryRegion.ram_new("scratch.ram", ram_size))
-        try:
-            multiboot_load(AddressSpace("scratch", root), CPUX86State(), kernel, append, ram_size)
-        finally:
-            root.close()
+        from pyqemu.hw.i386.multiboot import multiboot_parse
+        return multiboot_parse(kernel, append, ram_size)
+    if append:
+        from pyqemu.hw.core.errors import LoaderError
+        raise LoaderError("-append only allowed with -kernel option")
+    return None
 
 
-def _parse_device_spec(spec: str | tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+def _parse_device_spec(spec: str | DeviceSpec) -> DeviceSpec:
     """``isa-debug-exit,iobase=0xf4,iosize=0x04`` -> ("isa-debug-exit", {...})."""
     if isinstance(spec, tuple):
         return spec[0], dict(spec[1])
@@ -155,21 +167,40 @@ def _parse_device_spec(spec: str | tuple[str, dict[str, Any]]) -> tuple[str, dic
     return driver, props
 
 
+def _serial_specs(serial: str | Sequence[str | None] | None) -> list[str | None]:
+    """``Machine(serial=...)`` as the board's list, COM1 first (None: no port there)."""
+    from pyqemu.hw.char.serial_isa import MAX_ISA_SERIAL_PORTS
+    from pyqemu.hw.core.errors import MachineError
+    specs = [serial] if serial is None or isinstance(serial, str) else list(serial)
+    if len(specs) > MAX_ISA_SERIAL_PORTS:
+        raise MachineError(f"-serial: {len(specs)} serial ports requested; the pc machine "
+                           f"has {MAX_ISA_SERIAL_PORTS} (COM1-COM4)")
+    out: list[str | None] = []
+    for spec in specs:
+        if spec is not None and not isinstance(spec, str):
+            raise MachineError(f"-serial: a chardev spec is a string, not {spec!r}")
+        out.append(None if spec is None or spec.strip() == "none" else spec)
+    return out
+
+
 class Machine:
-    """A virtual machine: ``Machine(machine="pc", accel="kvm"|"interp", cpu=..., smp=..., memory=...)``.
+    """A virtual machine: ``Machine("pc", accel="kvm"|"interp", cpu=..., smp=..., memory=...)``.
 
     ``bios`` and ``kernel`` name files as ``-bios``/``-kernel`` do; ``serial`` is
-    a chardev spec (``"memory"``, the default, captures output for
-    :attr:`serial_output`; ``"stdio"``, ``"file:PATH"``, ``"none"``); ``devices``
-    are ``-device`` strings; ``trace`` is a list of ``-d`` groups whose lines go
-    to ``trace_sink`` (default: kept in :attr:`trace_lines`).
+    COM1's chardev spec (``"memory"``, the default, captures output for
+    :attr:`serial_output`; ``"stdio"``, ``"file:PATH"``, ``"null"``; ``None`` or
+    ``"none"``: no serial port) or a list of specs, COM1 first, as repeated
+    ``-serial`` options give (at most 4; ``None``/``"none"`` leaves that port out);
+    ``devices`` are ``-device`` strings; ``trace`` is a list of ``-d`` groups whose
+    lines go to ``trace_sink`` (default: kept in :attr:`trace_lines`).
     """
 
     def __init__(self, machine: str = "pc", accel: str = "interp", cpu: str | None = None,
                  smp: str | int = 1, memory: str | int | None = None, *,
                  bios: str | None = None, kernel: str | None = None, append: str = "",
-                 serial: str | None = "memory", serial_input: bool = False,
-                 devices: Sequence[str] = (),
+                 serial: str | Sequence[str | None] | None = "memory",
+                 serial_input: bool = False,
+                 devices: Sequence[str | DeviceSpec] = (),
                  no_reboot: bool = False, trace: Iterable[str] | None = None,
                  trace_sink: Callable[[str], None] | None = None) -> None:
         self._closed = False
@@ -183,25 +214,26 @@ class Machine:
                 self._trace_sink = tracing.add_sink(set(trace),
                                                     trace_sink or self.trace_lines.append)
             # 1. Check every option before building anything.
-            mc, smp_cfg, ram_size, cpu_type, device_specs = check_options(
-                machine, cpu, smp, memory, bios, kernel, append, devices, accel)
+            config = check_options(machine, cpu, smp, memory, bios, kernel, append, devices,
+                                   accel)
+            serial_specs = _serial_specs(serial)
             self.accel_name = accel
             # 2. The accelerator (kvm_init opens /dev/kvm and creates the VM).
             self.runctl = RunControl()
             self.runctl.no_reboot = no_reboot
             self.runctl.kick_all = self._kick_all
             with qemu_global_mutex:
-                ms = object_new(mc.name)
+                ms = object_new(config.machine_class.name)
                 assert isinstance(ms, MachineState)
                 self._ms = ms
-                ms.smp = smp_cfg
-                ms.ram_size = ram_size
-                ms.cpu_type = cpu_type
+                ms.smp = config.smp
+                ms.ram_size = config.ram_size
+                ms.cpu_type = config.cpu_type
                 ms.runctl = self.runctl
-                ms.bios_file = bios  # type: ignore[attr-defined]
-                ms.serial_chardev = serial  # type: ignore[attr-defined]
-                ms.serial_read_input = serial_input  # type: ignore[attr-defined]
-                ms.device_specs = device_specs  # type: ignore[attr-defined]
+                ms.firmware = bios
+                ms.serial_chardevs = serial_specs
+                ms.serial_read_input = serial_input
+                ms.device_specs = config.devices
                 # QEMU has one /machine; a second live Machine in this process is /machine[1].
                 root = object_get_root()
                 object_property_add_child(
@@ -213,10 +245,10 @@ class Machine:
                     ms.accel = self._accel
                     # 3. The board: memory, devices, and the vCPUs with their threads.
                     machine_run_board_init(ms)
-                    # 4. The guest.
-                    if kernel is not None:
+                    # 4. The guest: the kernel checked in step 1, as it was read then.
+                    if config.kernel is not None:
                         from pyqemu.hw.i386.multiboot import load_multiboot
-                        load_multiboot(ms, kernel, append)
+                        load_multiboot(ms, config.kernel)
                         self.cpus[0].vcpu_dirty = True
                     for c in self.cpus:
                         c.accel_ops.synchronize_post_init(c)
@@ -248,10 +280,9 @@ class Machine:
 
     @property
     def serial(self) -> Any:
-        for dev in self.state.devices:  # type: ignore[attr-defined]
-            if dev.typename == "isa-serial":
-                return dev
-        return None
+        """The first serial port (the lowest COM number), or None."""
+        ports = [dev for dev in self.state.devices if dev.typename == "isa-serial"]
+        return min(ports, key=lambda dev: dev.index) if ports else None
 
     @property
     def serial_output(self) -> bytes:
@@ -262,15 +293,68 @@ class Machine:
         chr_ = dev.chr
         return bytes(chr_.getvalue()) if hasattr(chr_, "getvalue") else b""
 
-    # -- loading ----------------------------------------------------------------------
-    def mem_write(self, addr: int, data: bytes) -> None:
-        """Write guest-physical memory (ROM too, as a loader does)."""
+    # -- guest memory --------------------------------------------------------------------
+    def _check_memory_range(self, what: str, addr: object, size: object) -> None:
+        """Raise :class:`MemoryAccessError` unless [addr, addr + size) is all RAM or ROM."""
+        for name, v in (("address", addr), ("size", size)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise MemoryAccessError(f"{what}: the {name} must be an int, not {v!r}")
+        assert isinstance(addr, int) and isinstance(size, int)
+        if addr < 0 or size < 0:
+            raise MemoryAccessError(f"{what}: negative {'address' if addr < 0 else 'size'} "
+                                    f"({addr:#x}, {size:#x})")
+        asp = self.state.address_space_memory
+        end = addr + size
+        where = f"{what} [{addr:#x}, {end:#x})"
+        if end > asp.root.size:
+            raise MemoryAccessError(f"{where}: beyond the {asp.root.size >> 30} GiB "
+                                    f"guest-physical address space; {self._memory_map()}")
+        pos = addr
+        while pos < end:
+            r = asp.lookup(pos)
+            if r is None or not r.mr.is_ram:
+                kind = "unassigned" if r is None else f"MMIO region '{r.mr.name}'"
+                raise MemoryAccessError(f"{where}: {pos:#x} is not guest RAM or ROM ({kind}); "
+                                        f"{self._memory_map()}")
+            pos = r.end
+
+    def _memory_map(self) -> str:
+        """``guest RAM is [0, 0x8000000); ROM [0xffff0000, 0x100000000) ...`` for messages."""
+        parts: list[str] = []
+        for r in self.state.address_space_memory.ram_ranges():
+            kind = "ROM" if r.mr.readonly else "RAM"
+            parts.append(f"{kind} [{r.start:#x}, {r.end:#x})")
+        return "guest memory: " + (", ".join(parts) if parts else "none")
+
+    def mem_write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` to guest-physical memory at ``addr``.
+
+        The range must lie in guest RAM or ROM; ROM is written as a loader writes it
+        (QEMU's ``rom`` loading: the guest itself cannot).  MMIO and unassigned
+        addresses are refused, never dispatched to a device: an inspection call has
+        no device side effects (QEMU's ``pmemsave`` reads through the dispatch; here
+        device registers are reached through the guest or :meth:`hook_add_io`).  A
+        range outside RAM/ROM, a negative address or a wrong type raises
+        :class:`~pyqemu.MemoryAccessError` naming the range and the memory map;
+        nothing is written then.
+        """
         self._require_stopped("write guest memory")
-        self.state.address_space_memory.write_bytes(addr, bytes(data), force=True)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise MemoryAccessError(f"mem_write: data must be bytes, not {type(data).__name__}")
+        payload = bytes(data)
+        self._check_memory_range("mem_write", addr, len(payload))
+        self.state.address_space_memory.write_bytes(addr, payload, force=True)
 
     def mem_read(self, addr: int, size: int) -> bytes:
-        """Read guest-physical memory."""
+        """Read ``size`` bytes of guest-physical memory at ``addr`` (QEMU's ``pmemsave``
+        semantics for RAM and ROM, the BIOS's alias below 1 MiB included).
+
+        The same rules as :meth:`mem_write`: MMIO and unassigned addresses, ranges past
+        4 GiB and negative values raise :class:`~pyqemu.MemoryAccessError` naming the
+        range; ``size`` 0 reads nothing.
+        """
         self._require_stopped("read guest memory")
+        self._check_memory_range("mem_read", addr, size)
         return self.state.address_space_memory.read_bytes(addr, size)
 
     def load_bytes(self, data: bytes, addr: int) -> None:
@@ -341,7 +425,8 @@ class Machine:
     def _debug_ops(self, cpu: int) -> Any:
         c = self.cpu(cpu)
         if not c.accel_ops.supports_guest_debug():
-            raise MachineStateError(f"the {self.accel_name} accelerator has no guest debugging here")
+            raise MachineStateError(f"the {self.accel_name} accelerator has no guest "
+                                    "debugging here")
         return c
 
     def step(self, cpu: int = 0, timeout: float = 60.0) -> RunResult:
@@ -548,17 +633,17 @@ class Machine:
                         cpus_mod.cpu_remove_sync(c)
                     except BaseException as e:  # keep releasing the rest
                         errors.append(e)
-                for dev in reversed(list(getattr(ms, "devices", []))):
+                for dev in reversed(list(ms.devices)):
                     try:
                         dev.property_set("realized", False)
                     except BaseException as e:
                         errors.append(e)
-            for chr_ in getattr(ms, "chardevs", []) if ms is not None else []:
+            for chr_ in ms.chardevs if ms is not None else []:
                 chr_.close()
             if self._accel is not None:
                 self._accel.close()
             if ms is not None:
-                if getattr(ms, "system_memory", None) is not None:
+                if ms.system_memory is not None:
                     ms.system_memory.close()
                 if ms.parent is not None:
                     object_unparent(ms)

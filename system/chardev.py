@@ -16,7 +16,7 @@ Backends, by the ``-serial`` spelling :func:`qemu_chr_new` accepts:
     ``-nographic`` asks for) a daemon reader thread polls stdin with ``select``
     and a timeout, so :meth:`close` always returns promptly.  The terminal is
     put in raw mode (no echo, no line buffering) only if stdin is a tty, and
-    restored on close.  pyqemu has no monitor yet, so ``mon:stdio`` is stdio.
+    restored on close.  pyqemu has no monitor, so ``mon:stdio`` is stdio.
 ``file:PATH``
     :class:`FileChardev`: output written (unbuffered) to PATH, truncated first.
 ``null``
@@ -38,6 +38,7 @@ with the reader thread.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -200,7 +201,7 @@ class FileChardev(Chardev):
         self.path = path
         try:
             # Unbuffered, so a reader of the file (or a crash) sees every byte sent.
-            self._file: BinaryIO | None = open(path, "wb", buffering=0)
+            self._file: BinaryIO | None = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close()
         except OSError as e:
             raise ChardevError(f"chardev: could not open '{path}': {e.strerror}") from None
 
@@ -298,10 +299,8 @@ class StdioChardev(Chardev):
             self._thread = None
         if self._saved_tty is not None:
             import termios
-            try:
+            with contextlib.suppress(termios.error):  # the terminal is gone: nothing to restore
                 termios.tcsetattr(self._in_fd, termios.TCSANOW, self._saved_tty)
-            except termios.error:
-                pass  # the terminal is gone; nothing left to restore
             self._saved_tty = None
         super().close()
 

@@ -1,4 +1,4 @@
-"""The device core: ``DeviceState``/``DeviceClass`` and the ``realized`` property (``hw/core/qdev.c``).
+"""The device core: ``DeviceState``/``DeviceClass`` and the ``realized`` property (``qdev.c``).
 
 Devices live in two phases.  ``instance_init`` cannot fail and touches nothing
 outside the object; ``realize`` may fail, and then it must undo exactly what it
@@ -11,7 +11,7 @@ realized and are frozen afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,23 @@ from pyqemu.qom import (
     type_init,
 )
 from pyqemu.util import trace
+
+__all__ = [
+    "TYPE_DEVICE",
+    "DeviceClass",
+    "DeviceState",
+    "Property",
+    "Realize",
+    "device_class_set_parent_realize",
+    "device_class_set_parent_unrealize",
+    "device_class_set_props",
+    "device_get_realized",
+    "device_set_realized",
+    "qdev_new",
+    "qdev_prop_set",
+    "qdev_realize",
+    "qdev_unrealize",
+]
 
 TYPE_DEVICE = "device"
 
@@ -61,17 +78,23 @@ class DeviceClass(ObjectClass):
     realize: Realize | None = None
     unrealize: Realize | None = None
     reset: Callable[[DeviceState], None] | None = None
-    props: list[Property] = []
+    props: Sequence[Property] = ()           # each class's own list: device_class_set_props
     desc: str = ""
     user_creatable: bool = False
     category: str = "misc"
 
 
 class DeviceState(Object):
-    """``DeviceState``: a device and whether it is realized."""
+    """``DeviceState``: a device and whether it is realized.
+
+    ``machine`` is the board the device is plugged into (QEMU's
+    ``qdev_get_machine()``), set by the board before realize; ISA devices find
+    the I/O space there.
+    """
 
     realized: bool
     id: str | None
+    machine: Any
 
 
 def device_class_set_parent_realize(dc: DeviceClass, realize: Realize) -> Realize | None:
@@ -95,7 +118,7 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
             return getattr(o, p.attr)
 
         def set(o: Object, value: Any, p: Property = p) -> None:
-            if o.realized:  # type: ignore[attr-defined]
+            if isinstance(o, DeviceState) and o.realized:
                 raise PropertyAccessError(
                     f"property '{p.name}' of {o.typename} cannot be set after realize")
             setattr(o, p.attr, value)
@@ -104,7 +127,8 @@ def device_class_set_props(dc: DeviceClass, props: list[Property]) -> None:
 
 
 def device_get_realized(dev: Object) -> bool:
-    return dev.realized  # type: ignore[attr-defined,no-any-return]
+    assert isinstance(dev, DeviceState)
+    return dev.realized
 
 
 def device_set_realized(dev: Object, value: bool) -> None:
@@ -132,10 +156,13 @@ def device_set_realized(dev: Object, value: bool) -> None:
 def device_initfn(obj: Object) -> None:
     """``device_initfn``: the ``realized`` property, static property defaults."""
     dev = obj
-    dev.realized = False  # type: ignore[attr-defined]
-    dev.id = None  # type: ignore[attr-defined]
+    dc = obj.klass
+    assert isinstance(dev, DeviceState) and isinstance(dc, DeviceClass)
+    dev.realized = False
+    dev.id = None
+    dev.machine = None
     object_property_add_bool(obj, "realized", device_get_realized, device_set_realized)
-    for p in obj.klass.props:  # type: ignore[attr-defined]
+    for p in dc.props:
         setattr(obj, p.attr, p.default)
 
 

@@ -60,8 +60,34 @@ from pyqemu.target.i386.cpu_state import (
     CPUX86State,
     SegmentCache,
 )
-from pyqemu.target.i386.descriptors import descriptor_cache, segment_descriptor
+from pyqemu.target.i386.descriptors import SYS_TSS32_BUSY, descriptor_cache, segment_descriptor
 from pyqemu.target.i386.errors import AssemblerError
+from pyqemu.target.i386.paging import PTE_P, PTE_PS, PTE_RW, PTE_US
+
+__all__ = [
+    "BOOT_AREA_END",
+    "GDT_ADDR",
+    "GDT_ENTRIES",
+    "MODES",
+    "PML4_ADDR",
+    "SEL_CODE32",
+    "SEL_CODE64",
+    "SEL_DATA",
+    "SEL_USER_CODE32",
+    "SEL_USER_CODE64",
+    "SEL_USER_DATA",
+    "Mode",
+    "assemble",
+    "build_page_tables",
+    "check_loadable",
+    "descriptor_to_cache",
+    "load_bytes",
+    "load_flat_segments",
+    "make_descriptor",
+    "setup_entry_state",
+    "write_gdt",
+    "zero_bytes",
+]
 
 Mode = Literal["real", "prot32", "long64"]
 MODES = ("real", "prot32", "long64")
@@ -89,8 +115,15 @@ def make_descriptor(base: int, limit: int, flags: int) -> int:
 
 
 def descriptor_to_cache(selector: int, desc: int) -> SegmentCache:
-    """The hidden part a segment load caches (SDM 3.4.3): base, scaled limit, flags."""
-    return descriptor_cache(selector, desc & 0xFFFFFFFF, desc >> 32)
+    """The hidden part a segment load caches (SDM 3.4.3): base, scaled limit, flags, from
+    the descriptor's quadword (``descriptor_cache`` takes its low and high dwords)."""
+    lo, hi = struct.unpack("<II", struct.pack("<Q", desc))
+    return descriptor_cache(selector, lo, hi)
+
+
+#: TR's hidden part while no task has been loaded: a present, busy 32-bit TSS at 0 (what
+#: x86_cpu_reset leaves; VM entry demands a usable TR).
+_RESET_TR_FLAGS = DESC_P_MASK | (SYS_TSS32_BUSY << DESC_TYPE_SHIFT)
 
 
 _CODE = DESC_P_MASK | DESC_S_MASK | DESC_CS_MASK | DESC_R_MASK | DESC_A_MASK | DESC_G_MASK
@@ -131,6 +164,20 @@ def load_bytes(asp: AddressSpace, addr: int, data: bytes, what: str = "load") ->
     asp.write_bytes(addr, bytes(data), force=True)
 
 
+def zero_bytes(asp: AddressSpace, addr: int, size: int, what: str = "load") -> None:
+    """Zero ``size`` bytes of guest memory at ``addr`` (a bss), a MiB at a time, so a large
+    bss never becomes one large host buffer."""
+    if size <= 0:
+        return
+    check_loadable(asp, addr, size, what)
+    chunk = bytes(min(size, 1 << 20))
+    pos = 0
+    while pos < size:
+        n = min(len(chunk), size - pos)
+        asp.write_bytes(addr + pos, chunk[:n] if n < len(chunk) else chunk, force=True)
+        pos += n
+
+
 # --- assembly -----------------------------------------------------------------------------------
 def assemble(source: str, mode: str, addr: int = 0, *, syntax: str = "intel") -> bytes:
     """Assemble ``source`` for ``mode`` (``real``, ``prot32``, ``long64``) as if placed at
@@ -164,7 +211,7 @@ def _valid_system_segments(env: CPUX86State) -> None:
     # valid; keep the reset values unless someone broke them.  An empty IDT
     # (limit 0) makes any exception a triple fault: a clean, visible stop.
     if not env.tr.flags & DESC_P_MASK:
-        env.tr = SegmentCache(0, 0, 0xFFFF, DESC_P_MASK | (11 << DESC_TYPE_SHIFT))
+        env.tr = SegmentCache(0, 0, 0xFFFF, _RESET_TR_FLAGS)
     env.idt = SegmentCache(0, 0, 0, 0)
 
 
@@ -175,13 +222,13 @@ def build_page_tables(asp: AddressSpace, user: bool = False) -> int:
     (i * 512 + j).  Entries are present and writable, and user-accessible
     (U/S) at every level when ``user``, since U/S is ANDed along the walk.
     """
-    P, RW, US, PS = 1, 2, 4, 0x80
-    flags = P | RW | (US if user else 0)
+    flags = PTE_P | PTE_RW | (PTE_US if user else 0)
     load_bytes(asp, PML4_ADDR, struct.pack("<Q", PDPT_ADDR | flags) + bytes(4088), "PML4")
     pdpt = b"".join(struct.pack("<Q", (PD_ADDR + i * 0x1000) | flags) for i in range(PD_COUNT))
     load_bytes(asp, PDPT_ADDR, pdpt + bytes(4096 - len(pdpt)), "PDPT")
     for i in range(PD_COUNT):
-        pd = b"".join(struct.pack("<Q", ((i * 512 + j) << 21) | flags | PS) for j in range(512))
+        pd = b"".join(struct.pack("<Q", ((i * 512 + j) << 21) | flags | PTE_PS)
+                      for j in range(512))
         load_bytes(asp, PD_ADDR + i * 0x1000, pd, "page directory")
     return PML4_ADDR
 
@@ -275,4 +322,4 @@ def _setup_real(env: CPUX86State, entry: int, sp: int) -> None:
     env.rip = entry - base
     env.regs[R_ESP] = (sp - base) & 0xFFFF
     if not env.tr.flags & DESC_P_MASK:
-        env.tr = SegmentCache(0, 0, 0xFFFF, DESC_P_MASK | (11 << DESC_TYPE_SHIFT))
+        env.tr = SegmentCache(0, 0, 0xFFFF, _RESET_TR_FLAGS)

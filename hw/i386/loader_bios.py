@@ -6,9 +6,11 @@ smaller) also appear at 0xE0000..0xFFFFF, the "isa-bios" window where real-mode
 code and old OSes find the BIOS; that window is an alias of the same ROM and
 lies over RAM, so it is mapped with a priority above RAM's.
 
-The image must be a non-empty multiple of 64 KiB of at most 16 MiB, the
-conditions QEMU checks; otherwise the load fails with "could not load PC BIOS
-'FILE'" and the reason.
+The image must be a regular file, a non-empty multiple of 64 KiB of at most
+16 MiB, the conditions QEMU checks; otherwise the load fails with "could not
+load PC BIOS 'FILE'" and the reason.  The file is read with that bound
+(:func:`~pyqemu.hw.core.loader.read_image_file`): a FIFO, a directory or
+``/dev/zero`` is refused without reading it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyqemu.hw.core.errors import LoaderError
+from pyqemu.hw.core.loader import ImageFileError, read_image_file
 from pyqemu.system.memory import MemoryMapError, MemoryRegion
 from pyqemu.util import trace
+
+__all__ = ["BIOS_MAX_SIZE", "BiosImage", "pc_system_firmware_init", "read_bios_image",
+           "x86_bios_rom_init"]
 
 BIOS_ALIGN = 64 * 1024
 BIOS_MAX_SIZE = 16 * 1024 * 1024
@@ -62,14 +68,12 @@ def read_bios_image(path: str | os.PathLike[str]) -> bytes:
     name = os.fspath(path)
     prefix = f"could not load PC BIOS '{name}'"
     try:
-        with open(name, "rb") as f:
-            data = f.read(BIOS_MAX_SIZE + 1)
-    except OSError as e:
-        raise LoaderError(f"{prefix}: {e.strerror}") from None
+        data = bytes(read_image_file(name, BIOS_MAX_SIZE,
+                                     f"the {BIOS_MAX_SIZE >> 20} MiB a PC BIOS may have"))
+    except ImageFileError as e:
+        raise LoaderError(f"{prefix}: {e}") from None
     if not data:
         raise LoaderError(f"{prefix}: the file is empty")
-    if len(data) > BIOS_MAX_SIZE:
-        raise LoaderError(f"{prefix}: larger than {BIOS_MAX_SIZE >> 20} MiB")
     if len(data) % BIOS_ALIGN:
         raise LoaderError(f"{prefix}: size {len(data)} is not a multiple of 64 KiB")
     return data

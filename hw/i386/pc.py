@@ -1,8 +1,9 @@
-"""The ``pc`` machine: RAM, the ISA devices, and the vCPUs (``hw/i386/pc_piix.c``, ``pc.c``, ``x86.c``).
+"""The ``pc`` machine: RAM, the ISA devices, the vCPUs (QEMU's ``pc_piix.c``, ``pc.c``, ``x86.c``).
 
 ``pc_init1`` builds the memory map (RAM from 0, the port I/O space, the BIOS
-ROM when ``-bios`` is given), the 16550A UART on 0x3f8 (IRQ 4), the devices of
-``-device``, and then the vCPUs through ``x86_cpus_init``: for each possible CPU
+ROM when ``-bios`` is given), one 16550A UART per ``-serial`` (COM1 on 0x3f8,
+IRQ 4, then COM2..COM4: ``serial_hds_isa_init``), the devices of ``-device``,
+and then the vCPUs through ``x86_cpus_init``: for each possible CPU
 up to ``-smp cpus``, ``x86_cpu_new`` creates the object (``object_new``), gives it
 its APIC id and sets ``realized``, which runs ``x86_cpu_realizefn`` and so
 ``qemu_init_vcpu`` and the accelerator's vCPU thread (seed 000, 004).
@@ -25,7 +26,6 @@ from pyqemu.qom import (
     Object,
     ObjectClass,
     TypeInfo,
-    container_get,
     object_property_add_child,
     object_property_set_bool,
     object_property_set_uint,
@@ -38,7 +38,10 @@ from pyqemu.util import trace
 TYPE_PC_MACHINE = "pc-i440fx-pyqemu" + MACHINE_TYPE_SUFFIX
 PC_MAX_CPUS = 255
 
-# The PCI hole starts at 3 GiB on pyqemu's pc; RAM above it is a later issue.
+__all__ = ["PC_MAX_CPUS", "TYPE_PC_MACHINE", "pc_device_new", "pc_init1", "x86_cpu_new",
+           "x86_cpus_init", "x86_possible_cpu_arch_ids"]
+
+# The PCI hole starts at 3 GiB on pyqemu's pc, and all its RAM lies below it.
 BELOW_4G_MEM_LIMIT = 0xC0000000
 
 
@@ -120,15 +123,20 @@ def pc_memory_init(ms: MachineState) -> None:
         if ms.ram_size > BELOW_4G_MEM_LIMIT:
             raise MachineError(f"-m: {ms.ram_size >> 20}M does not fit below the PCI hole "
                                f"({BELOW_4G_MEM_LIMIT >> 20}M)")
-        ms.system_memory = MemoryRegion.container_new("system", 1 << 32)
+        system_memory = MemoryRegion.container_new("system", 1 << 32)
+        ms.system_memory = system_memory
         ms.system_io = MemoryRegion.container_new("io", 1 << 16)
-        ms.ram = MemoryRegion.ram_new("pc.ram", ms.ram_size)
-        ms.system_memory.add_subregion(0, ms.ram)
-        ms.address_space_memory = AddressSpace("memory", ms.system_memory)
+        try:
+            ms.ram = MemoryRegion.ram_new("pc.ram", ms.ram_size)
+        except OSError as e:  # mmap: ENOMEM (overcommit limits, RLIMIT_AS)
+            raise MachineError(f"-m: cannot allocate {ms.ram_size >> 20}M of guest RAM "
+                               f"here: {e.strerror or e}") from None
+        system_memory.add_subregion(0, ms.ram)
+        ms.address_space_memory = AddressSpace("memory", system_memory)
         ms.address_space_io = AddressSpace("I/O", ms.system_io, io=True)
-        if ms.bios_file:
+        if ms.firmware:
             from pyqemu.hw.i386.loader_bios import pc_system_firmware_init
-            pc_system_firmware_init(ms, ms.bios_file)
+            pc_system_firmware_init(ms, ms.firmware)
         # The accelerator learns the memory map (KVM: memory slots, kept in step by a
         # listener) before any vCPU exists.
         ms.accel.setup_machine(ms)
@@ -145,9 +153,11 @@ def pc_device_new(ms: MachineState, typename: str, props: dict[str, Any]) -> Dev
         try:
             if not getattr(dev.klass, "user_creatable", False) and props.get("_user", False):
                 raise DeviceError(f"device '{typename}' cannot be created with -device")
-            dev.machine = ms  # type: ignore[attr-defined]
+            dev.machine = ms
             if "_chr" in props:
-                dev.chr = props["_chr"]  # type: ignore[attr-defined]
+                from pyqemu.hw.char.serial_isa import ISASerialState
+                assert isinstance(dev, ISASerialState), "only a serial port takes a chardev"
+                dev.chr = props["_chr"]
             for name, value in props.items():
                 if name.startswith("_"):
                     continue
@@ -166,33 +176,34 @@ def pc_device_new(ms: MachineState, typename: str, props: dict[str, Any]) -> Dev
         return dev
 
 
+def serial_hds_isa_init(ms: MachineState) -> None:
+    """``serial_hds_isa_init``: COM``n+1`` for each ``-serial`` backend, at its standard port
+    and IRQ; the board opens each backend and closes it with the machine."""
+    from pyqemu.hw.char.serial_isa import ISA_SERIAL_PORTS, MAX_ISA_SERIAL_PORTS
+    from pyqemu.system.chardev import qemu_chr_new
+    if len(ms.serial_chardevs) > MAX_ISA_SERIAL_PORTS:
+        raise MachineError(f"-serial: {len(ms.serial_chardevs)} serial ports requested; the "
+                           f"pc machine has {MAX_ISA_SERIAL_PORTS} (COM1-COM4)")
+    for index, spec in enumerate(ms.serial_chardevs):
+        if spec is None:  # -serial none: no port at this index
+            continue
+        chr_ = qemu_chr_new(spec, read_input=ms.serial_read_input and index == 0)
+        if chr_ is None:
+            continue
+        ms.chardevs.append(chr_)
+        iobase, irq = ISA_SERIAL_PORTS[index]
+        pc_device_new(ms, "isa-serial",
+                      {"iobase": iobase, "irq": irq, "index": index, "_chr": chr_})
+
+
 def pc_init1(ms: MachineState) -> None:
     """``pc_init1``: the PC's memory, devices and CPUs."""
     with trace.span("pc_init1"):
         pc_memory_init(ms)
-        if ms.serial_chardev is not None:
-            # The board opens COM1's backend (serial_hds[0]) and closes it with the machine.
-            from pyqemu.system.chardev import qemu_chr_new
-            chr_ = qemu_chr_new(ms.serial_chardev, read_input=ms.serial_read_input)
-            if chr_ is not None:
-                ms.chardevs.append(chr_)
-                pc_device_new(ms, "isa-serial",
-                              {"iobase": 0x3F8, "irq": 4, "index": 0, "_chr": chr_})
+        serial_hds_isa_init(ms)
         for typename, props in ms.device_specs:
             pc_device_new(ms, typename, dict(props, _user=True))
         x86_cpus_init(ms)
-
-
-def pc_machine_initfn(obj: Object) -> None:
-    ms = obj
-    ms.bios_file = None  # type: ignore[attr-defined]
-    ms.serial_chardev = "null"  # type: ignore[attr-defined]
-    ms.serial_read_input = False  # type: ignore[attr-defined]
-    ms.chardevs = []  # type: ignore[attr-defined]
-    ms.device_specs = []  # type: ignore[attr-defined]
-    ms.devices = []  # type: ignore[attr-defined]
-    ms.unattached = container_get(obj, "unattached")  # type: ignore[attr-defined]
-    ms.peripheral = container_get(obj, "peripheral")  # type: ignore[attr-defined]
 
 
 def pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
@@ -209,4 +220,4 @@ def pc_machine_class_init(klass: ObjectClass, data: Any) -> None:
 
 
 type_init(TypeInfo(name=TYPE_PC_MACHINE, parent=TYPE_MACHINE,
-                   instance_init=pc_machine_initfn, class_init=pc_machine_class_init))
+                   class_init=pc_machine_class_init))

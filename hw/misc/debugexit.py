@@ -27,10 +27,13 @@ from pyqemu.hw.core.qdev import (
     Property,
     device_class_set_props,
 )
+from pyqemu.hw.isa.isa_bus import isa_register_ioport, isa_unregister_ioport
 from pyqemu.qom import Object, ObjectClass, TypeInfo, type_init
 from pyqemu.system.memory import MemoryRegion
 from pyqemu.system.runstate import ShutdownCause
 from pyqemu.util import trace
+
+__all__ = ["TYPE_ISA_DEBUG_EXIT", "ISADebugExitState"]
 
 TYPE_ISA_DEBUG_EXIT = "isa-debug-exit"
 
@@ -62,7 +65,8 @@ def debug_exit_instance_init(obj: Object) -> None:
 
 
 def debug_exit_realizefn(dev: DeviceState) -> None:
-    """Check ``iosize``/``iobase`` and map the window in the machine's I/O space."""
+    """Check ``iosize``/``iobase`` and claim the window in the machine's I/O space (ports
+    another device decodes are refused, naming both devices)."""
     assert isinstance(dev, ISADebugExitState)
     if dev.iosize not in (1, 2, 4):
         raise DeviceError(f"isa-debug-exit: property 'iosize' must be 1, 2 or 4, "
@@ -73,18 +77,16 @@ def debug_exit_realizefn(dev: DeviceState) -> None:
                           "(with a system_io MemoryRegion) before realize")
     if getattr(dev.machine, "runctl", None) is None:
         raise DeviceError("isa-debug-exit: the machine has no run control to shut down")
-    if dev.iobase + dev.iosize > system_io.size:
-        raise DeviceError(f"isa-debug-exit: property 'iobase' {dev.iobase:#x} is outside "
-                          f"the I/O space")
     iomem = MemoryRegion.io_new("isa-debug-exit", dev.iosize, _DebugExitOps(dev))
-    system_io.add_subregion(dev.iobase, iomem)
+    owner = f"isa-debug-exit '{dev.id}'" if dev.id else "isa-debug-exit"
+    isa_register_ioport(system_io, dev.iobase, iomem, owner)
     dev.iomem = iomem
 
 
 def debug_exit_unrealizefn(dev: DeviceState) -> None:
     assert isinstance(dev, ISADebugExitState)
-    if dev.iomem is not None and dev.iomem.container is not None:
-        dev.iomem.container.del_subregion(dev.iomem)
+    if dev.iomem is not None:
+        isa_unregister_ioport(dev.iomem)
     dev.iomem = None
 
 

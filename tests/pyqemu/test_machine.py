@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
 
-from pyqemu import Machine, MachineStateError, PyQemuError
+from pyqemu import Machine, MachineStateError, MemoryAccessError, PyQemuError
+from pyqemu.images import bios_image
 from tests.support import mapping_count, open_fds, vcpu_threads
 
 HELLO_REAL = """
@@ -75,7 +78,7 @@ def test_pause_resume_and_timeout(accel: str) -> None:
 
 
 def test_exception_in_a_device_callback_reaches_run(accel: str) -> None:
-    class Boom(Exception):
+    class Boom(Exception):  # noqa: N818 - what the test raises, named for it
         pass
 
     def hook(space: str, addr: int, size: int, value: int, is_write: bool) -> None:
@@ -118,6 +121,21 @@ def test_application_processors_wait_halted_until_started(accel: str) -> None:
     ({"accel": "hax"}, "hax"),
     ({"bios": "/nonexistent.rom"}, "/nonexistent.rom"),
     ({"devices": ["isa-debug-exit,iosize=3"]}, "iosize"),
+    ({"memory": "inf"}, "-m: 'inf' is not a size"),
+    ({"memory": "1e400"}, "-m: '1e400' is not a size"),
+    ({"memory": "nan"}, "-m: 'nan' is not a size"),
+    ({"memory": "-1"}, "-m: '-1' is not a size"),
+    ({"memory": "0"}, "-m: 0 bytes is too small"),
+    ({"memory": 0}, "-m: 0 bytes is too small"),
+    ({"memory": -1}, "-m: -1 bytes is too small"),
+    ({"memory": 1 << 200}, "-m: a size beyond 16E is too large"),
+    ({"memory": "2T"}, "-m: 2T is too large: pyqemu's pc supports at most 3071M"),
+    ({"memory": float("inf")}, "-m: inf is not a size"),
+    ({"memory": True}, "-m: True is not a size"),
+    ({"serial": ["null"] * 5}, "-serial: 5 serial ports requested"),
+    ({"devices": ["isa-serial,iobase=0x3f8"]}, "clash with isa-serial COM1"),
+    ({"append": "console=ttyS0"}, "-append only allowed with -kernel"),
+    ({"kernel": "/dev/zero"}, "a character device, not a regular file"),
 ])
 def test_bad_arguments_raise_and_leave_nothing(kwargs: dict[str, object], message: str) -> None:
     fds, maps = open_fds(), mapping_count()
@@ -182,3 +200,125 @@ def test_breakpoint_stops_before_the_instruction(accel: str) -> None:
         m.breakpoint_remove(0x1000A)
         assert m.run(timeout=30).reason == "halted"
         assert m.reg_read("eax") == 3
+
+
+def test_ram_that_cannot_be_mapped_raises_a_pyqemu_error_and_leaves_nothing() -> None:
+    """3000M is within the pc's limit; under an address-space limit the mmap fails."""
+    code = """
+import resource
+from pyqemu import Machine, PyQemuError
+vm = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.RLIM_INFINITY))
+try:
+    Machine(memory="3000M")
+except PyQemuError as e:
+    print(type(e).__name__, e)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("MachineError -m: cannot allocate 3000M of guest RAM here")
+
+
+# -- guest memory: RAM and ROM only, with the range named -----------------------------------------
+
+def test_mem_read_and_write_outside_guest_ram_name_the_range(accel: str) -> None:
+    with Machine(accel=accel, memory="16M") as m:
+        with pytest.raises(MemoryAccessError, match=r"mem_read \[0xfffffe, 0x1000002\): "
+                                                    r"0x1000000 is not guest RAM or ROM "
+                                                    r"\(unassigned\); guest memory: RAM "
+                                                    r"\[0x0, 0x1000000\)"):
+            m.mem_read(0xFFFFFE, 4)
+        with pytest.raises(MemoryAccessError, match=r"mem_write \[0x2000000, 0x2000001\)"):
+            m.mem_write(0x2000000, b"x")
+        with pytest.raises(MemoryAccessError, match="beyond the 4 GiB guest-physical"):
+            m.mem_read(0xFFFFFFFF, 2)
+        with pytest.raises(MemoryAccessError, match="negative address"):
+            m.mem_read(-1, 1)
+        with pytest.raises(MemoryAccessError, match="negative size"):
+            m.mem_read(0, -1)
+        with pytest.raises(MemoryAccessError, match="negative address"):
+            m.mem_write(-4096, b"x")
+        with pytest.raises(MemoryAccessError, match="the address must be an int"):
+            m.mem_read("0x1000", 4)  # type: ignore[arg-type]
+        with pytest.raises(MemoryAccessError, match="data must be bytes"):
+            m.mem_write(0x1000, "text")  # type: ignore[arg-type]
+        assert m.mem_read(0x1000, 0) == b""
+        assert m.mem_read(0xFFFFFC, 4) == bytes(4)          # the last bytes of RAM
+        m.mem_write(0xFFFFFC, b"end!")
+        assert m.mem_read(0xFFFFFC, 4) == b"end!"
+        assert issubclass(MemoryAccessError, PyQemuError)
+
+
+def test_mem_read_and_write_reach_rom_but_never_a_device(tmp_path) -> None:
+    from pyqemu.system.memory import MemoryRegion
+    rom = tmp_path / "bios.rom"
+    rom.write_bytes(bios_image("hlt\n"))
+    calls: list[tuple[int, int]] = []
+
+    class Ops:
+        def read(self, offset: int, size: int) -> int:
+            calls.append((offset, size))
+            return 0
+
+        def write(self, offset: int, value: int, size: int) -> None:
+            calls.append((offset, size))
+
+    with Machine(bios=str(rom)) as m:
+        assert m.mem_read(0xFFFFFFF0, 1) == b"\xea"        # the reset vector, in ROM
+        assert m.mem_read(0xFFFF0, 1) == b"\xea"           # its isa-bios alias below 1 MiB
+        m.mem_write(0xFFFF0000, b"\x90")                   # ROM is written as a loader does
+        assert m.mem_read(0xFFFF0000, 1) == b"\x90"
+        m.state.system_memory.add_subregion(0xFED00000, MemoryRegion.io_new("mmio", 0x1000, Ops()))
+        with pytest.raises(MemoryAccessError, match=r"0xfed00000 is not guest RAM or ROM "
+                                                    r"\(MMIO region 'mmio'\).*ROM "
+                                                    r"\[0xffff0000, 0x100000000\)"):
+            m.mem_read(0xFED00000, 4)
+        m.state.system_memory.add_subregion(0x8000000, MemoryRegion.io_new("mmio2", 0x1000, Ops()))
+        with pytest.raises(MemoryAccessError, match=r"0x8000000 is not guest RAM or ROM "
+                                                    r"\(MMIO region 'mmio2'\)"):
+            m.mem_write(0x7FFFFFF, b"ab")                  # from RAM's last byte into MMIO
+        assert m.mem_read(0x7FFFFFF, 1) == b"\0"           # nothing written
+        assert calls == []                                 # no device side effect
+
+
+# -- serial ports ----------------------------------------------------------------------------------
+
+COM12 = """
+    mov dx, 0x3f8
+    mov al, 0x31
+    out dx, al
+    mov dx, 0x2f8
+    mov al, 0x32
+    out dx, al
+    hlt
+"""
+
+
+def test_isa_serial_device_gets_com2_and_com1_keeps_the_board_s_output(accel: str) -> None:
+    with Machine(accel=accel, devices=["isa-serial,chardev=memory"]) as m:
+        m.load_asm(COM12, 0x7C00, mode="real")
+        assert m.run(timeout=60).reason == "halted"
+        com1 = m.serial
+        com2 = next(d for d in m.state.devices if d.typename == "isa-serial" and d.index == 1)
+        assert (com1.index, com1.iobase, com1.irq) == (0, 0x3F8, 4)
+        assert (com2.iobase, com2.irq) == (0x2F8, 3)
+        assert m.serial_output == b"1"
+        assert com2.chr.getvalue() == b"2"
+
+
+def test_serial_list_gives_one_port_per_entry(accel: str) -> None:
+    with Machine(accel=accel, serial=[None, "memory"]) as m:   # no COM1, COM2 captured
+        m.load_asm(COM12, 0x7C00, mode="real")
+        m.run(timeout=60)
+        assert [(d.index, d.iobase) for d in m.state.devices] == [(1, 0x2F8)]
+        assert m.serial_output == b"2"                           # the first port there is
+
+
+def test_a_failed_device_leaves_nothing_behind() -> None:
+    fds, maps = open_fds(), mapping_count()
+    with pytest.raises(PyQemuError, match=r"isa-serial COM2: iobase=0x3f8: I/O ports "
+                                          r"0x3f8-0x3ff clash with isa-serial COM1"):
+        Machine(devices=["isa-serial,iobase=0x3f8,chardev=memory"])
+    assert not vcpu_threads()
+    assert open_fds() <= fds
+    assert mapping_count() <= maps

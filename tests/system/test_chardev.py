@@ -80,7 +80,7 @@ def test_null_backend_discards_and_none_means_no_backend():
 
 
 def test_unknown_spec_is_an_error_naming_it():
-    with pytest.raises(ChardevError, match="'tcp:1234'.*unsupported chardev 'tcp'"):
+    with pytest.raises(ChardevError, match=r"'tcp:1234'.*unsupported chardev 'tcp'"):
         qemu_chr_new("tcp:1234")
     with pytest.raises(ChardevError, match="needs a path"):
         qemu_chr_new("file:")

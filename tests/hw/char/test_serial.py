@@ -269,8 +269,9 @@ def test_isa_serial_defaults_and_spec_backend_owned_by_device(tmp_path):
     m = FakeMachine()
     path = tmp_path / "com1.txt"
     dev = _isa_serial(m, chardev=f"file:{path}")
-    assert (dev.iobase, dev.irq) == (0x3F8, 4)
+    assert (dev.index, dev.iobase, dev.irq) == (-1, -1, -1)     # not given: chosen at realize
     qdev_realize(dev)
+    assert (dev.index, dev.iobase, dev.irq) == (0, 0x3F8, 4)    # the first free port: COM1
     for b in b"ok":
         m.address_space_io.write(0x3F8, b, 1)
     assert path.read_bytes() == b"ok"
@@ -282,9 +283,78 @@ def test_isa_serial_defaults_and_spec_backend_owned_by_device(tmp_path):
 def test_isa_serial_bad_chardev_and_bad_irq_name_the_property(tmp_path):
     m = FakeMachine()
     dev = _isa_serial(m, chardev=f"file:{tmp_path}/no/such/dir/x")
-    with pytest.raises(DeviceError, match="'chardev'.*no/such/dir"):
+    with pytest.raises(DeviceError, match=r"'chardev'.*no/such/dir"):
         qdev_realize(dev)
     assert not dev.realized and m.system_io.subregions == []
     dev = _isa_serial(m, irq=16)
     with pytest.raises(DeviceError, match="'irq'"):
         qdev_realize(dev)
+
+
+# -- ISA serial ports: QEMU's index, the next free COM port, clashes named -----------------------
+
+def test_isa_serial_ports_without_properties_take_com1_to_com4_in_turn():
+    m = FakeMachine()
+    devs = []
+    for _ in range(4):
+        dev = _isa_serial(m)
+        qdev_realize(dev)
+        devs.append(dev)
+    assert [(d.index, d.iobase, d.irq) for d in devs] == [
+        (0, 0x3F8, 4), (1, 0x2F8, 3), (2, 0x3E8, 4), (3, 0x2E8, 3)]
+    fifth = _isa_serial(m)
+    with pytest.raises(DeviceError, match="all 4 ISA serial ports"):
+        qdev_realize(fifth)
+    assert (fifth.index, fifth.iobase, fifth.irq) == (-1, -1, -1) and not fifth.realized
+    qdev_unrealize(devs[1])                 # COM2 unplugged: the next one takes its place
+    again = _isa_serial(m)
+    qdev_realize(again)
+    assert (again.index, again.iobase, again.irq) == (1, 0x2F8, 3)
+    for d in devs[:1] + devs[2:] + [again]:
+        qdev_unrealize(d)
+    assert m.system_io.subregions == []
+
+
+def test_isa_serial_index_picks_the_standard_port_and_irq():
+    m = FakeMachine()
+    dev = _isa_serial(m, index=2)
+    qdev_realize(dev)
+    assert (dev.iobase, dev.irq) == (0x3E8, 4)
+    bad = _isa_serial(m, index=4)
+    with pytest.raises(DeviceError, match=r"'index' 4.*index 0-3"):
+        qdev_realize(bad)
+    qdev_unrealize(dev)
+
+
+def test_isa_serial_on_ports_already_used_is_refused_naming_both_devices():
+    import pyqemu.hw.misc.debugexit  # noqa: F401  (registers isa-debug-exit)
+    m = FakeMachine()
+    com1 = _isa_serial(m)
+    qdev_realize(com1)
+    clash = _isa_serial(m, iobase="0x3f8")
+    with pytest.raises(DeviceError, match=r"isa-serial COM2: iobase=0x3f8: I/O ports "
+                                          r"0x3f8-0x3ff clash with isa-serial COM1 "
+                                          r"\(ports 0x3f8-0x3ff\)"):
+        qdev_realize(clash)
+    assert not clash.realized and len(m.system_io.subregions) == 1
+    assert (clash.index, clash.iobase, clash.irq) == (-1, 0x3F8, -1)   # as they were given
+    debug = qdev_new("isa-debug-exit")
+    qdev_prop_set(debug, "iobase", 0x3FC)
+    qdev_prop_set(debug, "iosize", 4)
+    debug.id = "dbg"
+    m.runctl = object()                     # isa-debug-exit wants one; it is never used here
+    debug.machine = m
+    with pytest.raises(DeviceError, match=r"isa-debug-exit 'dbg': iobase=0x3fc: I/O ports "
+                                          r"0x3fc-0x3ff clash with isa-serial COM1"):
+        qdev_realize(debug)
+    qdev_unrealize(com1)
+    qdev_realize(clash)                     # the ports are free again
+    assert clash.index == 0                 # and COM1 is the next free index
+    qdev_unrealize(clash)
+
+
+def test_isa_serial_help_lists_the_defaults_as_the_index_s():
+    dc = qdev_new("isa-serial").klass
+    props = {p.name: p for p in dc.props}   # type: ignore[attr-defined]
+    assert {n: (props[n].type, props[n].default) for n in ("index", "iobase", "irq")} == {
+        "index": ("int32", -1), "iobase": ("int32", -1), "irq": ("int32", -1)}

@@ -69,8 +69,9 @@ def register_device(log: list[str], fail: Callable[[], bool] = lambda: False,
 
     def leaf_class_init(k: ObjectClass, data: Any) -> None:
         assert isinstance(k, DeviceClass)
-        k.parent_realize = device_class_set_parent_realize(k, leaf_realize)  # type: ignore
-        k.parent_unrealize = device_class_set_parent_unrealize(k, leaf_unrealize)  # type: ignore
+        k.parent_realize = device_class_set_parent_realize(k, leaf_realize)  # type: ignore[attr-defined]
+        k.parent_unrealize = device_class_set_parent_unrealize(  # type: ignore[attr-defined]
+            k, leaf_unrealize)
 
     type_register_static(TypeInfo(name=base, parent=TYPE_DEVICE, class_init=base_class_init))
     type_register_static(TypeInfo(name=leaf, parent=base, class_init=leaf_class_init))
@@ -163,5 +164,5 @@ def test_qdev_helpers_name_what_is_wrong() -> None:
     dev = qdev_new(base)
     with pytest.raises(DeviceError, match=f"^device '{base}' has no property 'nope'$"):
         qdev_prop_set(dev, "nope", 1)
-    with pytest.raises(DeviceError, match="^'container' is not a device$"):
+    with pytest.raises(DeviceError, match=r"^'container' is not a device$"):
         qdev_new("container")

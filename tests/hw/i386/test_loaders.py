@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import resource
 import struct
 import sys
 from pathlib import Path
@@ -95,7 +98,7 @@ def test_small_bios_is_aliased_whole(board, tmp_path):
     (None, "No such file"),
     (0, "empty"),
     (1000, "not a multiple of 64 KiB"),
-    (17 << 20, "larger than 16 MiB"),
+    (17 << 20, r"17825792 bytes \(17.0 MiB\), more than the 16 MiB a PC BIOS may have"),
 ], ids=["missing", "empty", "unaligned", "too-big"])
 def test_bad_bios_files_name_the_file_and_reason(board, tmp_path, size, reason):
     root, _, _ = board
@@ -296,9 +299,10 @@ def test_file_without_multiboot_magic_is_rejected_by_name(board, tmp_path):
     bz = bytearray(8192)
     bz[0x202:0x206] = b"HdrS"
     path.write_bytes(bz)
-    with pytest.raises(LoaderError, match="Linux boot protocol not supported yet"):
+    with pytest.raises(LoaderError, match=r"a Linux kernel \(Linux boot protocol\): pyqemu "
+                                          "boots multiboot \\(v1\\) kernels only"):
         multiboot_load(asp, env, path)
-    with pytest.raises(LoaderError, match="missing.elf'.*could not read"):
+    with pytest.raises(LoaderError, match=r"missing.elf'.*cannot load the kernel: No such file"):
         multiboot_load(asp, env, tmp_path / "missing.elf")
 
 
@@ -314,3 +318,80 @@ def test_multiboot_bad_checksum_and_kernel_outside_ram(board, tmp_path):
     path.write_bytes(hdr + b"\xF4")
     with pytest.raises(LoaderError, match="not guest RAM"):
         multiboot_load(asp, env, path)
+
+
+# -- bounded reads: -kernel and -bios read at most what fits ------------------------------------
+
+def _special_files(tmp_path):
+    """A FIFO (no writer: opening it must not wait), a directory and /dev/zero."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    return [(fifo, "a FIFO"), (tmp_path, "a directory"), (Path("/dev/zero"), "a character device")]
+
+
+def test_kernel_that_is_not_a_regular_file_is_refused_without_reading(board, tmp_path):
+    _, asp, env = board
+    for path, kind in _special_files(tmp_path):
+        with pytest.raises(LoaderError, match=f"-kernel '{re.escape(str(path))}': cannot load "
+                                              f"the kernel: {kind}.*not a regular file"):
+            multiboot_load(asp, env, path)
+
+
+def test_bios_that_is_not_a_regular_file_is_refused_without_reading(board, tmp_path):
+    root, _, _ = board
+    for path, kind in _special_files(tmp_path):
+        with pytest.raises(LoaderError, match=f"could not load PC BIOS '{re.escape(str(path))}'"
+                                              f": {kind}.*not a regular file"):
+            x86_bios_rom_init(root, path)
+    assert len(root.subregions) == 1
+
+
+def test_kernel_larger_than_guest_ram_is_refused_by_its_size_unread(board, tmp_path):
+    """A 5 GiB sparse file costs nothing to make; reading it would cost 5 GiB."""
+    _, asp, env = board
+    path = tmp_path / "huge.mb"
+    with open(path, "wb") as f:
+        f.truncate(5 << 30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(LoaderError, match=f"-kernel '{re.escape(str(path))}': cannot load the "
+                                          r"kernel: the file is 5368709120 bytes \(5.0 GiB\), "
+                                          r"more than the guest's 4194304 bytes \(4.0 MiB\) "
+                                          r"of RAM \(-m\)"):
+        multiboot_load(asp, env, path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 << 10  # KiB
+
+
+def test_kernel_read_is_bounded_even_when_the_size_is_not_known(tmp_path):
+    """/proc files report size 0; the read still stops at the limit."""
+    from pyqemu.hw.core.loader import ImageFileError, read_image_file
+    data = read_image_file("/proc/self/status", 1 << 20, "1 MiB")
+    assert data.startswith(b"Name:")
+    with pytest.raises(ImageFileError, match="the file is larger than 16 bytes"):
+        read_image_file("/proc/self/status", 16, "16 bytes")
+
+
+def test_multiboot_image_beyond_ram_or_bss_too_big_is_refused_before_loading(board, tmp_path):
+    _, asp, env = board
+    magic, flags = 0x1BADB002, 0x10000
+    hdr = struct.pack("<8I", magic, flags, (-(magic + flags)) & 0xFFFFFFFF,
+                      0x100000, 0x100000, 0, 0xF0000000, 0x100020)
+    path = tmp_path / "bigbss.mb"
+    path.write_bytes(hdr + b"\xF4")
+    with pytest.raises(LoaderError, match=r"segment \[0x100000, 0xf0000000\) is not guest RAM"):
+        multiboot_load(asp, env, path)
+
+
+def test_multiboot_structures_have_the_spec_s_offsets():
+    from pyqemu.hw.i386.multiboot import MultibootHeader, MultibootInfo, MultibootMmapEntry
+    assert MultibootInfo.SIZE == 88
+    assert {f: MultibootInfo.offset(f) for f in ("cmdline", "mods_addr", "mmap_length",
+                                                 "mmap_addr", "boot_loader_name", "vbe_mode",
+                                                 "vbe_interface_len")} == {
+        "cmdline": 16, "mods_addr": 24, "mmap_length": 44, "mmap_addr": 48,
+        "boot_loader_name": 64, "vbe_mode": 80, "vbe_interface_len": 86}
+    info = MultibootInfo(flags=0x245, cmdline=0x1207, mmap_addr=0x1100)
+    assert struct.unpack_from("<I", info.pack(), 16)[0] == 0x1207
+    assert MultibootInfo.unpack(info.pack()) == info
+    assert MultibootMmapEntry(0x100000, 0x300000, 1).pack() == struct.pack(
+        "<IQQI", 20, 0x100000, 0x300000, 1)
+    assert MultibootHeader.AOUT_SIZE == 32
