@@ -1,4 +1,6 @@
-"""Shared fixtures: one run per accelerator, and no vCPU thread left behind."""
+"""Shared fixtures: one run per accelerator, and no vCPU thread left behind; the
+terminal summary lists where this host chose otherwise than interp in what the
+manuals leave open (tests/host_behaviour.py: reported, not failed)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from pyqemu.util import trace
+from tests import host_behaviour
 from tests.support import require_accel, vcpu_threads
 
 
@@ -36,3 +39,13 @@ def lifecycle() -> Iterator[list[str]]:
         yield lines
     finally:
         trace.remove_sink(sink)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    """After the run: every case a test reported through host_behaviour.report()."""
+    lines = host_behaviour.summary_lines()
+    if lines:
+        terminalreporter.write_sep("=", "host-dependent behaviours (reported, not failed)")
+        for line in lines:
+            terminalreporter.write_line(line)

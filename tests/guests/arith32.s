@@ -44,9 +44,10 @@
     and dword ptr [esp], 0xfffff7ef
     rol ebx, 0x5
     pushfd
-    and dword ptr [esp], 0xfffff7ff  # OF undefined for count > 1 (RCL/RCR/ROL/ROR)
+    and dword ptr [esp], 0xfffff7ef  # OF undefined for count > 1 (RCL/RCR/ROL/ROR); ROL keeps
+                                     # AF as the AND above left it: undefined (AND)
     mov ecx, 0x0
-    adc ecx, 0xff               # carry in from rol
+    adc ecx, 0xff               # carry in: CF=0, from the AND above
     sbb ecx, 0x100
     pushfd
     neg ecx
@@ -59,6 +60,7 @@
     or ecx, 0x1
     xor ecx, 0x101
     pushfd
+    and dword ptr [esp], 0xffffffef  # AF undefined (AND/OR/XOR)
     bsf eax, ecx
     bsr edx, ecx
     test ecx, ecx               # define the flags BSF/BSR leave undefined
@@ -66,6 +68,8 @@
     movzx esi, cl
     movsx edi, ch
     lea ebx, [esi + edi*4 + 0x10]
+    cmp ebx, esi                # every status flag defined in the final state compared
+                                # (TEST above leaves AF undefined)
     mov al, 0x12
     out 0xf4, al
     hlt

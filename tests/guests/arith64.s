@@ -1,5 +1,7 @@
 # Arithmetic and flags in 64-bit long mode (CPL 0, identity-mapped paging).
-# Flags the SDM leaves undefined are masked off the pushed copies.
+# Every pushed flag image holds only flags the SDM defines at that point: the ones an
+# instruction leaves undefined are masked off the copy (and qword ptr [rsp], ...) or
+# defined by a CMP first (accel/interp/undefined_flags.py lists them per instruction).
 #! mode: long64
 #! load: 0x10000
 #! exit: 0x13
@@ -26,10 +28,11 @@
     mov rax, 0x123456789
     cqo
     mov r12, 0x7
-    idiv r12
+    idiv r12                    # CF, OF, SF, ZF, AF, PF undefined (SDM vol. 2A, IDIV)
     mov r13, rdx
+    cmp r13, r12                # defines them again; ROR by 1 sets only CF and OF and
     mov r14, 0x8000000000000001
-    ror r14, 0x1
+    ror r14, 0x1                # keeps the other four (SDM vol. 2B, RCL/RCR/ROL/ROR)
     pushfq
     shr r14, 0x3f
     pushfq

@@ -6,7 +6,8 @@
 #! cpuid-leaf1: 0x3018
     mov esp, 0x8000
     xor eax, eax
-    cpuid
+    cmp eax, 0x0                # AF defined (XOR leaves it undefined): no later instruction
+    cpuid                       # here writes the flags, and the final state is compared
     mov dword ptr [0x3000], eax
     mov dword ptr [0x3004], ebx
     mov dword ptr [0x3008], edx

@@ -60,7 +60,8 @@ long_entry:
     mov eax, 0x1
     xor edx, edx
     xor ecx, ecx
-    div ecx
+    cmp ecx, edx                             # AF defined (XOR leaves it undefined): the
+    div ecx                                  # fault frames below hold these flags
 after_de:
     lea rax, [rip + after_ud]
     mov qword ptr [rbx], rax
@@ -78,6 +79,7 @@ after_gp:
     mov ecx, 0x12345678
     xor eax, eax
     xor edx, edx
+    cmp eax, edx                             # AF defined, as above
     wrmsr
 after_gp2:
     mov esi, 0x300000
@@ -153,6 +155,7 @@ print_log:
     call puthexn
     mov esi, crlf
     call puts
+    cmp al, 0x0                              # AF defined (TEST leaves it undefined) at the end
     mov al, 0x2b
     out 0xf4, al
     hlt

@@ -22,6 +22,7 @@ wait_thre:
     out dx, al
     jmp next
 done:
+    cmp al, 0x0             # AF defined (TEST leaves it undefined) in the final state compared
     mov al, 0x10
     out 0xf4, al            # isa-debug-exit: exit status (0x10 << 1) | 1 = 33
     hlt

@@ -23,6 +23,7 @@ bad_flags:
     mov esi, flags_bad
     call puts
 finish:
+    cmp al, 0x0                     # AF defined (TEST leaves it undefined) in the final state
     mov al, 0x11
     out 0xf4, al
     hlt

@@ -109,6 +109,7 @@ long_entry:
     call puthex64
     mov esi, crlf
     call puts
+    cmp al, 0x0                              # AF defined (TEST leaves it undefined) at the end
     mov al, 0x2a
     out 0xf4, al
     hlt

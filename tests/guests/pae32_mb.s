@@ -86,6 +86,8 @@ no_nx:
     mov eax, cr0
     or eax, 0x80000000                       # CR0.PG: PAE paging
     mov cr0, eax
+    cmp eax, 0x0                             # AF defined (OR leaves it undefined): the
+                                             # #PF frames and the log take these flags
 
     mov dword ptr [0xc00000], 0x12345678     # through the alias
     mov eax, dword ptr [0x403000]            # back through the identity map
@@ -103,6 +105,7 @@ no_nx:
     mov eax, cr0
     or eax, 0x10000                          # CR0.WP
     mov cr0, eax
+    cmp eax, 0x0                             # AF defined, as above
     mov dword ptr [fix_addr], 0x407000
     mov dword ptr [fix_pte], 0x12038
     mov dword ptr [fix_val], 0x407003
@@ -174,6 +177,7 @@ pte_loop:
     call putkv
     mov esi, crlf
     call puts
+    cmp al, 0x0                              # AF defined (TEST leaves it undefined) at the end
     mov al, 0x2d
     out 0xf4, al
     hlt

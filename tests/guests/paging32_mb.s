@@ -70,6 +70,8 @@ pt_loop:
     mov eax, cr0
     or eax, 0x80000000                       # CR0.PG: 32-bit paging
     mov cr0, eax
+    cmp eax, 0x0                             # AF defined (OR leaves it undefined): the
+                                             # #PF frames and the log take these flags
 
     mov dword ptr [0xc00000], 0x12345678     # through the alias
     mov eax, dword ptr [0x403000]            # back through the identity map
@@ -87,6 +89,7 @@ pt_loop:
     mov eax, cr0
     or eax, 0x10000                          # CR0.WP
     mov cr0, eax
+    cmp eax, 0x0                             # AF defined, as above
     mov dword ptr [fix_addr], 0x407000
     mov dword ptr [fix_pte], 0x1101c
     mov dword ptr [fix_val], 0x407003
@@ -109,6 +112,7 @@ pt_loop:
     or eax, 0x800
     wrmsr
 no_nx:
+    cmp eax, 0x0                             # AF defined (TEST/OR leave it undefined)
     mov dword ptr [fix_addr], 0
     mov eax, after_fetch
     mov dword ptr [resume], eax
@@ -154,6 +158,7 @@ pte_loop:
     call putkv
     mov esi, crlf
     call puts
+    cmp al, 0x0                              # AF defined (TEST leaves it undefined) at the end
     mov al, 0x2c
     out 0xf4, al
     hlt

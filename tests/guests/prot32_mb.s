@@ -208,11 +208,14 @@ ring0_back:
     # -- task switches (SDM 3A 7.3): CALL to TSS 1, IRET back (NT), JMP there and back
     mov esi, s_busy
     call put_busy
+    cmp esp, 0x0                             # AF defined (TEST leaves it undefined): each
+                                             # task switch saves EFLAGS in the old TSS
     .byte 0x9a                               # call far 0x30:0 (a TSS: task switch)
     .long 0
     .word 0x30
     mov esi, s_back
     call put_task
+    cmp esp, 0x0                             # AF defined: EFLAGS goes into TSS 0
     .byte 0xea                               # jmp far 0x30:0
     .long 0
     .word 0x30
@@ -260,9 +263,11 @@ ring0_back:
 task_entry:
     mov esi, s_task
     call put_task
+    cmp esp, 0x0                             # AF defined: EFLAGS goes into TSS 1
     iretd                                    # NT=1: back to the caller's task
     mov esi, s_task
     call put_task
+    cmp esp, 0x0                             # AF defined: EFLAGS goes into TSS 1
     .byte 0xea                               # jmp far 0x28:0
     .long 0
     .word 0x28
@@ -277,7 +282,8 @@ put_task:
     mov esi, s_fl
     pushfd
     pop eax
-    call putkv
+    and eax, 0xfffff72a                      # NT, IOPL and the rest, not the status flags
+    call putkv                               # (the UART loop's: AF undefined after TEST)
     mov esi, s_link
     movzx eax, word ptr [0x12200]
     call putkv
@@ -363,6 +369,7 @@ v86_rF:
     .byte 0xe8                               # call v86_puts (rel16)
     .word v86_puts - v86_r5
 v86_r5:
+    cmp al, 0x0                              # AF defined (TEST leaves it undefined) at the end
     mov al, 0x2e
     out 0xf4, al
     .byte 0xeb, 0xfe                         # jmp $ (HLT would be #GP(0) in VM86)

@@ -50,6 +50,7 @@ report_loop:
     out dx, al
     jmp report_loop
 done:
+    cmp al, 0x0                 # AF defined (TEST leaves it undefined) in the final state
     mov al, 0x15
     out 0xf4, al
     hlt

@@ -44,6 +44,7 @@ patch3:
     call puthexn
     mov edi, crlf
     call puts
+    cmp al, 0x0                              # AF defined (TEST leaves it undefined) at the end
     mov al, 0x2d
     out 0xf4, al
     hlt

@@ -60,11 +60,13 @@ user_loop:
     movzx edi, byte ptr [rbx]
     test edi, edi
     jz user_done
-    mov eax, 0x1
+    cmp edi, 0x0                             # AF defined (TEST leaves it undefined): SYSCALL
+    mov eax, 0x1                             # saves RFLAGS in R11, which the kernel pushes
     syscall
     inc rbx
     jmp user_loop
 user_done:
+    cmp edi, 0x0                             # AF defined: R11 below is printed
     stc
     std
     mov eax, 0x2                             # the kernel prints the R11 and RCX it got
@@ -100,7 +102,8 @@ sys_status:
     mov ecx, 0x10
     call puthexn
     lea rdx, [rip + user_done]
-    add rdx, 0x100009                 # stc (1), std (1), mov eax, 2 (5), syscall (2)
+    add rdx, 0x10000c                 # cmp edi, 0 (3), stc (1), std (1), mov eax, 2 (5),
+                                      # syscall (2)
     lea rsi, [rip + s_rcx_ok]
     cmp r8, rdx
     je sys_status_rcx

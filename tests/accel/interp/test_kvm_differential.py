@@ -16,7 +16,10 @@ user stack, and the fault (vector, error code, pushed frame, CR2) must match.
 Hypothesis shrinks a divergence to a minimal program.
 
 TZCNT/LZCNT are left out: interp's CPU model has neither BMI1 nor ABM, so it runs
-their encodings as REP BSF/BSR (as such a CPU does), while this host's CPU has them.
+their encodings as REP BSF/BSR (as such a CPU does), while a host CPU may have them.
+A program with POPCNT or LAHF/SAHF in 64-bit mode is compared only where the host CPU
+has them (probed once: a CPU without them answers #UD).  What the tests know about the host is in
+tests/host_behaviour.py (KNOWN_REFERENCE_ERRORS: where its KVM is not the processor).
 
 Profiles: the default runs a few hundred programs drawn by hypothesis (derandomized:
 the same ones every run; a divergence shrinks to a minimal program).  ``PYQEMU_DEEP=N``
@@ -38,7 +41,7 @@ import struct
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from pyqemu.accel.interp.undefined_flags import undefined_flags
@@ -56,6 +59,7 @@ from tests.accel.interp.cpl3_oracle import (
 )
 from tests.accel.interp.harness import asm
 from tests.accel.kvm.kvm_support import kvm_usable
+from tests.host_behaviour import KNOWN_REFERENCE_ERRORS
 
 C, P, A, Z, S, O = 0x1, 0x4, 0x10, 0x40, 0x80, 0x800
 ARITH = C | P | A | Z | S | O
@@ -76,7 +80,33 @@ def machines() -> tuple[KvmCpl3, InterpCpl3]:
     if "kvm" not in _machines:
         _machines["kvm"] = KvmCpl3()
         _machines["interp"] = InterpCpl3()
+        _probe_optional(_machines["kvm"])  # type: ignore[arg-type]
     return _machines["kvm"], _machines["interp"]  # type: ignore[return-value]
+
+
+#: Instructions the generator draws that an x86-64 processor may lack in 64-bit mode
+#: (CPUID.01H:ECX.POPCNT, CPUID.80000001H:ECX.LAHF-LM; without them: #UD, SDM vol. 2A/2B
+#: under each instruction).  Probed once on the host CPU; a program using one it lacks is
+#: not compared (the host cannot answer it), everything else is.
+_OPTIONAL_64 = {"popcnt": "popcnt eax, ecx", "lahf": "lahf", "sahf": "sahf"}
+_host_lacks: set[str] = set()
+
+
+def _probe_optional(kvm: KvmCpl3) -> None:
+    regs = [0] * 16
+    regs[4] = STACK
+    for name, text in _OPTIONAL_64.items():
+        out = kvm.run(64, asm(text, 64, CODE), regs, 0x202, bytes(DATA_SIZE))
+        if out.fault == (6, None):
+            _host_lacks.add(name)
+
+
+def host_cannot_run(prog: Program) -> str | None:
+    """The instruction of ``prog`` that the host CPU lacks (probed), or None."""
+    if prog.bits != 64:
+        return None
+    return next((m for m in sorted(_host_lacks)
+                 if any(ln.split(" ", 1)[0] == m for ln in prog.lines)), None)
 
 
 def interp_only() -> InterpCpl3:
@@ -494,49 +524,9 @@ def programs(draw: st.DrawFn, families: tuple[str, ...] = Gen.FAMILIES) -> Progr
 
 
 # -- run and compare ------------------------------------------------------------------------
-#: Where this host's reference is not the processor, listed with what decides instead.
-#: In 32/16-bit compatibility mode this host's KVM (PVM) runs guest code through its own
-#: instruction emulator, not natively (it answers #UD to POPCNT there), and that
-#: emulator reads CMPS's DS:[rSI] before ES:[rDI]; the processor itself, measured in
-#: 64-bit mode where the code runs natively, faults on ES:[rDI] first (CR2 = rDI), and
-#: interp follows the processor in every mode (test_cmps_faults_on_the_destination_first).
-#: And PVM hands a #GP taken at CPL3 to that emulator, which does not know POPCNT: a
-#: POPCNT with a non-canonical memory operand gets #UD from this host, where the SDM
-#: (vol. 2B, POPCNT, 64-bit mode exceptions) and the processor give #GP(0).  The same
-#: #UD comes back for a POPCNT whose operand starts on a not-present page and ends
-#: non-canonical, where interp gives the #PF that this host gives for MOV.
-#: That emulator also splits a store that crosses into a page it cannot write: it
-#: writes the bytes below the boundary, then raises the #PF.  The processor (64-bit
-#: mode, native, same store: test_split_store_faulting_on_its_second_page_writes_nothing)
-#: writes nothing, as the SDM's fault model requires (vol. 3A, 6.5: a fault is reported
-#: with the state before the instruction); interp follows the processor.
-#: The same emulator takes the pages of a split access in its own order: a write whose
-#: first page is read-only and whose second is not present gets the second page's
-#: #PF from it, where the processor (64-bit mode, natively:
-#: test_split_write_faults_on_its_first_page_first) reports the first page's.
-KNOWN_REFERENCE_ERRORS = {
-    "split-store-emulated": lambda prog: prog.bits != 64,
-    "split-fault-order-emulated": lambda prog: prog.bits != 64,
-    "cmps-order": lambda prog: prog.bits != 64 and any(
-        "cmps" in ln or (ln.startswith(".byte") and "0xa7" in ln) for ln in prog.lines),
-    "popcnt-gp-emulated": lambda prog: any("popcnt" in ln for ln in prog.lines),
-    # Not a reference error but a choice the SDM leaves open: which of CMPS's two
-    # memory operands faults first when both would.  The processor here reports
-    # ES:[rDI]'s #PF before DS:[rSI]'s, but DS:[rSI]'s #PF before ES:[rDI]'s
-    # non-canonical #GP; interp models the first rule only.  Both vectors must still be
-    # #GP or #PF.
-    "cmps-two-faults": lambda prog: any(
-        "cmps" in ln or (ln.startswith(".byte") and "0xa7" in ln) for ln in prog.lines),
-    # A 64-bit CMPS whose operands lie at the canonical edge (RBX = 7FFFFFFFFFF8H or
-    # 800000000000H, the two fault bases there): one access that runs past it is a #GP
-    # at CPL3, which PVM hands to KVM's emulator, and the emulator reads DS:[rSI] first
-    # and reports that page's #PF (with P=1 where the guest's tables have no entry:
-    # seed 20261123, programs 1352 and 32265).  The processor's own answer cannot be
-    # seen here; both sides must still give #GP or #PF.
-    "cmps-canonical-edge-emulated": lambda prog: prog.bits == 64
-    and prog.regs[3] in (0x7FFFFFFFFFF8, 0x800000000000) and any(
-        "cmps" in ln or (ln.startswith(".byte") and "0xa7" in ln) for ln in prog.lines),
-}
+# Where this host's reference is not the processor (KNOWN_REFERENCE_ERRORS): listed, with
+# what decides instead, in tests/host_behaviour.py, the one table of what the tests know
+# about the host.
 
 
 def _known_reference_error(prog: Program, name: str) -> bool:
@@ -647,6 +637,8 @@ def outcomes(prog: Program) -> tuple[Outcome, Outcome]:
 
 def run_and_compare(prog: Program) -> None:
     hw, ours = outcomes(prog)
+    if host_cannot_run(prog):
+        reject()                                # (the host CPU lacks it: probed above)
     diffs = compare(prog, hw, ours)
     assert not diffs, f"{prog}\n  " + "\n  ".join(diffs)
 
@@ -734,6 +726,8 @@ def test_deep_random_programs(capsys: pytest.CaptureFixture[str]) -> None:
         prog = build_program(RandomChoices(random.Random(f"{seed}-{n}")), max_len=max_len)
         before = interp.core.icount
         hw, ours = outcomes(prog)
+        if host_cannot_run(prog):
+            continue                            # (the host CPU lacks it: probed)
         report["programs"] += 1
         report["generated"] += count_instructions(prog.lines)
         report["retired"] += interp.core.icount - before

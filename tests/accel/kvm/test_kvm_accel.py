@@ -279,7 +279,8 @@ def test_kick_interrupts_a_guest_spinning_in_user_mode(machine):
     time.sleep(0.05)  # let it enter KVM_RUN
     t0 = time.monotonic()
     env = registers(machine, cpu)  # pause_all_vcpus kicks: signal + immediate_exit
-    assert time.monotonic() - t0 < 5
+    # A hang guard, not a speed figure: the kick returned, within the file's TIMEOUT.
+    assert time.monotonic() - t0 < TIMEOUT
     assert env.rip == 0x10000 and env.cpl == 3
 
 
