@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import json
+import logging
 import math
 import os
 import platform
@@ -118,12 +118,21 @@ MACHINE_WARNINGS: dict[str, None] = {}
 
 @contextlib.contextmanager
 def _captured_warnings() -> Iterator[None]:
-    buf = io.StringIO()
+    """Collect the warnings building a machine logs (on the ``pyqemu`` logger), once each."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"pyqemu: warning: {record.getMessage()}")
+
+    logger = logging.getLogger("pyqemu")
+    handler = Keep(logging.WARNING)
+    logger.addHandler(handler)
     try:
-        with contextlib.redirect_stderr(buf):
-            yield
+        yield
     finally:
-        for line in buf.getvalue().splitlines():
+        logger.removeHandler(handler)
+        for line in lines:
             MACHINE_WARNINGS.setdefault(line)
 
 

@@ -2,7 +2,7 @@
 
 The guest (``pyqemu/guests/demo_bios.s``) is assembled into a 64 KiB BIOS ROM;
 the machine is built on kvm where /dev/kvm is usable, else on interp, with the
-``lifecycle`` trace on, so the seeds' call tree (board init, ``object_new``,
+``lifecycle`` trace on, so QEMU's call tree (board init, ``object_new``,
 ``device_set_realized``, ``x86_cpu_realizefn``, ``qemu_init_vcpu``, the vCPU
 thread and its exits) scrolls by, followed by what the guest printed.
 """

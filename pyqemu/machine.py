@@ -2,7 +2,7 @@
 
 A Machine is built whole or not at all: the constructor checks every option
 first, then creates the accelerator, the board (memory, devices, vCPU threads:
-the seeds' lifecycle) and loads the guest; if any step fails, everything built so
+QEMU's lifecycle) and loads the guest; if any step fails, everything built so
 far is released and the error is raised.  ``with Machine(...) as m:`` always
 releases threads, file descriptors and mappings.
 

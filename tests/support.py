@@ -43,7 +43,7 @@ def vcpu_threads() -> list[threading.Thread]:
 
 def kvm_cpuid_leaf1_passthrough() -> bool:
     """Whether this host's KVM shows guests the hardware's CPUID.1 ECX/EDX instead of the
-    KVM_SET_CPUID2 table (KVM's PVM module does; see DESIGN.md).  Probed once, with a
+    KVM_SET_CPUID2 table (KVM's PVM module does; docs/architecture.md).  Probed once, with a
     model that clears SSE2 (EDX bit 26) and CX16 (ECX bit 13): if the guest still
     sees either, the hardware answered."""
     if not hasattr(kvm_cpuid_leaf1_passthrough, "_cached"):

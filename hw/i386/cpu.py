@@ -23,7 +23,7 @@ own name (docs/architecture.md, "The lifecycle").
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,10 +133,16 @@ def X86_CPU_TYPE_NAME(name: str) -> str:  # noqa: N802 - QEMU's macro name
     return name + X86_CPU_TYPE_SUFFIX
 
 
+_log = logging.getLogger("pyqemu.hw.i386.cpu")
+
+
 def report_warning(msg: str) -> None:
-    """One warning line on stderr, as QEMU's ``warn_report`` prints it (no ``warnings`` module)."""
-    sys.stderr.write(f"pyqemu: warning: {msg}\n")
-    sys.stderr.flush()
+    """One warning, as QEMU's ``warn_report`` gives it: a WARNING record on the
+    ``pyqemu.hw.i386.cpu`` logger.  A library stays quiet by default (pyqemu installs a
+    NullHandler on ``pyqemu``); its user silences or captures it there
+    (``logging.getLogger("pyqemu")``, pytest's ``caplog``); the command line prints it
+    as ``pyqemu: warning: MSG``."""
+    _log.warning("%s", msg)
 
 
 class X86CPUClass(CPUClass):

@@ -6,7 +6,7 @@ IRQ 4, then COM2..COM4: ``serial_hds_isa_init``), the devices of ``-device``,
 and then the vCPUs through ``x86_cpus_init``: for each possible CPU
 up to ``-smp cpus``, ``x86_cpu_new`` creates the object (``object_new``), gives it
 its APIC id and sets ``realized``, which runs ``x86_cpu_realizefn`` and so
-``qemu_init_vcpu`` and the accelerator's vCPU thread (seed 000, 004).
+``qemu_init_vcpu`` and the accelerator's vCPU thread (docs/architecture.md, "The lifecycle").
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pyqemu.qom import (
     type_init,
 )
 from pyqemu.system.memory import AddressSpace, MemoryRegion
+from pyqemu.target.i386.cpuid import x86_apicid_from_cpu_idx
 from pyqemu.util import trace
 
 TYPE_PC_MACHINE = "pc-i440fx-pyqemu" + MACHINE_TYPE_SUFFIX
@@ -45,31 +46,13 @@ __all__ = ["PC_MAX_CPUS", "TYPE_PC_MACHINE", "pc_device_new", "pc_init1", "x86_c
 BELOW_4G_MEM_LIMIT = 0xC0000000
 
 
-def apicid_bitwidth(count: int) -> int:
-    """Bits needed for ``count`` ids (``apicid_bitwidth_for_count``): ceil(log2(count))."""
-    return (count - 1).bit_length() if count > 1 else 0
-
-
-def x86_apicid_from_cpu_idx(sockets: int, dies: int, cores: int, threads: int, index: int) -> int:
-    """APIC id of CPU ``index`` from the topology (SDM vol. 3A, 8.9.1: the id is packed
-    thread | core << thread_bits | die << ... | socket << ...)."""
-    thread = index % threads
-    core = (index // threads) % cores
-    die = (index // (threads * cores)) % dies
-    socket = index // (threads * cores * dies)
-    tbits = apicid_bitwidth(threads)
-    cbits = apicid_bitwidth(cores)
-    dbits = apicid_bitwidth(dies)
-    return (socket << (dbits + cbits + tbits)) | (die << (cbits + tbits)) | (core << tbits) | thread
-
-
 def x86_possible_cpu_arch_ids(ms: MachineState) -> list[CPUArchId]:
     """``x86_possible_cpu_arch_ids``: one slot per maxcpus, with its APIC id."""
     if ms.possible_cpus is None:
         s = ms.smp
         out = []
         for i in range(s.maxcpus):
-            apic_id = x86_apicid_from_cpu_idx(s.sockets, s.dies, s.cores, s.threads, i)
+            apic_id = x86_apicid_from_cpu_idx(s.dies, s.cores, s.threads, i)
             out.append(CPUArchId(index=i, arch_id=apic_id,
                                  socket_id=i // (s.threads * s.cores * s.dies),
                                  core_id=(i // s.threads) % s.cores,

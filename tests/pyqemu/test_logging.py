@@ -1,16 +1,10 @@
 """Warnings go to the ``pyqemu`` logger: silent in a library by default, capturable
 (``logging.getLogger("pyqemu")``, caplog), printed by the command line as the one line
 ``pyqemu: warning: MSG`` it always printed.
-
-The tests marked ``needs_logging_report_warning`` need ``report_warning`` in
-hw/i386/cpu.py to log instead of writing to stderr; until it does they are expected
-to fail (strict xfail: they turn red the moment they pass unexpectedly).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import subprocess
 import sys
@@ -22,31 +16,6 @@ from pyqemu.images import GuestProgram
 from tests.support import GUEST_DIR
 
 INTERP_WARNING = "interp doesn't support requested features: "
-
-
-def _report_warning_logs() -> bool:
-    """Whether hw/i386/cpu.py's report_warning logs on the pyqemu logger (probed once)."""
-    from pyqemu.hw.i386.cpu import report_warning
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    logger = logging.getLogger("pyqemu")
-    handler = Keep(logging.WARNING)
-    logger.addHandler(handler)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            report_warning("probe")
-    finally:
-        logger.removeHandler(handler)
-    return any(r.getMessage() == "probe" for r in records)
-
-
-needs_logging_report_warning = pytest.mark.xfail(
-    not _report_warning_logs(), strict=True,
-    reason="report_warning in hw/i386/cpu.py still writes to stderr instead of logging")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +31,6 @@ def test_the_pyqemu_logger_has_a_null_handler() -> None:
     assert any(isinstance(h, logging.NullHandler) for h in handlers)
 
 
-@needs_logging_report_warning
 def test_library_prints_nothing_on_stderr_by_default() -> None:
     """In a plain interpreter (no pytest handlers): building an interp machine, whose CPU
     model asks for features interp lacks, writes nothing to stderr."""
@@ -72,7 +40,6 @@ def test_library_prints_nothing_on_stderr_by_default() -> None:
     assert r.stderr == ""
 
 
-@needs_logging_report_warning
 def test_library_warnings_are_captured_as_log_records(caplog: pytest.LogCaptureFixture,
                                                       capfd: pytest.CaptureFixture[str]) -> None:
     from pyqemu import Machine
@@ -84,7 +51,6 @@ def test_library_warnings_are_captured_as_log_records(caplog: pytest.LogCaptureF
     assert "pyqemu: warning" not in capfd.readouterr().err
 
 
-@needs_logging_report_warning
 def test_library_user_can_silence_the_warnings(capfd: pytest.CaptureFixture[str]) -> None:
     from pyqemu import Machine
     logger = logging.getLogger("pyqemu")

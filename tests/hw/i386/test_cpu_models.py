@@ -1,7 +1,7 @@
 """The x86 CPU: model types, feature properties, -cpu parsing, CPUID, and the realize chain.
 
 The realize chain runs against a tiny fake machine and a fake accelerator whose
-vCPU thread only signals ``created`` and waits to be unplugged, so the seeds'
+vCPU thread only signals ``created`` and waits to be unplugged, so QEMU's
 step order, the filter warnings and the rollback of a failed realize are tested
 without KVM or the interpreter.
 """
@@ -306,10 +306,10 @@ def test_parse_featurestr_unknown_type_is_an_error() -> None:
 
 
 def test_parse_featurestr_warns_about_mixing_plus_and_assignment(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        caplog: pytest.LogCaptureFixture) -> None:
     x86_cpu_parse_featurestr("qemu64-x86_64-cpu", "+popcnt,popcnt=off")
-    assert ('pyqemu: warning: Ambiguous CPU model string. Don\'t mix both "+popcnt" and '
-            '"popcnt=off"') in capsys.readouterr().err
+    assert ('Ambiguous CPU model string. Don\'t mix both "+popcnt" and '
+            '"popcnt=off"') in caplog.messages
 
 
 def test_parse_features_hook_is_the_class_parse_features() -> None:
@@ -435,18 +435,18 @@ def test_cpuid_entries_for_kvm_cover_every_leaf_with_significant_index() -> None
 
 # -- realize -----------------------------------------------------------------------------------
 
-SEED_STEPS = ["x86_cpu_realizefn", "x86_cpu_expand_features", "x86_cpu_filter_features",
+REALIZE_STEPS = ["x86_cpu_realizefn", "x86_cpu_expand_features", "x86_cpu_filter_features",
               "cpu_exec_realizefn", "mce_init", "qemu_init_vcpu", "x86_cpu_apic_realize",
               "cpu_reset", "cpu_common_realizefn"]
 
 
-def test_realize_runs_the_seed_steps_in_order(lifecycle: list[str],
+def test_realize_runs_qemu_s_steps_in_order(lifecycle: list[str],
                                               realized: list[X86CPU]) -> None:
     cpu = new_cpu("qemu64")
     object_property_set_bool(cpu, "realized", True)
     realized.append(cpu)
     names = step_names(lifecycle)
-    positions = [names.index(s) for s in SEED_STEPS]
+    positions = [names.index(s) for s in REALIZE_STEPS]
     assert positions == sorted(positions), names
     # The vCPU thread's own steps print as children of qemu_init_vcpu, from its thread.
     def indent(line: str) -> int:
@@ -477,7 +477,7 @@ def test_realized_cpu_is_reset_with_apic_and_mce(realized: list[X86CPU]) -> None
     assert not bsp.halted and ap.halted            # APs wait for INIT/SIPI
     lapic = bsp.property_get("lapic")
     assert lapic.typename == "apic" and lapic.realized and lapic.property_get("id") == 0
-    assert ap.apic_state is not None and ap.apic_state.id == 1
+    assert ap.apic_state is not None and ap.apic_state.apic_id == 1
     assert bsp.mcg_cap == 0x0100010A and bsp.env.msrs[0x179] == 0x0100010A
     assert machine.cpus == [bsp, ap]
 
@@ -493,23 +493,24 @@ def test_properties_are_frozen_after_realize(realized: list[X86CPU]) -> None:
 
 
 def test_filter_features_warns_naming_each_withheld_feature(
-        capsys: pytest.CaptureFixture[str], realized: list[X86CPU]) -> None:
+        caplog: pytest.LogCaptureFixture, realized: list[X86CPU]) -> None:
     accel = FakeAccel(withheld={(1, 0, "ecx"): 1 << 20, (0x80000001, 0, "ecx"): 1 << 2})
     # svm is off by default (ACCEL_DEFAULT_OFF): ask for it, so it is requested and withheld.
     x86_cpu_parse_featurestr("qemu64-x86_64-cpu", "+sse4.2,+svm")
     cpu = new_cpu("qemu64", machine=fake_machine(accel))
     object_property_set_bool(cpu, "realized", True)
     realized.append(cpu)
-    err = capsys.readouterr().err
-    assert ("pyqemu: warning: fake doesn't support requested feature: "
-            "CPUID.01H:ECX.sse4.2 [bit 20]") in err
-    assert "CPUID.80000001H:ECX.svm [bit 2]" in err
+    err = caplog.messages
+    assert "fake doesn't support requested feature: CPUID.01H:ECX.sse4.2 [bit 20]" in err
+    assert "fake doesn't support requested feature: CPUID.80000001H:ECX.svm [bit 2]" in err
+    assert all(r.levelname == "WARNING" and r.name.startswith("pyqemu.")
+               for r in caplog.records)
     assert not cpu.has_feature("sse4.2") and not cpu.has_feature("svm")
     assert cpu.filtered_features == {"FEAT_1_ECX": 1 << 20, "FEAT_8000_0001_ECX": 1 << 2}
     assert not cpu.cpuid(1)[2] >> 20 & 1
 
 
-def test_filter_features_is_silent_with_check_off(capsys: pytest.CaptureFixture[str],
+def test_filter_features_is_silent_with_check_off(caplog: pytest.LogCaptureFixture,
                                                   realized: list[X86CPU]) -> None:
     accel = FakeAccel(withheld={(0x80000001, 0, "ecx"): 1 << 2})
     x86_cpu_parse_featurestr("qemu64-x86_64-cpu", "+svm")
@@ -517,7 +518,7 @@ def test_filter_features_is_silent_with_check_off(capsys: pytest.CaptureFixture[
     cpu.property_set("check", False)
     object_property_set_bool(cpu, "realized", True)
     realized.append(cpu)
-    assert "warning" not in capsys.readouterr().err
+    assert caplog.records == []
     assert not cpu.has_feature("svm")
 
 
