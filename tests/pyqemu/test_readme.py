@@ -127,3 +127,25 @@ def test_readme_command_runs_as_written(line: str, words: list[str], accel: str 
         assert "x86_cpu_realizefn" in err and thread in err
     if expected == 0:
         assert "every vCPU is halted" in err
+
+
+def _python_blocks(section: str) -> list[str]:
+    text = README.read_text()
+    m = re.search(r"^## " + re.escape(section) + r"\n(.*?)(?=^## )", text, re.S | re.M)
+    assert m, f"README.md has no '## {section}' section"
+    return re.findall(r"```python\n(.*?)```", m.group(1), re.S)
+
+
+def test_readme_library_example_runs_as_written() -> None:
+    """The "The library" snippet, run as a user would paste it, prints what its comments say."""
+    (block,) = _python_blocks("The library")
+    accel = re.search(r'accel="(\w+)"', block)
+    assert accel, "the library example names its accelerator"
+    require_accel(accel.group(1))
+    r = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True,
+                       timeout=120, stdin=subprocess.DEVNULL, cwd=README.parent)
+    assert r.returncode == 0, r.stderr
+    serial, regs = r.stdout.splitlines()
+    assert serial == "b'A'"
+    assert regs.split()[0] == hex(0x7C00 + 7)       # after the HLT (mov dx; mov al; out; hlt)
+    assert r.stderr == ""                           # warnings stay in the pyqemu logger
