@@ -21,12 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 from pyqemu.accel.interp import flags as F
-from pyqemu.accel.interp.errors import UnimplementedInstruction
-from pyqemu.accel.interp.segcheck import emit_limit_check, emit_type_check
-from pyqemu.target.i386.cpu_state import R_DS, R_FS, R_GS, R_SS
+from pyqemu.accel.interp.errors import EXCP_GP, EXCP_SS, UnimplementedInstruction
+from pyqemu.accel.interp.segcheck import BIG, DOWN, LIMIT, NOREAD, NOWRITE, NULL
+from pyqemu.accel.interp.state import MASK, SIGN, Mode
+from pyqemu.target.i386.cpu_state import R_DS, R_FS, R_GS, R_SS, SEG_NAMES
 
-MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
-SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000, 8: 0x8000000000000000}
+# Segment-override prefix bytes -> segment register (SDM vol. 2A, 2.1.1).
+SEG_PREFIX = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}
 
 
 class Op:
@@ -84,52 +85,36 @@ class Insn:
         "size",
     )
 
+    k: int                    # its index in the block
+    ip: int                   # its address (CS-relative)
+    size: int                 # its length in bytes
+    next_ip: int              # the address after it, wrapped to the code size
+    linear: int               # the linear address of its first byte
+    code: bytes               # its bytes
+    mnem: str                 # the mnemonic, without prefixes ("movsb", not "rep movsb")
+    op_str: str               # the operands as capstone prints them
+    prefixes: list[int]       # the legacy prefix bytes (SDM vol. 2A, 2.1.1)
+    rep: bool                 # F3 (REP/REPE)
+    repne: bool               # F2 (REPNE)
+    adsize: int               # address size in bytes (2, 4, 8)
+    rex_w: bool               # REX.W (64-bit mode only)
+    opsize: int               # operand size from the encoding (2, 4, 8)
+    modrm: int | None         # the ModR/M byte, if the encoding has one
+    ops: list[Op]
+
     def __init__(self) -> None:
-        self.ops: list[Op] = []
+        self.ops = []
 
     @property
     def text(self) -> str:
         return f"{self.mnem} {self.op_str}".strip()
 
 
-class Mode:
-    """What a block's code depends on: part of the TB key (QEMU's ``hflags``)."""
-
-    __slots__ = (
-        "checks",
-        "code",
-        "cpl",
-        "cs_base",
-        "cs_limit",
-        "flat",
-        "key",
-        "long",
-        "paging",
-        "pe",
-        "stack",
-        "vm86",
-    )
-
-    def __init__(self, code: int, stack: int, cpl: int, pe: bool, long: bool, paging: bool,
-                 cs_base: int, flat: bool = False, checks: tuple[int, ...] = (),
-                 vm86: bool = False, cs_limit: int = 0xFFFFFFFF) -> None:
-        self.code, self.stack, self.cpl, self.pe = code, stack, cpl, pe
-        self.long, self.paging, self.cs_base = long, paging, cs_base
-        # The last offset code may be fetched from (no limit in 64-bit code): the
-        # translator ends a block there and raises #GP(0) past it (SDM vol. 3A, 5.3).
-        self.cs_limit = 0xFFFFFFFFFFFFFFFF if code == 64 else cs_limit
-        # ES CS SS DS all have base 0 (QEMU's !HF_ADDSEG): generated code skips the adds.
-        self.flat = flat
-        # Each segment's limit/type check kind (accel.interp.segcheck); () when none.
-        self.checks = checks
-        # EFLAGS.VM (QEMU's HF_VM): some rows differ there (accel.interp.vm86.semantic).
-        self.vm86 = vm86
-        self.key = (cs_base, code, stack, cpl, pe, long, paging, flat, checks, vm86,
-                    self.cs_limit)
-
-    @property
-    def ipmask(self) -> int:
-        return MASK[8] if self.code == 64 else MASK[4] if self.code == 32 else MASK[2]
+def stack_size(c: Ctx, i: Insn) -> int:
+    """Operand size of PUSH/POP: 8 in 64-bit mode unless 0x66 makes it 2 (SDM vol. 2B, PUSH)."""
+    if c.mode.code == 64:
+        return 2 if 0x66 in i.prefixes else 8
+    return i.opsize
 
 
 class Ctx:
@@ -270,13 +255,45 @@ class Ctx:
         """The linear address of offset ``ea`` in ``seg``; with the ``size`` of an access,
         first emit the segment's limit check (:mod:`accel.interp.segcheck`)."""
         if size is not None and self.mode.checks:
-            emit_limit_check(self, seg, ea, size)
+            self.limit_check(seg, ea, size)
         base = self.seg_base(seg)
         if base is None:
             return ea
         # Parenthesized as a whole: callers embed it in larger expressions (BT's bit
         # offset adds to it; `&` binds looser than `+`).
         return f"(({base} + ({ea})) & {MASK[8 if self.mode.code == 64 else 4]:#x})"
+
+    def limit_check(self, seg: int, ea: str, size: int) -> None:
+        """Emit the limit (and null) check of a ``size``-byte access at offset ``ea``
+        (the check kinds of :mod:`accel.interp.segcheck`; SDM vol. 3A, 5.3)."""
+        checks = self.mode.checks
+        kind = checks[seg] if checks else 0
+        if not kind & (LIMIT | DOWN | NULL):
+            return
+        self.may_fault()
+        vec = EXCP_SS if seg == R_SS else EXCP_GP
+        name = SEG_NAMES[seg]
+        if kind & NULL:
+            self.emit(f"raise Fault({EXCP_GP}, 0, why='access through a null {name}')")
+            return
+        self.seglims.add(seg)
+        if kind & LIMIT:
+            self.emit(f"if {ea} > sl{seg} - {size - 1}: "
+                      f"raise Fault({vec}, 0, why='{name} limit')")
+        else:
+            upper = (0xFFFFFFFF if kind & BIG else 0xFFFF) - (size - 1)
+            self.emit(f"if {ea} <= sl{seg} or {ea} > {upper:#x}: "
+                      f"raise Fault({vec}, 0, why='{name} expand-down limit')")
+
+    def type_check(self, seg: int, write: bool) -> None:
+        """Emit #GP(0) for a write to code or read-only data, or a read of execute-only
+        code (SDM vol. 3A, 5.4.1)."""
+        checks = self.mode.checks
+        kind = checks[seg] if checks else 0
+        if kind & (NOWRITE if write else NOREAD):
+            self.may_fault()
+            what = "write to a read-only" if write else "read of an execute-only"
+            self.emit(f"raise Fault({EXCP_GP}, 0, why='{what} {SEG_NAMES[seg]}')")
 
     def addr(self, op: Op, size: int | None = None) -> str:
         """Emit the operand's linear address into a local; returns its name.  ``size``: the
@@ -294,7 +311,7 @@ class Ctx:
         or MMIO calls ``ldN`` (``lwN`` with ``tlb="TW"``: an RMW's read)."""
         self.may_fault()
         if self.mode.checks and la in self.la_seg:
-            emit_type_check(self, self.la_seg[la], tlb == "TW")
+            self.type_check(self.la_seg[la], tlb == "TW")
         name = self.t()
         self.emit(f"_e = {tlb}({la} >> 12)")
         self.emit(f"if _e is not None and {la} & 0xFFF <= {4096 - size}:")
@@ -313,7 +330,7 @@ class Ctx:
         after the instruction reads (:meth:`smc_check`)."""
         self.may_fault()
         if self.mode.checks and la in self.la_seg:
-            emit_type_check(self, self.la_seg[la], True)
+            self.type_check(self.la_seg[la], True)
         self.stored = True
         self.has_store = True
         self.emit(f"_e = TW({la} >> 12)")
@@ -647,9 +664,10 @@ class Ctx:
                 handler.append(f"            if n == {k}:")
                 handler += ["                " + line for line in flag_lines]
         handler.append(f"            env.rip = {tuple(self.ips)!r}[n]")
-        handler.append("            S.icount = IC + n" if self.looped else "            S.icount += n")
+        handler.append("            S.icount = IC + n" if self.looped
+                       else "            S.icount += n")
         handler.append("        raise")
         return "\n".join(pro + lines + handler) + "\n"
 
 
-__all__ = ["MASK", "SIGN", "Ctx", "Insn", "Mode", "Op"]
+__all__ = ["MASK", "SEG_PREFIX", "SIGN", "Ctx", "Insn", "Op", "stack_size"]

@@ -11,49 +11,47 @@ The core needs no machine: ``InterpCore(env, mem, io, cpuid)`` runs on any
 :class:`~pyqemu.target.i386.cpu_state.CPUX86State` and address spaces, so unit and
 differential tests drive it directly.
 
+The core keeps the state (``env`` and what is derived from it: the block key, the
+segment bases, the pending flags), the exec loop and the block cache; it is the
+:class:`~accel.interp.state.InterpCpu` the helpers are written against, and what
+generated code calls lives in the helper modules, reached through the names of
+:mod:`accel.interp.namespace`.
+
 EFLAGS: the arithmetic flags may be left pending in :attr:`InterpCore.cc`
 between blocks; :meth:`run` and :meth:`step` materialise them into
 ``env.eflags`` before returning, so readers of ``env`` always see real flags.
-
-TSC: RDTSC reads ``time.monotonic_ns()`` since the core was created plus
-``env.tsc_offset`` (a 1 GHz invariant, monotonic counter; WRMSR to
-IA32_TIME_STAMP_COUNTER adjusts the offset).
 """
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
-from pyqemu.accel.interp import debug, excp, seg, string_rt, vm86
-from pyqemu.accel.interp.codegen import MASK, Mode
+from pyqemu.accel.interp import debug, excp, vm86
 from pyqemu.accel.interp.debug import GuestDebug
-from pyqemu.accel.interp.errors import (
-    EXCP_GP,
-    EXCP_UD,
-    CpuStop,
-    Fault,
-    InterpArgumentError,
-    TripleFault,
-)
-from pyqemu.accel.interp.flags import ARITH_MASK, PARITY, LazyFlags
-from pyqemu.accel.interp.mmu import ACC_WRITE, Mmu
+from pyqemu.accel.interp.errors import CpuStop, Fault, InterpArgumentError, TripleFault
+from pyqemu.accel.interp.flags import ARITH_MASK, LazyFlags
+from pyqemu.accel.interp.mmu import Mmu
+from pyqemu.accel.interp.namespace import CpuidFn, block_namespace
 from pyqemu.accel.interp.segcheck import check_stack, segment_checks
-from pyqemu.accel.interp.table import RUNTIME, load_families
-from pyqemu.accel.interp.translate import MAX_BLOCK_INSNS, TranslationBlock, Translator
+from pyqemu.accel.interp.state import MASK, Kick, LazyCC, Mode
+from pyqemu.accel.interp.translate import (
+    MAX_BLOCK_INSNS,
+    BlockFn,
+    TranslationBlock,
+    Translator,
+)
 from pyqemu.accel.ops import EXCP_DEBUG, EXCP_INTERRUPT, EXCP_SHUTDOWN
+from pyqemu.system.memory import AddressSpace
 from pyqemu.target.i386 import cpu_state as cs
 from pyqemu.target.i386.cpu_state import CPUX86State
 from pyqemu.util import trace
 
+__all__ = ["EXCP_BUDGET", "InterpCore"]
+
 #: run() stopped because ``max_insns`` instructions ran (not an exit request).
 EXCP_BUDGET = 0x10101
-
-_FMT = {2: "H", 4: "I", 8: "Q"}
-
-CpuidFn = Callable[[int, int], tuple[int, int, int, int]]
 
 
 def _no_cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
@@ -72,15 +70,16 @@ class InterpCore:
         if mem is None or not hasattr(mem, "lookup"):
             raise InterpArgumentError("interp: mem must be an AddressSpace")
         self.env = env
-        self.mem = mem
-        self.io = io
-        self.cpuid = cpuid or _no_cpuid
+        self.mem: AddressSpace = mem
+        self.io: AddressSpace | None = io
+        self.cpuid: CpuidFn = cpuid or _no_cpuid
         self.exit_request = False
-        self.kick = kick if kick is not None else self   # anything with .exit_request
+        # Anything with .exit_request (the CPUState under a machine, else the core itself).
+        self.kick: Kick = kick if kick is not None else self
         self.on_triple_fault = on_triple_fault
         self.icount = 0
-        self.limit = 1 << 62        # icount at which looping blocks must return (run's budget)
-        self.cc: tuple[Any, ...] | None = None
+        self.limit = 1 << 62        # icount at which blocks and REP strings stop (run's budget)
+        self.cc: LazyCC | None = None
         self.lazy = LazyFlags(env)
         self.segbase = [s.base for s in env.segs]
         self.code_pages: dict[int, set[tuple[Any, ...]]] = {}
@@ -89,7 +88,7 @@ class InterpCore:
         self.tb1_caches: dict[tuple[Any, ...], dict[int, TranslationBlock]] = {}
         # mode key -> {rip: block function}: the blocks of tb_caches, for computed jumps
         # in generated code (``JC``); emptied in place, never replaced (blocks bind .get).
-        self.jump_caches: dict[tuple[Any, ...], dict[int, Callable[[], Any]]] = {}
+        self.jump_caches: dict[tuple[Any, ...], dict[int, BlockFn]] = {}
         self.smc = False
         self.breakpoints: set[int] = set()
         self.bp_skip: int | None = None
@@ -100,50 +99,17 @@ class InterpCore:
         self.dbg_armed = False
         self.debug = GuestDebug(self)
         self.mmu = Mmu(self)
-        self.ld = {n: self.mmu.helpers[f"ld{n}"] for n in (1, 2, 4, 8)}
-        rmw_loads = {f"lw{n}": self._make_rmw_load(n) for n in (1, 2, 4, 8)}
-        self.st = {n: self.mmu.helpers[f"st{n}"] for n in (1, 2, 4, 8)}
-        load_families()         # fills RUNTIME with the families' helpers
-        self.globals: dict[str, Any] = {
-            "S": self, "env": env, "R": env.regs, "SB": self.segbase, "PARITY": PARITY,
-            "Fault": Fault, "CpuStop": CpuStop, "IOR": self.io_read, "IOW": self.io_write,
-            "CPUID": self.cpuid, "KICK": self.kick, "LINK": self.link,
-            "__builtins__": __builtins__,
-            **self.mmu.helpers, **rmw_loads, **RUNTIME,
-            # The TLB fast paths generated code inlines (Codegen.load/store).
-            "TR": self.mmu.tlb_r.get, "TW": self.mmu.tlb_w.get,
-            **{f"U{n}": struct.Struct(f"<{c}").unpack_from for n, c in _FMT.items()},
-            **{f"P{n}": struct.Struct(f"<{c}").pack_into for n, c in _FMT.items()},
-        }
-        for (kind, width), fn in self.lazy.eval.items():
-            self.globals[f"EV_{kind}_{width}"] = fn
-        self.translator = Translator(self)
+        self.ld: dict[int, Callable[[int], int]] = {
+            n: self.mmu.helpers[f"ld{n}"] for n in (1, 2, 4, 8)}
+        self.st: dict[int, Callable[[int, int], None]] = {
+            n: self.mmu.helpers[f"st{n}"] for n in (1, 2, 4, 8)}
+        # The globals of every block (accel/interp/namespace.py lists them).
+        self.namespace: dict[str, Any] = block_namespace(self)
+        self.translator = Translator(self, self.namespace)
         self.mode: Mode = self._compute_mode()
         self.tbs: dict[int, TranslationBlock] = {}
         self.mode_changed()
         self.debug.update()
-
-    def _make_rmw_load(self, size: int) -> Callable[[int], int]:
-        """``lwN``: the read of a read-modify-write, through the *write* TLB, so that a
-        fault reports a write access (SDM vol. 3A, 4.7: the access that caused the
-        fault; an RMW instruction's read is checked for write)."""
-        get = self.mmu.tlb_w.get
-        unpack = struct.Struct({1: "<B", 2: "<H", 4: "<I", 8: "<Q"}[size]).unpack_from
-        limit = 4096 - size
-        mmu, mem, dbg = self.mmu, self.mem, self.debug
-
-        def load(la: int) -> int:
-            e = get(la >> 12)
-            if e is not None and la & 0xFFF <= limit:
-                return unpack(e[0], la + e[1])[0]
-            if dbg.watches:
-                dbg.check_data(la, size, True)     # an RMW read counts as a write access
-            if (la & 0xFFF) + size > 4096:
-                pa1, pa2, lo = mmu.fill_split(la, size, ACC_WRITE)
-                raw = mem.read_bytes(pa1, lo) + mem.read_bytes(pa2, size - lo)
-                return int.from_bytes(raw, "little")
-            return int(mem.read(mmu.fill(la, ACC_WRITE), size))
-        return load
 
     # -- state derived from env ---------------------------------------------------------
     def _compute_mode(self) -> Mode:
@@ -176,7 +142,7 @@ class InterpCore:
 
     def refresh(self) -> None:
         """Re-read everything derived from ``env`` (it may have been written between runs)."""
-        if self.globals["R"] is not self.env.regs:
+        if self.namespace["R"] is not self.env.regs:
             raise InterpArgumentError("interp: env.regs was replaced; assign into it instead")
         self.mmu.flush()
         self.mmu.check_version()
@@ -222,7 +188,7 @@ class InterpCore:
     def _tb_gen(self, rip: int, single: bool) -> TranslationBlock:
         mode = self.mode
         tb = self.translator.translate(rip, mode, 1 if single else MAX_BLOCK_INSNS,
-                                       self.breakpoints)
+                                       self.breakpoints, self.jump_cache(mode.key))
         cache = (self.tb1_caches.setdefault(mode.key, {}) if single else self.tbs)
         cache[rip] = tb
         if not single:
@@ -248,11 +214,11 @@ class InterpCore:
                 tb.incoming.clear()
         self.smc = True       # a block that stored checks this and ends right after the store
 
-    def jump_cache(self, key: tuple[Any, ...]) -> Callable[[int], Any]:
+    def jump_cache(self, key: tuple[Any, ...]) -> Callable[[int], BlockFn | None]:
         """``JC`` of the blocks of mode ``key``: rip -> the cached block's function or None."""
         return self.jump_caches.setdefault(key, {}).get
 
-    def link(self, cell: list[Any], rip: int) -> Callable[[], Any] | None:
+    def link(self, cell: list[Any], rip: int) -> BlockFn | None:
         """``LINK`` in generated code: chain an exit to the cached block at ``rip``, if any.
 
         Never translates (that could fault inside the calling block); the exec loop
@@ -310,9 +276,10 @@ class InterpCore:
                 if self.dbg_armed:
                     # The guest's own #DB conditions, checked around each instruction; a
                     # #DB goes to the guest's IDT/IVT, never to our caller as EXCP_DEBUG.
-                    events = debug.step(self, self._tb1)
-                    if limit is not None:
+                    events = debug.step(self.debug, self._execute1)
+                    if limit is not None and events:
                         limit -= events
+                        self.limit = limit
                     continue
                 if single:
                     tb = self.tb1_caches.get(self.mode.key, {}).get(pc)
@@ -332,6 +299,7 @@ class InterpCore:
                         # Delivering an event is a step of its own (a single-step stops
                         # on the handler's first instruction, as on hardware with TF).
                         limit -= 1
+                        self.limit = limit
         except CpuStop as stop:
             return stop.reason
         except TripleFault as tf:
@@ -352,7 +320,7 @@ class InterpCore:
         check costs one attribute test where a chain ends, none inside one."""
         env = self.env
         kick = self.kick
-        fn: Callable[[], Any] | None = None
+        fn: BlockFn | None = None
         while True:
             if kick.exit_request:
                 kick.exit_request = False
@@ -373,10 +341,17 @@ class InterpCore:
                 fn = None
                 excp.deliver(self, f)
 
-    def _tb1(self, pc: int) -> TranslationBlock:
-        """The single-instruction block at ``pc`` in the current mode (translated on a miss)."""
+    def _execute1(self, pc: int) -> None:
+        """Run the single-instruction block at ``pc`` in the current mode (translated on a
+        miss): the debug path's one step (accel/interp/debug.py)."""
         tb = self.tb1_caches.get(self.mode.key, {}).get(pc)
-        return tb if tb is not None else self._tb_gen(pc, True)
+        if tb is None:
+            tb = self._tb_gen(pc, True)
+        if trace.tracer._enabled:
+            self._trace_block(tb)
+        nxt = tb.fn()
+        if nxt is not None:
+            self.env.rip = nxt.rip            # a chained exit: its successor is not run here
 
     def step(self) -> int:
         """Execute exactly one instruction, or deliver the fault it raises (then RIP is the
@@ -392,130 +367,11 @@ class InterpCore:
         if trace.enabled("exec"):
             trace.event(f"Trace {tb.pc:#x} [{tb.ninsns} insns]", "exec")
 
-    # -- helpers called by generated code -----------------------------------------------------
-    def io_read(self, port: int, size: int) -> int:
-        if self.debug.io_watches:
-            self.debug.check_io(port, size)
-        if self.io is None:
-            return (1 << (8 * size)) - 1
-        return int(self.io.read(port, size))
-
-    def io_write(self, port: int, value: int, size: int) -> None:
-        if self.debug.io_watches:
-            self.debug.check_io(port, size)
-        if self.io is not None:
-            a20 = self.env.a20_mask
-            self.io.write(port, value, size)
-            if self.env.a20_mask != a20:      # port 92h / the keyboard controller moved A20
-                self.mmu.flush()
-
-    def rdtsc(self) -> int:
-        return (time.monotonic_ns() - self.tsc_epoch + self.env.tsc_offset) & 0xFFFFFFFFFFFFFFFF
-
-    def popf(self, value: int, size: int) -> None:
-        excp._set_flags(self, value, size)
-
-    def debug_flags_changed(self) -> None:
-        """TF or RF may have changed outside a block (SYSCALL, SYSRET, SYSENTER...)."""
-        if self.dbg_armed or self.env.eflags & (cs.TF_MASK | cs.RF_MASK):
-            self.debug.update()
-
-    def write_dr(self) -> None:
-        """After MOV to DRn (generated code ends the block): re-decode DR0-DR3/DR7."""
-        self.debug.update()
-
-    def soft_int(self, vector: int, next_ip: int, check_dpl: bool) -> None:
-        # INT n/INT3/INTO/INT1 clear TF after pushing it: no single-step trap follows them
-        # (SDM vol. 3A, 18.3.1.4).
-        self.debug.event = True
-        excp.do_interrupt(self, vector, None, next_ip, soft=check_dpl)
-
-    def iret(self, size: int, next_ip: int) -> None:
-        excp.iret(self, size, next_ip)
-
-    def far_jump(self, sel: int, off: int, next_ip: int) -> None:
-        seg.far_jump(self, sel, off, next_ip)
-
-    def far_call(self, sel: int, off: int, size: int, next_ip: int) -> None:
-        seg.far_call(self, sel, off, size, next_ip)
-
-    def far_return(self, size: int, extra: int) -> None:
-        seg.far_return(self, size, extra)
-
-    def load_seg(self, index: int, sel: int) -> None:
-        seg.load_seg(self, index, sel)
-        if index == cs.R_SS:
-            self.debug.ss_loaded = True   # MOV SS / POP SS hold debug events (debug.step)
-
-    def load_system_seg(self, which: str, sel: int) -> None:
-        seg.load_system_seg(self, which, sel)
-
-    def check_selector(self, which: str, sel: int) -> int | None:
-        return seg.check_selector(self, which, sel)
-
-    def sysenter(self) -> None:
-        seg.sysenter(self)
-        self.debug_flags_changed()
-
-    def sysexit(self, size: int) -> None:
-        seg.sysexit(self, size)
-        self.debug_flags_changed()
-
-    def syscall(self, next_ip: int) -> None:
-        seg.syscall(self, next_ip)
-        self.debug_flags_changed()
-
-    def sysret(self, size: int) -> None:
-        seg.sysret(self, size)
-        self.debug_flags_changed()
-
-    def rep_string(self, kind: str, size: int, adsize: int, segment: int, rep: str,
-                   next_ip: int) -> None:
-        dbg = self.debug
-        if rep and self.dbg_armed and (self.env.eflags & cs.TF_MASK or dbg.watches
-                                       or dbg.io_watches):
-            self._rep_one_iteration(kind, size, adsize, segment, rep, next_ip)
-            return
-        string_rt.rep_string(self, kind, size, adsize, segment, rep, next_ip)
-
-    def _rep_one_iteration(self, kind: str, size: int, adsize: int, segment: int, rep: str,
-                           next_ip: int) -> None:
-        """One iteration of a REP string instruction, the rest left to a restart.
-
-        With TF set the processor traps after each iteration (SDM vol. 3A, 18.3.1.4; on
-        this project's host: RIP on the instruction, RCX one less, RF=1 pushed), and a
-        data or I/O breakpoint traps after the iteration that hit it (18.3.1.2): the
-        instruction runs with a count of one and RIP stays on it unless that ended it.
-        """
-        regs = self.env.regs
-        am = MASK[adsize]
-        count = regs[1] & am
-        if count <= 1:
-            string_rt.rep_string(self, kind, size, adsize, segment, rep, next_ip)
-            return
-        ip, old, cc0 = self.env.rip, regs[1], self.cc
-        regs[1] = (old & ~am) | 1
-        try:
-            string_rt.rep_string(self, kind, size, adsize, segment, rep, next_ip)
-        except BaseException:
-            regs[1] = old               # a fault in the iteration: nothing was done
-            raise
-        regs[1] = count - 1 if adsize >= 4 else (old & ~0xFFFF) | (count - 1)
-        if kind in ("cmps", "scas"):
-            if (rep == "rep") != bool(self.get_flags() & cs.CC_Z):
-                return                  # REPE/REPNE ended on its condition: complete
-            # Between iterations the image has the flags of before the instruction: the
-            # processor commits CMPS/SCAS flags when the instruction ends (measured on
-            # this host's CPU, as for a fault inside one: string_rt.rep_string).
-            self.cc = cc0
-        self.env.rip = ip
-        self.debug.rep_partial = True
-
-    # stack access for helpers (registers in env.regs)
+    # -- the stack, for helpers (registers in env.regs) ------------------------------------
     def _stack_mask(self) -> int:
-        return {16: 0xFFFF, 32: 0xFFFFFFFF, 64: 0xFFFFFFFFFFFFFFFF}[self.mode.stack]
+        return MASK[self.mode.stack // 8]
 
-    def push_rt(self, values: list[tuple[int, int]], stack64: bool = False) -> None:
+    def stack_push(self, values: list[tuple[int, int]], stack64: bool = False) -> None:
         """Push from a helper (far CALL, ...): every slot checked against SS's limit first,
         so that a #SS(0) leaves the stack untouched (accel/interp/segcheck.py), unless
         ``stack64``: an IA-32e interrupt frame, pushed to a 64-bit stack before CS is
@@ -532,10 +388,12 @@ class InterpCore:
         for value, size in values:
             off += size
             self.st[size]((base + ((sp - off) & m)) & self.la_mask, value)
-        self.set_sp_rt((sp - off) & m)
+        self.set_sp((sp - off) & m)
 
-    def pop_rt(self, sizes: list[int], extra: int = 0,
-               start: int | None = None) -> tuple[list[int], int]:
+    def stack_pop(self, sizes: list[int], extra: int = 0,
+                  start: int | None = None) -> tuple[list[int], int]:
+        """Read ``sizes`` from the stack top (or from ``start``), each slot checked against
+        SS's limit; returns the values and the new stack pointer, not yet committed."""
         m = self._stack_mask()
         base = 0 if self.mode.code == 64 else self.segbase[cs.R_SS]
         sp = self.env.regs[4] if start is None else start
@@ -547,79 +405,9 @@ class InterpCore:
             off += size
         return vals, (sp + off + extra) & m
 
-    def set_sp_rt(self, value: int) -> None:
+    def set_sp(self, value: int) -> None:
         regs = self.env.regs
         if self.mode.stack == 16:
             regs[4] = (regs[4] & ~0xFFFF) | (value & 0xFFFF)
         else:
             regs[4] = value
-
-    # -- control registers and MSRs (SDM vol. 3A, 2.5; vol. 4) ------------------------------------
-    def write_cr(self, n: int, value: int) -> None:
-        env = self.env
-        if n == 0:
-            if value & cs.CR0_PG and not value & cs.CR0_PE:
-                raise Fault(EXCP_GP, 0, why="CR0.PG without CR0.PE")
-            old = env.cr[0]
-            env.cr[0] = value | cs.CR0_ET
-            if (old ^ value) & cs.CR0_PG:
-                # Long mode becomes active when paging is enabled with EFER.LME (SDM 9.8.5).
-                if value & cs.CR0_PG and env.efer & cs.EFER_LME:
-                    if not env.cr[4] & cs.CR4_PAE:
-                        env.cr[0] = old
-                        raise Fault(EXCP_GP, 0, why="long mode without CR4.PAE")
-                    env.efer |= cs.EFER_LMA
-                elif not value & cs.CR0_PG:
-                    env.efer &= ~cs.EFER_LMA
-        elif n in (2, 3, 4, 8):
-            env.cr[n] = value
-        else:
-            raise Fault(EXCP_UD, why=f"mov to cr{n}")
-        self.mmu.flush()
-        self.mode_changed()
-        if n == 4:
-            self.debug.update()           # CR4.DE enables I/O breakpoints (R/W=10)
-
-    _MSR_FIELDS = {cs.MSR_STAR: "star", cs.MSR_LSTAR: "lstar", cs.MSR_CSTAR: "cstar",
-                   cs.MSR_FMASK: "fmask", cs.MSR_KERNELGSBASE: "kernelgsbase",
-                   cs.MSR_IA32_SYSENTER_CS: "sysenter_cs", cs.MSR_IA32_SYSENTER_ESP: "sysenter_esp",
-                   cs.MSR_IA32_SYSENTER_EIP: "sysenter_eip", cs.MSR_TSC_AUX: "tsc_aux",
-                   cs.MSR_PAT: "pat", cs.MSR_IA32_APICBASE: "apic_base",
-                   cs.MSR_IA32_MISC_ENABLE: "misc_enable", cs.MSR_EFER: "efer"}
-
-    def rdmsr(self, index: int) -> int:
-        """RDMSR: the MSRs CPUX86State models; #GP(0) for any other (SDM vol. 2B, RDMSR)."""
-        env = self.env
-        if index == cs.MSR_IA32_TSC:
-            return self.rdtsc()
-        if index == cs.MSR_FSBASE:
-            return env.segs[cs.R_FS].base
-        if index == cs.MSR_GSBASE:
-            return env.segs[cs.R_GS].base
-        name = self._MSR_FIELDS.get(index)
-        if name is not None:
-            return int(getattr(env, name))
-        if index in env.msrs:
-            return env.msrs[index]
-        raise Fault(EXCP_GP, 0, why=f"rdmsr of unknown MSR {index:#x}")
-
-    def wrmsr(self, index: int, value: int) -> None:
-        env = self.env
-        if index == cs.MSR_IA32_TSC:
-            env.tsc_offset = value - (time.monotonic_ns() - self.tsc_epoch)
-        elif index == cs.MSR_FSBASE:
-            env.segs[cs.R_FS].base = value
-        elif index == cs.MSR_GSBASE:
-            env.segs[cs.R_GS].base = value
-        elif index == cs.MSR_EFER:
-            # LMA is read-only: it follows CR0.PG and LME (SDM vol. 3A, 2.2.1).
-            if value & ~(cs.EFER_SCE | cs.EFER_LME | cs.EFER_LMA | cs.EFER_NXE):
-                raise Fault(EXCP_GP, 0, why=f"reserved EFER bits {value:#x}")
-            env.efer = (value & ~cs.EFER_LMA) | (env.efer & cs.EFER_LMA)
-        elif index in self._MSR_FIELDS:
-            setattr(env, self._MSR_FIELDS[index], value)
-        elif index in env.msrs:
-            env.msrs[index] = value
-        else:
-            raise Fault(EXCP_GP, 0, why=f"wrmsr of unknown MSR {index:#x}")
-        self.mode_changed()

@@ -42,17 +42,12 @@ DR6.BT) is raised by :mod:`accel.interp.task`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from pyqemu.accel.interp import excp
 from pyqemu.accel.interp.errors import EXCP_DB, Fault
-from pyqemu.accel.interp.mmu import ACC_EXEC
+from pyqemu.accel.interp.state import InterpCpu
 from pyqemu.target.i386.cpu_state import CR4_DE, RF_MASK, TF_MASK
-from pyqemu.util import trace
-
-if TYPE_CHECKING:
-    from pyqemu.accel.interp.cpu_exec import InterpCore
-    from pyqemu.accel.interp.translate import TranslationBlock
+from pyqemu.target.i386.paging import ACC_EXEC
 
 DR6_B = 0xF
 DR6_BD, DR6_BS, DR6_BT = 1 << 13, 1 << 14, 1 << 15
@@ -68,7 +63,7 @@ _PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF
 class GuestDebug:
     """The decoded DR0-DR3/DR7 of one core and the debug events of the current instruction."""
 
-    def __init__(self, core: InterpCore) -> None:
+    def __init__(self, core: InterpCpu) -> None:
         self.core = core
         self.sig: tuple[int, ...] | None = None
         self.exec_bp: dict[int, int] = {}          # linear address -> B bits (R/W=00)
@@ -79,7 +74,7 @@ class GuestDebug:
         self.hits = 0              # B bits of data/I/O breakpoints hit by this instruction
         self.held = 0              # DR6 bits held by MOV SS / POP SS for one instruction
         self.shadow = False        # the instruction follows a MOV SS / POP SS (6.8.3)
-        self.ss_loaded = False     # the instruction loaded SS (set by InterpCore.load_seg)
+        self.ss_loaded = False     # the instruction loaded SS (set by seg.load_seg)
         self.event = False         # the instruction raised a software interrupt
         self.rep_partial = False   # a REP string instruction stopped after one iteration
 
@@ -100,6 +95,12 @@ class GuestDebug:
             self._decode(dr7)
         core.dbg_armed = bool(env.eflags & (TF_MASK | RF_MASK) or self.shadow or self.exec_bp
                               or self.watches or self.io_watches)
+
+    def flags_changed(self) -> None:
+        """TF or RF may have changed outside a block (POPF, IRET, SYSCALL, SYSRET,
+        SYSENTER, SYSEXIT, a switch into VM86): :meth:`update` when it can matter."""
+        if self.core.dbg_armed or self.core.env.eflags & (TF_MASK | RF_MASK):
+            self.update()
 
     def _decode(self, dr7: int) -> None:
         env = self.core.env
@@ -147,7 +148,7 @@ class GuestDebug:
                 self.hits |= bit
 
 
-def _movss_or_popss(core: InterpCore, la: int) -> bool:
+def _movss_or_popss(core: InterpCpu, la: int) -> bool:
     """Whether the instruction at ``la`` (which loaded SS) is MOV SS or POP SS, not LSS.
 
     MOV Sreg (8E) and POP SS (17) are one-byte opcodes; LSS is 0F B2.  The bytes were
@@ -161,7 +162,7 @@ def _movss_or_popss(core: InterpCore, la: int) -> bool:
     return False
 
 
-def _raise_db(core: InterpCore, dr6_bits: int) -> None:
+def _raise_db(core: InterpCpu, dr6_bits: int) -> None:
     """Deliver #DB (vector 1, no error code: SDM vol. 3A, 6.15 "Interrupt 1") with DR6
     updated: B0-B3 replaced by this exception's, BD/BS/BT added (18.2.3)."""
     env = core.env
@@ -169,16 +170,18 @@ def _raise_db(core: InterpCore, dr6_bits: int) -> None:
     excp.deliver(core, Fault(EXCP_DB, why=f"debug exception, DR6 bits {dr6_bits:#x}"))
 
 
-def step(core: InterpCore, tb_for: Callable[[int], TranslationBlock]) -> int:
-    """Run the instruction at RIP with the debug checks of chapter 18; returns how many
+def step(dbg: GuestDebug, execute: Callable[[int], None]) -> int:
+    """Run the instruction at RIP of ``dbg``'s CPU with the debug checks of chapter 18
+    (the exec loop's path while ``dbg_armed``); returns how many
     events (an exception, a #DB) were delivered, which the caller's budget counts as
     steps of their own.
 
-    ``tb_for(pc)`` gives the single-instruction block at ``pc`` (translating it if
-    needed; a fetch fault is delivered like any fault of the instruction).
+    ``execute(pc)`` runs the single-instruction block at ``pc`` (translating it if
+    needed; a fetch fault is delivered like any fault of the instruction) and leaves
+    RIP where the instruction went.
     """
+    core = dbg.core
     env = core.env
-    dbg = core.debug
     pc = env.rip
     flags = env.eflags
     held, dbg.held = dbg.held, 0
@@ -198,12 +201,7 @@ def step(core: InterpCore, tb_for: Callable[[int], TranslationBlock]) -> int:
     dbg.hits = 0
     dbg.ss_loaded = dbg.event = dbg.rep_partial = False
     try:
-        tb = tb_for(pc)
-        if trace.tracer._enabled:
-            core._trace_block(tb)
-        nxt = tb.fn()
-        if nxt is not None:
-            env.rip = nxt.rip             # a chained exit: its successor is not run here
+        execute(pc)
     except Fault as f:
         # The instruction did not complete: no trap of its own, and events held by a MOV
         # SS before it are dropped; the exception clears TF for its handler.

@@ -22,10 +22,8 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-from typing import TYPE_CHECKING
-
-from pyqemu.accel.interp import task
+from pyqemu.accel.interp import task, vm86
+from pyqemu.accel.interp.eflags import load_eflags
 from pyqemu.accel.interp.errors import (
     EXCP_DB,
     EXCP_DF,
@@ -35,53 +33,54 @@ from pyqemu.accel.interp.errors import (
     HAS_ERROR_CODE,
     VECTOR_NAMES,
     Fault,
-    InterpError,
     TripleFault,
 )
+from pyqemu.accel.interp.gates import idt_gate, return_stack_segment
 from pyqemu.accel.interp.seg import (
-    cache_from,
     check_target_ip,
+    descriptor_dpl,
+    is_code,
     mark_accessed,
+    null_outer_data_segs,
     protected,
     read_descriptor,
 )
+from pyqemu.accel.interp.state import InterpCpu
 from pyqemu.target.i386.cpu_state import (
     AC_MASK,
     CR0_PE,
     DESC_B_MASK,
     DESC_C_MASK,
-    DESC_CS_MASK,
     DESC_DPL_SHIFT,
     DESC_L_MASK,
     DESC_P_MASK,
     EFER_LMA,
     IF_MASK,
-    IOPL_MASK,
     NT_MASK,
     R_CS,
-    R_DS,
-    R_ES,
-    R_FS,
-    R_GS,
     R_SS,
     RF_MASK,
     TF_MASK,
     VM_MASK,
     SegmentCache,
 )
+from pyqemu.target.i386.descriptors import (
+    DESCRIPTOR_ATTR_MASK,
+    GATE_TASK,
+    GATE_TRAP16,
+    GATE_TRAP32,
+    TSS64,
+    descriptor_cache,
+)
 from pyqemu.util import trace
 
-if TYPE_CHECKING:
-    from pyqemu.accel.interp.cpu_exec import InterpCore
+__all__ = ["deliver", "do_interrupt", "iret", "soft_int"]
+
+#: Trap gates leave IF alone; interrupt gates clear it (SDM vol. 3A, 6.12.1.3).
+_TRAP_GATES = (GATE_TRAP16, GATE_TRAP32)
 
 
-def _vm86() -> ModuleType:
-    """:mod:`accel.interp.vm86`, imported on first use: it imports this module."""
-    from pyqemu.accel.interp import vm86
-    return vm86
-
-
-def deliver(core: InterpCore, fault: Fault) -> None:
+def deliver(core: InterpCpu, fault: Fault) -> None:
     """Deliver an exception raised at ``env.rip`` (a fault: RIP is the faulting instruction).
 
     The EFLAGS image pushed for a fault-class exception has RF set, so that returning
@@ -103,7 +102,7 @@ def deliver(core: InterpCore, fault: Fault) -> None:
             raise TripleFault(f"{third} while delivering #DF after {second}") from third
 
 
-def do_interrupt(core: InterpCore, vector: int, error_code: int | None, ret_ip: int, *,
+def do_interrupt(core: InterpCpu, vector: int, error_code: int | None, ret_ip: int, *,
                  soft: bool, cr2: int | None = None) -> None:
     env = core.env
     flags = core.get_flags()      # materialise the lazy flags: they are pushed
@@ -118,7 +117,7 @@ def do_interrupt(core: InterpCore, vector: int, error_code: int | None, ret_ip: 
     if not env.cr[0] & CR0_PE:
         _real_mode(core, vector, ret_ip)
     elif env.eflags & VM_MASK:
-        _vm86().interrupt(core, vector, error_code, ret_ip, soft)
+        vm86.interrupt(core, vector, error_code, ret_ip, soft)
     elif env.efer & EFER_LMA:
         _long_mode(core, vector, error_code, ret_ip, soft)
     else:
@@ -126,12 +125,21 @@ def do_interrupt(core: InterpCore, vector: int, error_code: int | None, ret_ip: 
     core.mode_changed()
 
 
-def _real_mode(core: InterpCore, vector: int, ret_ip: int) -> None:
+def soft_int(core: InterpCpu, vector: int, next_ip: int, check_dpl: bool) -> None:
+    """INT n, INT3, INTO (``check_dpl``: the gate's DPL is checked against the CPL) and
+    INT1 from generated code: a trap, delivered with ``next_ip`` saved (SDM vol. 3A,
+    6.4.2).  They clear TF after pushing it: no single-step trap follows them (SDM vol.
+    3A, 18.3.1.4), which the debug path learns from ``debug.event``."""
+    core.debug.event = True
+    do_interrupt(core, vector, None, next_ip, soft=check_dpl)
+
+
+def _real_mode(core: InterpCpu, vector: int, ret_ip: int) -> None:
     env = core.env
     if vector * 4 + 3 > env.idt.limit:
         raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector} past the IVT limit")
     entry = int.from_bytes(core.mmu.read_bytes(env.idt.base + vector * 4, 4), "little")
-    core.push_rt([(env.eflags & 0xFFFF, 2), (env.segs[R_CS].selector, 2), (ret_ip & 0xFFFF, 2)])
+    core.stack_push([(env.eflags & 0xFFFF, 2), (env.segs[R_CS].selector, 2), (ret_ip & 0xFFFF, 2)])
     # RF too: :func:`deliver` set it for the image only (a 16-bit image has no RF), and
     # the handler starts with RF clear (SDM vol. 3A, 18.3.1.1).
     env.eflags &= ~(IF_MASK | TF_MASK | AC_MASK | RF_MASK)
@@ -142,71 +150,35 @@ def _real_mode(core: InterpCore, vector: int, ret_ip: int) -> None:
     env.rip = entry & 0xFFFF
 
 
-def _gate(core: InterpCore, vector: int, size: int, soft: bool,
-          task_ok: bool = False) -> tuple[int, int, int]:
-    """Read and check a gate: returns (type, selector, offset) (SDM vol. 3A, 6.11, 6.12.1.1).
-    With ``task_ok``, a task gate (type 5, 8-byte IDT only) passes the same checks (a
-    software interrupt's gate DPL, presence) and returns its TSS selector and offset 0
-    (:func:`_task_gate` takes it from there); without, a caller that has no task-switch
-    path stops with :class:`InterpError` on one."""
-    env = core.env
-    if vector * size + size - 1 > env.idt.limit:
-        raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector} past the IDT limit")
-    raw = core.mmu.read_bytes(env.idt.base + vector * size, size)
-    lo, hi = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:8], "little")
-    gtype = (hi >> 8) & 0x1F
-    if gtype == 5 and size == 8 and not task_ok:
-        raise InterpError(f"interp: task gate for vector {vector} reached by a delivery path "
-                          f"without task switches")
-    if gtype not in ((5, 6, 7, 0xE, 0xF) if size == 8 else (0xE, 0xF)):
-        raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector}: bad gate type {gtype:#x}")
-    if soft and (hi >> DESC_DPL_SHIFT) & 3 < env.cpl:
-        raise Fault(EXCP_GP, vector * 8 + 2, why=f"int {vector}: gate DPL < CPL")
-    if not hi & DESC_P_MASK:
-        raise Fault(EXCP_NP, vector * 8 + 2, why=f"vector {vector}: gate not present")
-    if gtype == 5:
-        return gtype, lo >> 16, 0
-    offset = (lo & 0xFFFF) | (hi & 0xFFFF0000)
-    if size == 16:
-        offset |= int.from_bytes(raw[8:12], "little") << 32
-    return gtype, lo >> 16, offset
-
-
-def _target_cs(core: InterpCore, sel: int) -> tuple[SegmentCache, int]:
+def _target_cs(core: InterpCpu, sel: int) -> tuple[SegmentCache, int]:
     if sel & 0xFFFC == 0:
         raise Fault(EXCP_GP, 0, why="interrupt gate with a null code selector")
     lo, hi = read_descriptor(core, sel)
-    if not hi & 0x1800 == 0x1800:    # S=1 and code
+    if not is_code(hi):
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"interrupt target {sel:#x} is not code")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"interrupt target {sel:#x} not present")
-    dpl = (hi >> DESC_DPL_SHIFT) & 3
+    dpl = descriptor_dpl(hi)
     new_cpl = core.env.cpl if hi & DESC_C_MASK or dpl >= core.env.cpl else dpl
     if dpl > core.env.cpl:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"interrupt target {sel:#x} DPL > CPL")
-    return cache_from((sel & ~3) | new_cpl, lo, mark_accessed(core, sel, hi)), new_cpl
+    return descriptor_cache((sel & ~3) | new_cpl, lo, mark_accessed(core, sel, hi)), new_cpl
 
 
-def _tss_stack32(core: InterpCore, cpl: int) -> tuple[int, int]:
-    """SS and ESP (SP) for privilege ``cpl`` from the current 32-bit (16-bit) TSS, with
-    the check against the TSS limit: :func:`accel.interp.task.tss_stack`, which the
-    call gates of :mod:`accel.interp.gates` use too (SDM vol. 3A, 6.12.1, 7.2.1, 7.6)."""
-    return task.tss_stack(core, cpl)
-
-
-def _protected(core: InterpCore, vector: int, error_code: int | None, ret_ip: int,
+def _protected(core: InterpCpu, vector: int, error_code: int | None, ret_ip: int,
                soft: bool) -> None:
     env = core.env
-    gtype, sel, offset = _gate(core, vector, 8, soft, task_ok=True)
-    if gtype == 5:
-        _task_gate(core, vector, sel, error_code if not soft else None, ret_ip)
+    gate = idt_gate(core, vector, 8, soft, task_ok=True)
+    if gate.type == GATE_TASK:
+        _task_gate(core, vector, gate.selector, error_code if not soft else None, ret_ip)
         return
-    cache, new_cpl = _target_cs(core, sel)
-    size = 4 if gtype & 8 else 2
+    cache, new_cpl = _target_cs(core, gate.selector)
+    size = 4 if gate.type & 8 else 2           # a 32-bit gate (types E, F) or a 16-bit one
+    offset = gate.offset
     frame = []
     old_ss, old_sp = env.segs[R_SS].selector, env.regs[4]
     if new_cpl < env.cpl:
-        ss_sel, esp = _tss_stack32(core, new_cpl)
+        ss_sel, esp = task.tss_stack(core, new_cpl)
         env.segs[R_SS], _ = task.inner_stack_segment(core, ss_sel, new_cpl)
         core.segbase[R_SS] = env.segs[R_SS].base
         env.regs[4] = esp
@@ -215,16 +187,16 @@ def _protected(core: InterpCore, vector: int, error_code: int | None, ret_ip: in
     frame += [(env.eflags, size), (env.segs[R_CS].selector, size), (ret_ip, size)]
     if error_code is not None and vector in HAS_ERROR_CODE and not soft:
         frame.append((error_code, size))
-    core.push_rt(frame)
+    core.stack_push(frame)
     env.eflags &= ~(TF_MASK | NT_MASK | RF_MASK | VM_MASK)
-    if not gtype & 1:
-        env.eflags &= ~IF_MASK
+    if gate.type not in _TRAP_GATES:
+        env.eflags &= ~IF_MASK                 # an interrupt gate
     env.segs[R_CS] = cache
     core.segbase[R_CS] = cache.base
     env.rip = offset if size == 4 else offset & 0xFFFF
 
 
-def _task_gate(core: InterpCore, vector: int, tss: int, error_code: int | None,
+def _task_gate(core: InterpCpu, vector: int, tss: int, error_code: int | None,
                ret_ip: int) -> None:
     """An interrupt or exception through a task gate (SDM vol. 3A, 6.12.2; vol. 2A INT n
     "TASK-GATE"): switch to the task, nested (back link, NT), saving ``ret_ip`` as the
@@ -238,21 +210,18 @@ def _task_gate(core: InterpCore, vector: int, tss: int, error_code: int | None,
         deliver(core, task.t_flag_trap(tss))
 
 
-def _long_mode(core: InterpCore, vector: int, error_code: int | None, ret_ip: int,
+def _long_mode(core: InterpCpu, vector: int, error_code: int | None, ret_ip: int,
                soft: bool) -> None:
     env = core.env
-    gtype, sel, offset = _gate(core, vector, 16, soft)
-    if gtype not in (0xE, 0xF):
-        raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector}: not a 64-bit gate")
-    cache, new_cpl = _target_cs(core, sel)
-    raw = core.mmu.read_bytes(env.idt.base + vector * 16, 8)
-    ist = raw[4] & 7
+    gate = idt_gate(core, vector, 16, soft)      # a 64-bit interrupt or trap gate (6.14.1)
+    cache, new_cpl = _target_cs(core, gate.selector)
     old_ss, old_sp, old_cs = env.segs[R_SS].selector, env.regs[4], env.segs[R_CS].selector
     rsp = old_sp
-    if ist or new_cpl < env.cpl:
-        # 64-bit TSS: RSP0-2 at 4, IST1-7 at 0x24 (SDM vol. 3A, 7.7, Figure 7-11).
-        off = 0x24 + (ist - 1) * 8 if ist else 4 + new_cpl * 8
-        rsp = int.from_bytes(core.mmu.read_bytes(env.tr.base + off, 8), "little")
+    if gate.ist or new_cpl < env.cpl:
+        # The 64-bit TSS: RSPn, or the IST slot the gate names (SDM vol. 3A, 6.14.5).
+        slot = TSS64[f"ist{gate.ist}"] if gate.ist else TSS64.stack(new_cpl)[0]
+        rsp = int.from_bytes(core.mmu.read_bytes(env.tr.base + slot.offset, slot.size),
+                             "little")
     if new_cpl < env.cpl:
         # A null SS whose RPL and cached DPL are the new CPL (SDM vol. 3A, 6.14.4: "the
         # new SS is set to NULL ... with the RPL set to the new CPL"); the CPL is read
@@ -265,16 +234,16 @@ def _long_mode(core: InterpCore, vector: int, error_code: int | None, ret_ip: in
         frame.append((error_code, 8))
     env.regs[4] = rsp
     core.mode_changed()
-    core.push_rt(frame, stack64=True)
+    core.stack_push(frame, stack64=True)
     env.eflags &= ~(TF_MASK | NT_MASK | RF_MASK | VM_MASK)
-    if not gtype & 1:
+    if gate.type not in _TRAP_GATES:
         env.eflags &= ~IF_MASK
     env.segs[R_CS] = cache
     core.segbase[R_CS] = cache.base
-    env.rip = offset
+    env.rip = gate.offset
 
 
-def iret(core: InterpCore, size: int, next_ip: int) -> None:
+def iret(core: InterpCpu, size: int, next_ip: int) -> None:
     """IRET/IRETD/IRETQ (SDM vol. 2A, IRET): real mode, same privilege, to an outer level,
     the 64-bit form that always pops SS:RSP, and the task return (NT = 1, protected mode:
     ``next_ip``, the address after the IRET, is saved in the task left); in and into
@@ -282,50 +251,49 @@ def iret(core: InterpCore, size: int, next_ip: int) -> None:
     env = core.env
     if env.eflags & VM_MASK:
         # RETURN-FROM-VIRTUAL-8086-MODE comes first: NT plays no part in VM86.
-        _vm86().iret_in_vm86(core, size)
+        vm86.iret_in_vm86(core, size)
         return
     long64 = core.mode.code == 64
     if env.eflags & NT_MASK and protected(core):
         _task_return(core, next_ip)
         return
     sizes = [size] * (5 if long64 else 3)
-    vals, new_sp = core.pop_rt(sizes)
+    vals, new_sp = core.stack_pop(sizes)
     ip, sel, flags = vals[0], vals[1] & 0xFFFF, vals[2]
     if not protected(core):
         cs = env.segs[R_CS]
         check_target_ip(core, cs, ip)
         cs.selector, cs.base = sel, sel << 4
         core.segbase[R_CS] = cs.base
-        core.set_sp_rt(new_sp)
-        _set_flags(core, flags, size, iret=True)
+        core.set_sp(new_sp)
+        load_eflags(core, flags, size, iret=True)
         env.rip = ip
         core.mode_changed()
         return
     if flags & VM_MASK and size == 4 and env.cpl == 0 and not env.efer & EFER_LMA:
-        _vm86().iret_to_vm86(core, ip, sel, flags, new_sp)   # (IA-32e mode has no VM86)
+        vm86.iret_to_vm86(core, ip, sel, flags, new_sp)   # (IA-32e mode has no VM86)
         return
     rpl = sel & 3
     cpl = env.cpl
     lo, hi = read_descriptor(core, sel)
-    if not hi & 0x1800 == 0x1800 or rpl < cpl:
+    if not is_code(hi) or rpl < cpl:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"iret to {sel:#x}")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"iret to {sel:#x}: not present")
     if long64 or rpl > cpl:
-        from pyqemu.accel.interp.gates import return_stack_segment
         if not long64:
-            (sp, ss), new_sp = core.pop_rt([size, size], 0, start=new_sp)
+            (sp, ss), new_sp = core.stack_pop([size, size], 0, start=new_sp)
         else:
             sp, ss = vals[3], vals[4] & 0xFFFF
         # The popped SS is checked as RET's (#GP/#SS; a null SS only for 64-bit code at
         # CPL 0-2, keeping the RPL as its DPL), then the new EIP, all before any change.
         to64 = bool(env.efer & EFER_LMA) and bool(hi & DESC_L_MASK)
         ss_cache, shi = return_stack_segment(core, ss, rpl, to64, "iret")
-        check_target_ip(core, cache_from(sel, lo, hi), ip)
-        cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
-        _set_flags(core, flags, size, iret=True)
+        check_target_ip(core, descriptor_cache(sel, lo, hi), ip)
+        cache = descriptor_cache(sel, lo, mark_accessed(core, sel, hi))
+        load_eflags(core, flags, size, iret=True)
         if shi is not None:
-            ss_cache.flags = mark_accessed(core, ss, shi) & 0x00F0FF00
+            ss_cache.flags = mark_accessed(core, ss, shi) & DESCRIPTOR_ATTR_MASK
         env.segs[R_SS] = ss_cache
         core.segbase[R_SS] = ss_cache.base
         env.segs[R_CS] = cache
@@ -333,19 +301,19 @@ def iret(core: InterpCore, size: int, next_ip: int) -> None:
         env.regs[4] = sp if size == 8 or env.segs[R_SS].flags & DESC_B_MASK else (
             env.regs[4] & ~0xFFFF | sp & 0xFFFF)
         if rpl > cpl:
-            _null_outer_data_segs(core, rpl, long64)
+            null_outer_data_segs(core, rpl)
     else:
-        check_target_ip(core, cache_from(sel, lo, hi), ip)
-        cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
-        _set_flags(core, flags, size, iret=True)
+        check_target_ip(core, descriptor_cache(sel, lo, hi), ip)
+        cache = descriptor_cache(sel, lo, mark_accessed(core, sel, hi))
+        load_eflags(core, flags, size, iret=True)
         env.segs[R_CS] = cache
         core.segbase[R_CS] = cache.base
-        core.set_sp_rt(new_sp)
+        core.set_sp(new_sp)
     env.rip = ip if size != 2 else ip & 0xFFFF
     core.mode_changed()
 
 
-def _task_return(core: InterpCore, next_ip: int) -> None:
+def _task_return(core: InterpCpu, next_ip: int) -> None:
     """TASK-RETURN (SDM vol. 2A, IRET; vol. 3A, 7.4): switch, without nesting, to the
     task whose TSS selector is in the previous-task link of the current TSS; that
     task must be busy (:func:`accel.interp.task.new_tss_descriptor`: #TS(link) for a
@@ -360,57 +328,3 @@ def _task_return(core: InterpCore, next_ip: int) -> None:
     link = int.from_bytes(core.mmu.read_bytes(tr.base, 2), "little")
     if task.switch_task(core, link, task.IRET, next_ip):
         raise task.t_flag_trap(link)
-
-
-def _null_outer_data_segs(core: InterpCore, new_cpl: int, long64: bool) -> None:
-    """Return to an outer privilege level: ES, DS, FS and GS that hold a data or
-    non-conforming code segment with DPL < the new CPL get a null selector (SDM vol. 2A,
-    IRET "RETURN-TO-OUTER-PRIVILEGE-LEVEL", which IA-32e mode reaches too; the same rule
-    as RET far).  Only the selector is nulled: the cache keeps its base and limit and
-    becomes unusable (P=0), so in 64-bit mode FS and GS keep the base WRMSR or a load
-    gave them, and elsewhere any access through the register is #GP(0)
-    (accel/interp/segcheck.py).  A register already null is left alone.
-
-    This host's KVM (PVM, whose IRETQ from the guest kernel is software) leaves FS and
-    GS alone on IRETQ to ring 3; the SDM's pseudo-code and QEMU's TCG null them, and
-    interp follows the manual (test_exec.py,
-    test_iretq_to_outer_level_nulls_segments_more_privileged_than_the_new_cpl)."""
-    env = core.env
-    for seg in (R_ES, R_DS, R_FS, R_GS):
-        cache = env.segs[seg]
-        if cache.selector & 0xFFFC == 0:
-            continue
-        flags = cache.flags
-        conforming_code = flags & DESC_CS_MASK and flags & DESC_C_MASK
-        if not conforming_code and (flags >> DESC_DPL_SHIFT) & 3 < new_cpl:
-            env.segs[seg] = SegmentCache(0, cache.base, cache.limit, flags & ~DESC_P_MASK)
-
-
-def _set_flags(core: InterpCore, value: int, size: int, iret: bool = False) -> None:
-    """The EFLAGS update rules shared by POPF and IRET (SDM vol. 2B, POPF, Table 4-16).
-
-    RF: POPF clears it; IRETD/IRETQ load it from the image (SDM vol. 2A, IRET:
-    "EFLAGS(RF, AC, ID) <- tempEFLAGS" with a 32- or 64-bit operand size), which is
-    how a #DB handler returns past an instruction breakpoint (SDM vol. 3A, 18.3.1.1).
-    A new TF or RF arms the exec loop's debug path (accel/interp/debug.py).
-    """
-    env = core.env
-    cpl = env.cpl        # 0 in real mode, 3 in virtual-8086 mode
-    iopl = (env.eflags & IOPL_MASK) >> 12
-    mask = 0x247FD5   # CF PF AF ZF SF TF IF DF OF IOPL NT AC ID
-    if env.cr[0] & CR0_PE:
-        # Protected and virtual-8086 mode (POPF "Operation": in VM86 at IOPL 3 the
-        # IOPL is not modified; VM, VIP and VIF are never in the mask).
-        if cpl > 0:
-            mask &= ~IOPL_MASK
-        if cpl > iopl:
-            mask &= ~IF_MASK
-    if size == 2:
-        mask &= 0xFFFF
-    env.eflags = (env.eflags & ~mask) | (value & mask) | 2
-    env.eflags &= ~RF_MASK
-    if iret and size != 2:
-        env.eflags |= value & RF_MASK
-    core.cc = None
-    if core.dbg_armed or env.eflags & (TF_MASK | RF_MASK):
-        core.debug.update()

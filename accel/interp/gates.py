@@ -31,143 +31,187 @@ state for the handler, as a fault should (SDM vol. 3A, 6.5).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pyqemu.accel.interp import task
-from pyqemu.accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, Fault
-from pyqemu.accel.interp.excp import _null_outer_data_segs
-from pyqemu.accel.interp.seg import cache_from, canonical, mark_accessed, read_descriptor, set_cs
+from pyqemu.accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, Fault, InterpError
+from pyqemu.accel.interp.seg import (
+    TSS_BUSY,
+    canonical,
+    descriptor_dpl,
+    descriptor_type,
+    in_table,
+    is_code,
+    is_writable_data,
+    mark_accessed,
+    null_outer_data_segs,
+    read_descriptor,
+    set_cs,
+)
+from pyqemu.accel.interp.state import InterpCpu
 from pyqemu.target.i386.cpu_state import (
     DESC_B_MASK,
     DESC_C_MASK,
-    DESC_CS_MASK,
     DESC_DPL_SHIFT,
     DESC_L_MASK,
     DESC_P_MASK,
-    DESC_S_MASK,
-    DESC_W_MASK,
+    DESC_TYPE_SHIFT,
     EFER_LMA,
     R_CS,
     R_SS,
     SegmentCache,
 )
+from pyqemu.target.i386.descriptors import (
+    DESCRIPTOR_ATTR_MASK,
+    GATE_CALL16,
+    GATE_CALL32,
+    GATE_INT16,
+    GATE_INT32,
+    GATE_TASK,
+    GATE_TRAP16,
+    GATE_TRAP32,
+    SYS_TSS16,
+    SYS_TSS16_BUSY,
+    SYS_TSS32,
+    SYS_TSS32_BUSY,
+    Gate,
+    descriptor_cache,
+)
 
-if TYPE_CHECKING:
-    from pyqemu.accel.interp.cpu_exec import InterpCore
+__all__ = ["idt_gate", "return_code_segment", "return_stack_segment", "return_to_outer",
+           "through_system_descriptor"]
 
 _MASK = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
-
-def _dpl(hi: int) -> int:
-    return (hi >> DESC_DPL_SHIFT) & 3
-
-
-def _is_code(hi: int) -> bool:
-    return hi & (DESC_S_MASK | DESC_CS_MASK) == DESC_S_MASK | DESC_CS_MASK
-
-
-def _writable_data(hi: int) -> bool:
-    return hi & (DESC_S_MASK | DESC_CS_MASK | DESC_W_MASK) == DESC_S_MASK | DESC_W_MASK
-
-
-def _in_table(core: InterpCore, sel: int, size: int = 8) -> bool:
-    table = core.env.ldt if sel & 4 else core.env.gdt
-    return (sel & ~7) + size - 1 <= table.limit
+#: Gate types an 8-byte IDT entry may hold (SDM vol. 3A, 6.11), and a 16-byte one
+#: in IA-32e mode (6.14.1: no task gates, the interrupt and trap gates are 64-bit).
+_IDT_TYPES = {8: (GATE_TASK, GATE_INT16, GATE_TRAP16, GATE_INT32, GATE_TRAP32),
+              16: (GATE_INT32, GATE_TRAP32)}
 
 
 def _stack_mask(ss_flags: int) -> int:
     return 0xFFFFFFFF if ss_flags & DESC_B_MASK else 0xFFFF
 
 
+# -- IDT gates -------------------------------------------------------------------------------
+
+def idt_gate(core: InterpCpu, vector: int, size: int, soft: bool,
+             task_ok: bool = False) -> Gate:
+    """Read and check the IDT gate of ``vector`` (SDM vol. 3A, 6.11, 6.12.1.1, 6.14.1):
+    ``size`` 8 (legacy) or 16 (IA-32e).  #GP(vector * 8 + 2) past the IDT limit, for a
+    type an IDT entry may not hold, or for a software interrupt (``soft``) through a gate
+    whose DPL is below the CPL; #NP(vector * 8 + 2) not present.  With ``task_ok``, a
+    task gate (8-byte IDT only) passes the same checks (its ``selector`` names the
+    TSS); without, a caller that has no task-switch path stops with
+    :class:`InterpError` on one."""
+    env = core.env
+    if vector * size + size - 1 > env.idt.limit:
+        raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector} past the IDT limit")
+    raw = core.mmu.read_bytes(env.idt.base + vector * size, size)
+    lo, hi = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:8], "little")
+    upper = int.from_bytes(raw[8:12], "little") if size == 16 else 0
+    gate = Gate.decode(lo, hi, upper)
+    if gate.type == GATE_TASK and size == 8 and not task_ok:
+        raise InterpError(f"interp: task gate for vector {vector} reached by a delivery path "
+                          f"without task switches")
+    if gate.type not in _IDT_TYPES[size]:
+        raise Fault(EXCP_GP, vector * 8 + 2, why=f"vector {vector}: bad gate type {gate.type:#x}")
+    if soft and gate.dpl < env.cpl:
+        raise Fault(EXCP_GP, vector * 8 + 2, why=f"int {vector}: gate DPL < CPL")
+    if not gate.present:
+        raise Fault(EXCP_NP, vector * 8 + 2, why=f"vector {vector}: gate not present")
+    return gate
+
+
 # -- far CALL / JMP through a system descriptor ---------------------------------------------
 
-def through_system_descriptor(core: InterpCore, sel: int, lo: int, hi: int, *, call: bool,
+def through_system_descriptor(core: InterpCpu, sel: int, lo: int, hi: int, *, call: bool,
                               next_ip: int) -> None:
     """A far CALL (``call``) or JMP to ``sel``, whose descriptor ``lo``/``hi`` has S = 0
     (SDM vol. 2A, CALL and JMP "Operation": the type dispatch after the descriptor read)."""
-    stype = (hi >> 8) & 0xF
+    stype = descriptor_type(hi)            # S = 0 here: the system type
     what = "call" if call else "jmp"
     if core.env.efer & EFER_LMA:
         # IA-32e mode: only the 64-bit call gate; no task switches (SDM vol. 3A, 7.7).
-        if stype != 0xC:
+        if stype != GATE_CALL32:
             raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far {what} to system type {stype:#x} "
                                                    f"in IA-32e mode")
         _call_gate(core, sel, lo, hi, call, next_ip, 8)
-    elif stype in (4, 0xC):
-        _call_gate(core, sel, lo, hi, call, next_ip, 4 if stype == 0xC else 2)
-    elif stype in (1, 9, 3, 0xB):
+    elif stype in (GATE_CALL16, GATE_CALL32):
+        _call_gate(core, sel, lo, hi, call, next_ip, 4 if stype == GATE_CALL32 else 2)
+    elif stype in (SYS_TSS16, SYS_TSS32, SYS_TSS16_BUSY, SYS_TSS32_BUSY):
         _tss_target(core, sel, hi, call, next_ip)
-    elif stype == 5:
+    elif stype == GATE_TASK:
         _task_gate(core, sel, lo, hi, call, next_ip)
     else:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far {what} to system type {stype:#x}")
 
 
-def _tss_target(core: InterpCore, sel: int, hi: int, call: bool, next_ip: int) -> None:
+def _tss_target(core: InterpCpu, sel: int, hi: int, call: bool, next_ip: int) -> None:
     """TASK-STATE-SEGMENT (SDM vol. 2A, JMP/CALL): #GP(sel) when the TSS's DPL is below
     the CPL or the RPL or it is busy, #NP(sel) not present; then the task switch, and
     #GP(0) there when the new EIP is past the new CS limit."""
     what = "call" if call else "jmp"
-    if _dpl(hi) < core.env.cpl or _dpl(hi) < (sel & 3) or hi & 0x200:
+    busy = hi & (TSS_BUSY << DESC_TYPE_SHIFT)
+    if descriptor_dpl(hi) < core.env.cpl or descriptor_dpl(hi) < (sel & 3) or busy:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far {what} to TSS {sel:#x}: privilege or busy")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"far {what} to TSS {sel:#x}: not present")
     _switch(core, sel, call, next_ip)
 
 
-def _task_gate(core: InterpCore, sel: int, lo: int, hi: int, call: bool, next_ip: int) -> None:
+def _task_gate(core: InterpCpu, sel: int, lo: int, hi: int, call: bool, next_ip: int) -> None:
     """TASK-GATE (SDM vol. 2A, JMP/CALL): #GP(gate) when the gate's DPL is below the CPL
     or the RPL, #NP(gate) not present; the TSS it names is checked by
     :func:`accel.interp.task.new_tss_descriptor` (#GP(TSS) in the LDT, past the GDT,
     not an available TSS; #NP(TSS) not present; #TS(TSS) too short), then the switch."""
-    if _dpl(hi) < core.env.cpl or _dpl(hi) < (sel & 3):
+    gate = Gate.decode(lo, hi)
+    if gate.dpl < core.env.cpl or gate.dpl < (sel & 3):
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"task gate {sel:#x} privilege")
-    if not hi & DESC_P_MASK:
+    if not gate.present:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"task gate {sel:#x} not present")
-    _switch(core, (lo >> 16) & 0xFFFF, call, next_ip)
+    _switch(core, gate.selector, call, next_ip)
 
 
-def _switch(core: InterpCore, tss: int, call: bool, next_ip: int) -> None:
+def _switch(core: InterpCpu, tss: int, call: bool, next_ip: int) -> None:
     """The task switch of a far CALL (nesting: back link, NT) or JMP (SDM vol. 3A, 7.3)."""
     if task.switch_task(core, tss, task.CALL if call else task.JMP, next_ip):
         raise task.t_flag_trap(tss)
 
 
-def _call_gate(core: InterpCore, gate_sel: int, lo: int, hi: int, call: bool,
+def _call_gate(core: InterpCpu, gate_sel: int, lo: int, hi: int, call: bool,
                next_ip: int, gsize: int) -> None:
     """CALL-GATE (SDM vol. 2A, CALL and JMP; vol. 3A, 5.8.3-5.8.5); ``gsize`` is the
     gate's size in bytes per stack slot: 2, 4 or 8 (the 16-byte IA-32e gate)."""
     env = core.env
     cpl = env.cpl
     what = "call" if call else "jmp"
-    gdpl = _dpl(hi)
-    if gdpl < cpl or (gate_sel & 3) > gdpl:
+    gate = Gate.decode(lo, hi)
+    if gate.dpl < cpl or (gate_sel & 3) > gate.dpl:
         raise Fault(EXCP_GP, gate_sel & 0xFFFC, why=f"{what} through call gate {gate_sel:#x}: "
-                                                    f"gate DPL {gdpl}")
-    if not hi & DESC_P_MASK:
+                                                    f"gate DPL {gate.dpl}")
+    if not gate.present:
         raise Fault(EXCP_NP, gate_sel & 0xFFFC, why=f"call gate {gate_sel:#x} not present")
-    offset = (lo & 0xFFFF) | (hi & 0xFFFF0000)
+    offset = gate.offset
     if gsize == 8:
         # 5.8.3.1: the upper 8 bytes hold offset bits 63:32; their type field (bits
         # 12:8 of the fourth dword) must be 0, so an 8-byte gate read as 16 faults.
-        if not _in_table(core, gate_sel, 16):
+        if not in_table(core, gate_sel, 16):
             raise Fault(EXCP_GP, gate_sel & 0xFFFC, why=f"call gate {gate_sel:#x}: upper half "
                                                         f"past the table limit")
         table = env.ldt if gate_sel & 4 else env.gdt
         upper = core.mmu.read_bytes(table.base + (gate_sel & ~7) + 8, 8)
-        if (upper[5] & 0x1F) != 0:
+        if descriptor_type(int.from_bytes(upper[4:], "little")) != 0:
             raise Fault(EXCP_GP, gate_sel & 0xFFFC, why=f"call gate {gate_sel:#x}: upper type "
                                                         f"field not 0")
-        offset |= int.from_bytes(upper[:4], "little") << 32
+        offset = Gate.decode(lo, hi, int.from_bytes(upper[:4], "little")).offset
     elif gsize == 2:
         offset &= 0xFFFF
-    cs_sel = (lo >> 16) & 0xFFFF
+    cs_sel = gate.selector
     if cs_sel & 0xFFFC == 0:
         raise Fault(EXCP_GP, 0, why=f"call gate {gate_sel:#x} with a null code selector")
     clo, chi = read_descriptor(core, cs_sel)              # #GP(cs_sel) past the limit
-    cdpl = _dpl(chi)
+    cdpl = descriptor_dpl(chi)
     conforming = bool(chi & DESC_C_MASK)
-    if not _is_code(chi) or cdpl > cpl or (not call and not conforming and cdpl != cpl):
+    if not is_code(chi) or cdpl > cpl or (not call and not conforming and cdpl != cpl):
         raise Fault(EXCP_GP, cs_sel & 0xFFFC, why=f"call gate {gate_sel:#x}: target {cs_sel:#x} "
                                                   f"type or privilege")
     code64 = bool(env.efer & EFER_LMA)
@@ -177,7 +221,7 @@ def _call_gate(core: InterpCore, gate_sel: int, lo: int, hi: int, call: bool,
     if not chi & DESC_P_MASK:
         raise Fault(EXCP_NP, cs_sel & 0xFFFC, why=f"call gate target {cs_sel:#x} not present")
     new_cpl = cdpl if call and not conforming and cdpl < cpl else cpl
-    cache = cache_from((cs_sel & ~3) | new_cpl, clo, mark_accessed(core, cs_sel, chi))
+    cache = descriptor_cache((cs_sel & ~3) | new_cpl, clo, mark_accessed(core, cs_sel, chi))
     if code64:
         if not canonical(offset):
             raise Fault(EXCP_GP, 0, why=f"call gate {gate_sel:#x}: non-canonical {offset:#x}")
@@ -186,12 +230,12 @@ def _call_gate(core: InterpCore, gate_sel: int, lo: int, hi: int, call: bool,
     if not call:
         set_cs(core, cache, offset)
     elif new_cpl < cpl:
-        _call_more_privilege(core, hi, gsize, next_ip, cache, offset, new_cpl)
+        _call_more_privilege(core, gate, gsize, next_ip, cache, offset, new_cpl)
     else:
         _call_same_privilege(core, gsize, next_ip, cache, offset)
 
 
-def _push(core: InterpCore, base: int, sp: int, mask: int,
+def _push(core: InterpCpu, base: int, sp: int, mask: int,
           frame: list[tuple[int, int]], supervisor: bool) -> int:
     """Write ``frame`` ((value, size) pairs, first pushed first) below ``base``+``sp``;
     returns the new stack pointer.  Nothing in ``env`` changes.  ``supervisor``: the
@@ -207,7 +251,7 @@ def _push(core: InterpCore, base: int, sp: int, mask: int,
     return (sp - off) & mask
 
 
-def _call_same_privilege(core: InterpCore, gsize: int, next_ip: int, cache: SegmentCache,
+def _call_same_privilege(core: InterpCpu, gsize: int, next_ip: int, cache: SegmentCache,
                          offset: int) -> None:
     """SAME-PRIVILEGE (SDM vol. 2A, CALL): push CS and the return offset, each a gate-size
     slot (a 64-bit gate pushes 8-byte slots on the 64-bit RSP, whatever the caller's mode)."""
@@ -228,12 +272,7 @@ def _call_same_privilege(core: InterpCore, gsize: int, next_ip: int, cache: Segm
     set_cs(core, cache, offset)
 
 
-#: The stack of an inner level from the current TSS (kept under this name for the modules
-#: that import it from here; one function serves call gates and interrupts).
-_tss_stack = task.tss_stack
-
-
-def _call_more_privilege(core: InterpCore, ghi: int, gsize: int,
+def _call_more_privilege(core: InterpCpu, gate: Gate, gsize: int,
                          next_ip: int, cache: SegmentCache, offset: int, new_cpl: int) -> None:
     """MORE-PRIVILEGE (SDM vol. 2A, CALL; vol. 3A, 5.8.5 and Figure 5-13): the stack of
     ``new_cpl`` from the TSS, then push the caller's SS and ESP, the parameters (legacy
@@ -253,7 +292,7 @@ def _call_more_privilege(core: InterpCore, ghi: int, gsize: int,
     else:
         ss_cache, mask = task.inner_stack_segment(core, new_ss, new_cpl)
         # The parameters, read from the caller's stack before anything changes.
-        count = ghi & 0x1F
+        count = gate.param_count
         old_mask = _stack_mask(old_ss.flags)
         params = []
         for i in range(count - 1, -1, -1):          # the deepest first: order is kept
@@ -270,7 +309,7 @@ def _call_more_privilege(core: InterpCore, ghi: int, gsize: int,
 
 # -- far RET to an outer privilege level ----------------------------------------------------
 
-def return_code_segment(core: InterpCore, sel: int) -> tuple[int, int]:
+def return_code_segment(core: InterpCpu, sel: int) -> tuple[int, int]:
     """The checks on the CS popped by a far RET (SDM vol. 2B, RET "Operation", protected
     and IA-32e mode): #GP(0) null; #GP(sel) past the limit, not code, L and D both set in
     IA-32e mode, RPL < CPL, conforming with DPL > RPL, non-conforming with DPL != RPL;
@@ -280,8 +319,8 @@ def return_code_segment(core: InterpCore, sel: int) -> tuple[int, int]:
         raise Fault(EXCP_GP, 0, why="far return to a null selector")
     lo, hi = read_descriptor(core, sel)
     rpl = sel & 3
-    dpl = _dpl(hi)
-    bad = (not _is_code(hi) or rpl < env.cpl
+    dpl = descriptor_dpl(hi)
+    bad = (not is_code(hi) or rpl < env.cpl
            or (env.efer & EFER_LMA and hi & DESC_L_MASK and hi & DESC_B_MASK)
            or (dpl > rpl if hi & DESC_C_MASK else dpl != rpl))
     if bad:
@@ -291,7 +330,7 @@ def return_code_segment(core: InterpCore, sel: int) -> tuple[int, int]:
     return lo, hi
 
 
-def return_stack_segment(core: InterpCore, ss: int, rpl: int, to64: bool,
+def return_stack_segment(core: InterpCpu, ss: int, rpl: int, to64: bool,
                          what: str) -> tuple[SegmentCache, int | None]:
     """Check the SS that RET far or IRET pops to return to privilege level ``rpl``
     (SDM vol. 2B RET, vol. 2A IRET, both RETURN-TO-OUTER-PRIVILEGE-LEVEL and their
@@ -305,14 +344,14 @@ def return_stack_segment(core: InterpCore, ss: int, rpl: int, to64: bool,
             raise Fault(EXCP_GP, 0, why=f"{what} to an outer level with a null SS")
         return SegmentCache(ss, 0, 0, rpl << DESC_DPL_SHIFT), None
     slo, shi = read_descriptor(core, ss)              # #GP(ss) past the limit
-    if (ss & 3) != rpl or _dpl(shi) != rpl or not _writable_data(shi):
+    if (ss & 3) != rpl or descriptor_dpl(shi) != rpl or not is_writable_data(shi):
         raise Fault(EXCP_GP, ss & 0xFFFC, why=f"{what}: stack segment {ss:#x}")
     if not shi & DESC_P_MASK:
         raise Fault(EXCP_SS, ss & 0xFFFC, why=f"{what}: stack segment {ss:#x} not present")
-    return cache_from(ss, slo, shi), shi
+    return descriptor_cache(ss, slo, shi), shi
 
 
-def return_to_outer(core: InterpCore, ip: int, sel: int, lo: int, hi: int, size: int,
+def return_to_outer(core: InterpCpu, ip: int, sel: int, lo: int, hi: int, size: int,
                     extra: int, sp_after_cs: int) -> None:
     """RETURN-TO-OUTER-PRIVILEGE-LEVEL (SDM vol. 2B, RET; vol. 3A, 5.8.6): ``ip``/``sel``
     were popped, ``sp_after_cs`` is the stack pointer past them plus ``extra`` (imm16);
@@ -325,7 +364,7 @@ def return_to_outer(core: InterpCore, ip: int, sel: int, lo: int, hi: int, size:
     rpl = sel & 3
     ia32e = bool(env.efer & EFER_LMA)
     to64 = ia32e and bool(hi & DESC_L_MASK)
-    (sp, ss), _ = core.pop_rt([size, size], 0, start=sp_after_cs)
+    (sp, ss), _ = core.stack_pop([size, size], 0, start=sp_after_cs)
     ss &= 0xFFFF
     ss_cache, shi = return_stack_segment(core, ss, rpl, to64, "far return")
     if to64:
@@ -334,7 +373,7 @@ def return_to_outer(core: InterpCore, ip: int, sel: int, lo: int, hi: int, size:
     else:
         if size == 2:
             ip &= 0xFFFF
-        if ip > cache_from(sel, lo, hi).limit:
+        if ip > descriptor_cache(sel, lo, hi).limit:
             raise Fault(EXCP_GP, 0, why=f"far return: {ip:#x} past the CS limit")
     # The new stack pointer, as the pseudo-code has it: ESP := the popped value (zero-
     # extended), then the imm16 is added at the new stack's address size: the full RSP
@@ -345,12 +384,12 @@ def return_to_outer(core: InterpCore, ip: int, sel: int, lo: int, hi: int, size:
         sp &= 0xFFFFFFFF
         mask = _stack_mask(ss_cache.flags)
         rsp = (sp & ~mask) | ((sp + extra) & mask)
-    cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
+    cache = descriptor_cache(sel, lo, mark_accessed(core, sel, hi))
     if shi is not None:
-        ss_cache.flags = mark_accessed(core, ss, shi) & 0x00F0FF00
+        ss_cache.flags = mark_accessed(core, ss, shi) & DESCRIPTOR_ATTR_MASK
     env.segs[R_SS] = ss_cache
     env.regs[4] = rsp
     # SDM vol. 2B RET, both forms: ES, FS, GS and DS are checked in every mode (the
-    # IRET rule, which excp._null_outer_data_segs implements for both instructions).
-    _null_outer_data_segs(core, rpl, False)
+    # IRET rule, which seg.null_outer_data_segs implements for both instructions).
+    null_outer_data_segs(core, rpl)
     set_cs(core, cache, ip)

@@ -27,17 +27,20 @@ every checked access is #GP(0).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pyqemu.accel.interp.errors import EXCP_GP, Fault
-from pyqemu.accel.interp.table import runtime
+from pyqemu.accel.interp.state import InterpCpu
 from pyqemu.target.i386.cpu_state import CR0_PE, DESC_P_MASK, IOPL_MASK, VM_MASK
+from pyqemu.target.i386.descriptors import SYS_TSS32, SYS_TSS32_BUSY, TSS32, TSS64
 
-if TYPE_CHECKING:
-    from pyqemu.accel.interp.cpu_exec import InterpCore
+__all__ = ["IO_MAP_BASE", "TSS32_TYPES", "io_bitmap_allows", "io_check_needed",
+           "io_perm_check"]
 
-IO_MAP_BASE = 0x66            # offset of the I/O map base address in a 32/64-bit TSS
-TSS32_TYPES = (9, 11)         # available / busy 32-bit TSS (a 64-bit TSS in long mode)
+#: The I/O map base address field: offset 66H of a 32-bit and of a 64-bit TSS.
+IO_MAP_BASE = TSS32["iomap_base"]
+if TSS64["iomap_base"] != IO_MAP_BASE:             # a programmer error in the layouts
+    raise AssertionError("the 32- and 64-bit TSS must hold the I/O map base alike")
+#: Available / busy 32-bit TSS (a 64-bit TSS in IA-32e mode).
+TSS32_TYPES = (SYS_TSS32, SYS_TSS32_BUSY)
 
 
 def io_check_needed(eflags: int, cr0: int, cpl: int) -> bool:
@@ -45,7 +48,7 @@ def io_check_needed(eflags: int, cr0: int, cpl: int) -> bool:
     return bool(cr0 & CR0_PE) and (cpl > (eflags & IOPL_MASK) >> 12 or bool(eflags & VM_MASK))
 
 
-def io_bitmap_allows(core: InterpCore, port: int, size: int) -> bool:
+def io_bitmap_allows(core: InterpCpu, port: int, size: int) -> bool:
     """True when the current TSS's bit map allows ``size`` bytes at ``port`` (19.5.2).
 
     Assumes the check is needed (:func:`io_check_needed`); may raise the #PF of
@@ -55,11 +58,12 @@ def io_bitmap_allows(core: InterpCore, port: int, size: int) -> bool:
     if not tr.flags & DESC_P_MASK or tr.type not in TSS32_TYPES:
         return False
     # The 2-byte map base at 66H-67H must itself be inside the segment.
-    if tr.limit < IO_MAP_BASE + 1:
+    if tr.limit < IO_MAP_BASE.offset + IO_MAP_BASE.size - 1:
         return False
     read = core.mmu.read_bytes
     lam = core.la_mask
-    base = int.from_bytes(read((tr.base + IO_MAP_BASE) & lam, 2), "little")
+    base = int.from_bytes(read((tr.base + IO_MAP_BASE.offset) & lam, IO_MAP_BASE.size),
+                          "little")
     off = base + (port >> 3)
     # The processor reads two bytes whatever the access size: both within the limit.
     if off + 1 > tr.limit:
@@ -68,12 +72,12 @@ def io_bitmap_allows(core: InterpCore, port: int, size: int) -> bool:
     return not bits >> (port & 7) & ((1 << size) - 1)
 
 
-@runtime
-def io_perm_check(core: InterpCore, port: int, size: int) -> None:
+def io_perm_check(core: InterpCpu, port: int, size: int) -> None:
     """#GP(0) unless IN/OUT/INS/OUTS of ``size`` bytes at ``port`` is allowed now.
 
-    Called by generated code (IN/OUT) and by the INS/OUTS runtime; cheap when
-    CPL <= IOPL, which the generated code also tests inline before calling.
+    Called by generated code (IN/OUT: ``io_perm_check(S, port, size)``) and by the
+    INS/OUTS runtime; cheap when CPL <= IOPL, which the generated code also tests
+    inline before calling.
     """
     env = core.env
     if not io_check_needed(env.eflags, env.cr[0], env.cpl):

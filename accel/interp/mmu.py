@@ -10,8 +10,8 @@ The TLB is two dicts keyed by virtual page number (one for reads, one for
 writes) whose values are ``(memoryview, delta)``: the host offset of linear
 address ``la`` is ``la + delta``.  Only RAM pages get entries; MMIO always takes
 the slow path through the address space's dispatch.  Pages watched by a guest data
-breakpoint (DR0-DR3, :mod:`accel.interp.debug`) get no entry on the side watched.  Pages holding translated
-code never get a write entry, so a store to them takes the slow path, which
+breakpoint (DR0-DR3, :mod:`accel.interp.debug`) get no entry on the side watched.
+Pages holding translated code never get a write entry, so a store to them takes the slow path, which
 invalidates the blocks of that page (the "one cheap check per store" is free).
 """
 
@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pyqemu.accel.interp.errors import EXCP_GP, EXCP_PF, Fault
+from pyqemu.accel.interp.state import InterpCpu
 from pyqemu.target.i386.cpu_state import CR0_PG, EFER_LMA
 from pyqemu.target.i386.paging import (
     ACC_EXEC,
@@ -33,9 +34,6 @@ from pyqemu.target.i386.paging import (
     pf_error_code,
 )
 
-if TYPE_CHECKING:
-    from pyqemu.accel.interp.cpu_exec import InterpCore
-
 PAGE = 4096
 __all__ = ["ACC_EXEC", "ACC_READ", "ACC_WRITE", "PAGE", "Mmu"]
 
@@ -44,9 +42,9 @@ _STRUCTS = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I
 
 
 class Mmu:
-    """Address translation and memory helpers of one :class:`InterpCore`."""
+    """Address translation and memory helpers of one CPU (QEMU's softmmu ``cputlb.c``)."""
 
-    def __init__(self, core: InterpCore) -> None:
+    def __init__(self, core: InterpCpu) -> None:
         self.core = core
         self.env = core.env
         self.mem = core.mem
@@ -200,11 +198,13 @@ class Mmu:
 
     # -- the helpers generated code calls ------------------------------------------------
     def _make_helpers(self) -> dict[str, Callable[..., Any]]:
-        """``ld1..ld8`` / ``st1..st8``: a dict hit and an ``unpack_from`` on RAM."""
+        """``ld1..ld8`` / ``st1..st8`` / ``lw1..lw8``: a dict hit and an ``unpack_from``
+        on RAM (accel/interp/namespace.py lists them)."""
         helpers: dict[str, Callable[..., Any]] = {}
         for size, st in _STRUCTS.items():
             helpers[f"ld{size}"] = self._make_load(size, st)
             helpers[f"st{size}"] = self._make_store(size, st)
+            helpers[f"lw{size}"] = self._make_rmw_load(size, st)
         return helpers
 
     def _make_load(self, size: int, st: struct.Struct) -> Callable[[int], int]:
@@ -234,3 +234,26 @@ class Mmu:
             else:
                 slow(la, size, value)
         return store
+
+    def _make_rmw_load(self, size: int, st: struct.Struct) -> Callable[[int], int]:
+        """``lwN``: the read of a read-modify-write, through the *write* TLB, so that a
+        fault reports a write access (SDM vol. 3A, 4.7: the access that caused the
+        fault; an RMW instruction's read is checked for write)."""
+        get = self.tlb_w.get
+        unpack = st.unpack_from
+        limit = PAGE - size
+        mem, dbg = self.mem, self.dbg
+        fill, fill_split = self.fill, self.fill_split
+
+        def load(la: int) -> int:
+            e = get(la >> 12)
+            if e is not None and la & 0xFFF <= limit:
+                return unpack(e[0], la + e[1])[0]
+            if dbg.watches:
+                dbg.check_data(la, size, True)     # an RMW read counts as a write access
+            if (la & 0xFFF) + size > PAGE:
+                pa1, pa2, lo = fill_split(la, size, ACC_WRITE)
+                raw = mem.read_bytes(pa1, lo) + mem.read_bytes(pa2, size - lo)
+                return int.from_bytes(raw, "little")
+            return int(mem.read(fill(la, ACC_WRITE), size))
+        return load

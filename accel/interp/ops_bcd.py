@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from pyqemu.accel.interp.codegen import Ctx, Insn
 from pyqemu.accel.interp.errors import EXCP_DE, Fault
-from pyqemu.accel.interp.table import op, runtime
+from pyqemu.accel.interp.table import op
+
+__all__ = ["bcd_adjust", "gen_bcd"]
 
 
-@runtime
-def BCD(kind: str, ax: int, cf: int, af: int, imm: int) -> tuple[int, int, int]:
-    """One decimal adjust; returns (new AX, CF, AF)."""
+def bcd_adjust(kind: str, ax: int, cf: int, af: int, imm: int) -> tuple[int, int, int]:
+    """One decimal adjust; returns (new AX, CF, AF).  Generated code calls it as ``BCD``
+    (accel/interp/namespace.py)."""
     al, ah = ax & 0xFF, ax >> 8 & 0xFF
     if kind in ("daa", "das"):
         old_al, old_cf = al, cf

@@ -9,9 +9,8 @@ instruction here ends the block.
 
 from __future__ import annotations
 
-from pyqemu.accel.interp.codegen import MASK, Ctx, Insn
+from pyqemu.accel.interp.codegen import MASK, Ctx, Insn, stack_size
 from pyqemu.accel.interp.errors import EXCP_GP
-from pyqemu.accel.interp.ops_move import stack_size
 from pyqemu.accel.interp.table import op
 from pyqemu.accel.ops import EXCP_HLT
 
@@ -119,10 +118,10 @@ def gen_far(c: Ctx, i: Insn) -> None:
         sel = c.load(f"({la} + {size}) & {MASK[8]:#x}", 2)
     c.sync(hex(i.ip))
     if call:
-        c.emit(f"S.far_call({sel}, {off}, {i.opsize if c.mode.code != 64 else max(i.opsize, 4)},"
+        c.emit(f"far_call(S, {sel}, {off}, {i.opsize if c.mode.code != 64 else max(i.opsize, 4)},"
                f" {i.next_ip:#x})")
     else:
-        c.emit(f"S.far_jump({sel}, {off}, {i.next_ip:#x})")   # a task switch saves it
+        c.emit(f"far_jump(S, {sel}, {off}, {i.next_ip:#x})")   # a task switch saves it
     c.finish_after_helper(None)
     c.end()
 
@@ -132,7 +131,7 @@ def gen_retf(c: Ctx, i: Insn) -> None:
     extra = i.ops[0].imm & 0xFFFF if i.ops else 0
     size = 8 if i.rex_w else i.opsize
     c.sync(hex(i.ip))
-    c.emit(f"S.far_return({size}, {extra})")
+    c.emit(f"far_return(S, {size}, {extra})")
     c.finish_after_helper(None)
     c.end()
 
@@ -141,7 +140,7 @@ def gen_retf(c: Ctx, i: Insn) -> None:
 def gen_iret(c: Ctx, i: Insn) -> None:
     size = i.opsize                       # from the encoding: 0x66 / REX.W
     c.sync(hex(i.ip))
-    c.emit(f"S.iret({size}, {i.next_ip:#x})")      # a task return saves it in the old TSS
+    c.emit(f"iret(S, {size}, {i.next_ip:#x})")      # a task return saves it in the old TSS
     c.finish_after_helper(None)
     c.end()
 
@@ -165,7 +164,7 @@ def gen_int(c: Ctx, i: Insn) -> None:
         c.ind += 1
         c.finish_after_helper(hex(i.next_ip))
         c.ind -= 1
-    c.emit(f"S.soft_int({vector}, {i.next_ip:#x}, {'True' if i.mnem != 'int1' else 'False'})")
+    c.emit(f"soft_int(S, {vector}, {i.next_ip:#x}, {'True' if i.mnem != 'int1' else 'False'})")
     c.finish_after_helper(None)
     c.end()
 

@@ -10,26 +10,16 @@ are system instructions (:mod:`accel.interp.ops_system`).
 from __future__ import annotations
 
 from pyqemu.accel.interp import flags as F
-from pyqemu.accel.interp.codegen import MASK, SIGN, Ctx, Insn, Op
+from pyqemu.accel.interp.codegen import MASK, SEG_PREFIX, SIGN, Ctx, Insn, Op, stack_size
+from pyqemu.accel.interp.ops_system import gen_mov_system, gen_pop_seg
 from pyqemu.accel.interp.table import op
 from pyqemu.target.i386.cpu_state import R_DS, RF_MASK, VM_MASK
-
-# Segment-override prefix bytes -> segment register (SDM vol. 2A, 2.1.1).
-SEG_PREFIX = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}
-
-
-def stack_size(c: Ctx, i: Insn) -> int:
-    """Operand size of PUSH/POP: 8 in 64-bit mode unless 0x66 makes it 2 (SDM vol. 2B, PUSH)."""
-    if c.mode.code == 64:
-        return 2 if 0x66 in i.prefixes else 8
-    return i.opsize
 
 
 @op("mov", "movabs")
 def gen_mov(c: Ctx, i: Insn) -> None:
     dst, src = i.ops
     if dst.kind in ("seg", "cr", "dr") or src.kind in ("cr", "dr"):
-        from pyqemu.accel.interp.ops_system import gen_mov_system
         gen_mov_system(c, i)
         return
     if src.kind == "seg":
@@ -148,7 +138,6 @@ def gen_push(c: Ctx, i: Insn) -> None:
 def gen_pop(c: Ctx, i: Insn) -> None:
     (dst,) = i.ops
     if dst.kind == "seg":
-        from pyqemu.accel.interp.ops_system import gen_pop_seg
         gen_pop_seg(c, i)
         return
     size = stack_size(c, i)
@@ -182,7 +171,7 @@ def gen_popf(c: Ctx, i: Insn) -> None:
     size = stack_size(c, i)
     (v,), sp = c.pop([size])
     c.set_sp(sp)
-    c.emit(f"S.popf({v}, {size})")
+    c.emit(f"load_eflags(S, {v}, {size})")
     c.flags = dict.fromkeys(F.FLAG_ORDER)
     c.full = c.partial = None
     c.exit(hex(i.next_ip))
@@ -376,7 +365,7 @@ def gen_lds(c: Ctx, i: Insn) -> None:
     off = c.load(la, dst.size)
     sel = c.load(f"({la} + {dst.size}) & {MASK[8]:#x}", 2)
     c.sync(hex(i.ip))
-    c.emit(f"S.load_seg({seg}, {sel})")
+    c.emit(f"load_seg(S, {seg}, {sel})")
     c.emit(f"R[{dst.reg}] = R[{dst.reg}] & ~{MASK[dst.size]:#x} | {off}" if dst.size < 4
            else f"R[{dst.reg}] = {off}")
     c.finish_after_helper(hex(i.next_ip))

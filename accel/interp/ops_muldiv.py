@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from pyqemu.accel.interp.codegen import MASK, SIGN, Ctx, Insn
 from pyqemu.accel.interp.errors import EXCP_DE, Fault
-from pyqemu.accel.interp.table import op, runtime
+from pyqemu.accel.interp.table import op
+
+__all__ = ["div_signed", "div_unsigned", "gen_div", "gen_mul"]
 
 # Accumulator register pairs by operand size: (low, high) register indices; 8-bit is AX.
 RAX, RDX = 0, 2
 
 
-@runtime
-def DIVU(a: int, b: int, size: int) -> tuple[int, int]:
-    """Unsigned divide of the double-width dividend; #DE on zero or overflow."""
+def div_unsigned(a: int, b: int, size: int) -> tuple[int, int]:
+    """Unsigned divide of the double-width dividend; #DE on zero or overflow (``DIVU`` in
+    generated code, accel/interp/namespace.py)."""
     if b == 0:
         raise Fault(EXCP_DE, why="divide by zero")
     q, r = divmod(a, b)
@@ -30,9 +32,9 @@ def DIVU(a: int, b: int, size: int) -> tuple[int, int]:
     return q, r
 
 
-@runtime
-def DIVS(a: int, b: int, size: int) -> tuple[int, int]:
-    """Signed divide (operands unsigned encodings): quotient toward zero, remainder sign of a."""
+def div_signed(a: int, b: int, size: int) -> tuple[int, int]:
+    """Signed divide (operands unsigned encodings): quotient toward zero, remainder sign of
+    a (``DIVS`` in generated code, accel/interp/namespace.py)."""
     if b == 0:
         raise Fault(EXCP_DE, why="divide by zero")
     bits = size * 8

@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 from pyqemu.accel.interp.codegen import MASK, Ctx, Insn, Op
 from pyqemu.accel.interp.flags import FLAG_BITS
-from pyqemu.accel.interp.segcheck import emit_limit_check
 from pyqemu.accel.interp.table import op
 
 # Each template computes r (result) and, where the kind defines them, cf and of,
@@ -237,9 +236,9 @@ def gen_bt(c: Ctx, i: Insn) -> None:
             if c.mode.checks:
                 # The limit applies to the byte offset the bit offset reaches (SDM vol. 3A,
                 # 5.3), wrapped to the address size.
-                emit_limit_check(c, c.default_seg(dst), f"(({c.ea(dst)}) + ((({off} ^ {sign:#x})"
-                                 f" - {sign:#x}) >> {(w).bit_length() - 1}) * {size}) & "
-                                 f"{MASK[i.adsize]:#x}", size)
+                c.limit_check(c.default_seg(dst), f"(({c.ea(dst)}) + ((({off} ^ {sign:#x})"
+                              f" - {sign:#x}) >> {(w).bit_length() - 1}) * {size}) & "
+                              f"{MASK[i.adsize]:#x}", size)
             base = c.linear(c.default_seg(dst), c.ea(dst))
             c.emit(f"{la} = ({base} + ((({off} ^ {sign:#x}) - {sign:#x}) >> {(w).bit_length() - 1})"
                    f" * {size}) & {MASK[8 if c.mode.code == 64 else 4]:#x}")

@@ -5,17 +5,17 @@ source is seg:rSI (DS unless overridden), the destination ES:rDI (never
 overridden); the index registers and the count (rCX) have the *address* size;
 DF picks the direction.  A single string instruction is emitted inline; a
 repeated one (and every INS/OUTS, which are port I/O) ends the block and runs in
-:meth:`accel.interp.string_rt.StringHelpers.rep_string`, which polls the exit
-request every few thousand iterations and leaves RIP on the instruction when
-interrupted, so it resumes where it stopped (SDM: REP "is restartable").
+:func:`accel.interp.string_rt.rep_string`, which stops between two iterations when
+the instruction budget runs out or an exit request comes (polled every few
+thousand iterations), leaving RIP on the instruction, so it resumes where it
+stopped (SDM: REP "is restartable").
 INS/OUTS check the I/O permission there (IOPL, then the TSS bit map: SDM vol. 1,
 19.5; :mod:`accel.interp.ioperm`) before their first iteration.
 """
 
 from __future__ import annotations
 
-from pyqemu.accel.interp.codegen import MASK, Ctx, Insn
-from pyqemu.accel.interp.ops_move import SEG_PREFIX
+from pyqemu.accel.interp.codegen import MASK, SEG_PREFIX, Ctx, Insn
 from pyqemu.accel.interp.table import op
 from pyqemu.target.i386.cpu_state import R_DS, R_ES
 
@@ -41,7 +41,7 @@ def gen_string(c: Ctx, i: Insn) -> None:
     seg = _src_seg(i)
     if rep or kind in ("ins", "outs"):
         c.sync(hex(i.ip))
-        c.emit(f"S.rep_string({kind!r}, {size}, {i.adsize}, {seg}, {rep!r}, {i.next_ip:#x})")
+        c.emit(f"rep_string(S, {kind!r}, {size}, {i.adsize}, {seg}, {rep!r}, {i.next_ip:#x})")
         c.finish_after_helper(None)
         c.end()
         return
@@ -70,7 +70,7 @@ def gen_string(c: Ctx, i: Insn) -> None:
         c.may_fault()
         c.emit(f"{la} = {c.linear(R_ES, f'{di} & {am:#x}', size)}")
         c.la_seg[la] = R_ES
-        c.store(la, size, src if kind == "movs" else c.gpr_read(0, size))
+        c.store(la, size, src if src is not None else c.gpr_read(0, size))
     if kind == "lods":
         c.gpr_write(0, size, src or "0")
     if kind in ("cmps", "scas"):

@@ -11,10 +11,8 @@ block has written its state back, and ends the block.
 
 from __future__ import annotations
 
-from pyqemu.accel.interp.codegen import MASK, SIGN, Ctx, Insn
+from pyqemu.accel.interp.codegen import MASK, SIGN, Ctx, Insn, stack_size
 from pyqemu.accel.interp.errors import EXCP_BR, EXCP_DB, EXCP_GP, EXCP_UD
-from pyqemu.accel.interp.ioperm import io_perm_check  # noqa: F401  (registers the runtime helper)
-from pyqemu.accel.interp.ops_move import stack_size
 from pyqemu.accel.interp.table import op
 from pyqemu.target.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK, VM_MASK
 
@@ -112,7 +110,7 @@ def gen_cpuid(c: Ctx, i: Insn) -> None:
 @op("rdtsc")
 def gen_rdtsc(c: Ctx, i: Insn) -> None:
     t = c.t("tsc")
-    c.emit(f"{t} = S.rdtsc()")
+    c.emit(f"{t} = rdtsc(S)")
     c.gpr_write(0, 4, f"{t} & 0xFFFFFFFF")
     c.gpr_write(2, 4, f"{t} >> 32 & 0xFFFFFFFF")
 
@@ -123,7 +121,7 @@ def gen_rdmsr(c: Ctx, i: Insn) -> None:
         return
     c.may_fault()
     t = c.t("msr")
-    c.emit(f"{t} = S.rdmsr({c.gpr_read(1, 4)})")
+    c.emit(f"{t} = rdmsr(S, {c.gpr_read(1, 4)})")
     c.gpr_write(0, 4, f"{t} & 0xFFFFFFFF")
     c.gpr_write(2, 4, f"{t} >> 32 & 0xFFFFFFFF")
 
@@ -137,7 +135,7 @@ def gen_wrmsr(c: Ctx, i: Insn) -> None:
     c.emit(f"{v} = {c.gpr_read(2, 4)} << 32 | {c.gpr_read(0, 4)}")
     c.emit(f"{ecx} = {c.gpr_read(1, 4)}")
     c.sync(hex(i.ip))
-    c.emit(f"S.wrmsr({ecx}, {v})")
+    c.emit(f"wrmsr(S, {ecx}, {v})")
     c.finish_after_helper(hex(i.next_ip))
     c.end()
 
@@ -173,7 +171,7 @@ def gen_mov_system(c: Ctx, i: Insn) -> None:
         v = c.t("sel")
         c.emit(f"{v} = {c.read(src)} & 0xFFFF")
         c.sync(hex(i.ip))
-        c.emit(f"S.load_seg({dst.reg}, {v})")
+        c.emit(f"load_seg(S, {dst.reg}, {v})")
         c.finish_after_helper(hex(i.next_ip))
         c.end()
         return
@@ -188,7 +186,7 @@ def gen_mov_system(c: Ctx, i: Insn) -> None:
     v = c.t("v")
     c.emit(f"{v} = {c.read(src)}")
     c.sync(hex(i.ip))
-    c.emit(f"S.write_cr({dst.reg}, {v})")
+    c.emit(f"write_cr(S, {dst.reg}, {v})")
     c.finish_after_helper(hex(i.next_ip))
     c.end()
 
@@ -226,7 +224,7 @@ def _mov_dr(c: Ctx, i: Insn) -> None:
     # A new DR0-DR3/DR7 may arm the guest's breakpoints: end the block with no
     # successor, where the exec loop looks at them (accel/interp/debug.py).
     c.sync(hex(i.ip))
-    c.emit("S.write_dr()")
+    c.emit("debug_update()")
     c.finish_after_helper(hex(i.next_ip))
     c.end()
 
@@ -237,7 +235,7 @@ def gen_pop_seg(c: Ctx, i: Insn) -> None:
     size = stack_size(c, i)
     (v,), sp = c.pop([size])
     c.sync(hex(i.ip))
-    c.emit(f"S.load_seg({dst.reg}, {v} & 0xFFFF)")
+    c.emit(f"load_seg(S, {dst.reg}, {v} & 0xFFFF)")
     m = c.stack_mask()
     if m == 0xFFFF:
         c.emit(f"R[4] = R[4] & ~0xFFFF | {sp}")
@@ -252,7 +250,7 @@ def gen_invlpg(c: Ctx, i: Insn) -> None:
     if not _privileged(c, i):
         return
     m = i.ops[0]
-    c.emit(f"S.mmu.flush_page({c.linear(c.default_seg(m), c.ea(m))})")
+    c.emit(f"flush_page({c.linear(c.default_seg(m), c.ea(m))})")
 
 
 @op("clts")
@@ -270,7 +268,7 @@ def gen_lmsw(c: Ctx, i: Insn) -> None:
     v = c.t("v")
     c.emit(f"{v} = env.cr[0] & ~0xE | {c.read(i.ops[0], 2)} & 0xF")
     c.sync(hex(i.ip))
-    c.emit(f"S.write_cr(0, {v})")
+    c.emit(f"write_cr(S, 0, {v})")
     c.finish_after_helper(hex(i.next_ip))
     c.end()
 
@@ -315,7 +313,7 @@ def gen_ltr(c: Ctx, i: Insn) -> None:
     v = c.t("sel")
     c.emit(f"{v} = {c.read(i.ops[0])} & 0xFFFF")
     c.sync(hex(i.ip))
-    c.emit(f"S.load_system_seg({i.mnem!r}, {v})")
+    c.emit(f"load_system_seg(S, {i.mnem!r}, {v})")
     c.finish_after_helper(hex(i.next_ip))
     c.end()
 
@@ -348,7 +346,7 @@ def gen_syscall(c: Ctx, i: Insn) -> None:
         c.end()
         return
     c.sync(hex(i.ip))
-    c.emit(f"S.syscall({i.next_ip:#x})")
+    c.emit(f"syscall(S, {i.next_ip:#x})")
     c.finish_after_helper(None)
     c.end()
 
@@ -364,7 +362,7 @@ def gen_sysret(c: Ctx, i: Insn) -> None:
     if not _privileged(c, i):
         return
     c.sync(hex(i.ip))
-    c.emit(f"S.sysret({8 if i.rex_w else 4})")
+    c.emit(f"sysret(S, {8 if i.rex_w else 4})")
     c.finish_after_helper(None)
     c.end()
 
@@ -390,7 +388,7 @@ def gen_swapgs(c: Ctx, i: Insn) -> None:
 def gen_rdtscp(c: Ctx, i: Insn) -> None:
     """RDTSCP: RDTSC plus ECX = IA32_TSC_AUX (SDM vol. 2B, RDTSCP)."""
     t = c.t("tsc")
-    c.emit(f"{t} = S.rdtsc()")
+    c.emit(f"{t} = rdtsc(S)")
     c.gpr_write(0, 4, f"{t} & 0xFFFFFFFF")
     c.gpr_write(2, 4, f"{t} >> 32 & 0xFFFFFFFF")
     c.gpr_write(1, 4, "env.tsc_aux & 0xFFFFFFFF")
@@ -413,7 +411,7 @@ def gen_lar(c: Ctx, i: Insn) -> None:
     c.emit(f"{sel} = {c.read(src)} & 0xFFFF")
     c.may_fault()
     v = c.t("v")
-    c.emit(f"{v} = S.check_selector({i.mnem!r}, {sel})")
+    c.emit(f"{v} = check_selector(S, {i.mnem!r}, {sel})")
     zf = c.t("zf")
     c.emit(f"{zf} = 0 if {v} is None else 1")
     if i.mnem in ("lar", "lsl"):
@@ -429,7 +427,7 @@ def gen_lar(c: Ctx, i: Insn) -> None:
 def gen_sysenter(c: Ctx, i: Insn) -> None:
     """SYSENTER: to CPL 0 at IA32_SYSENTER_EIP (SDM vol. 2B, SYSENTER; :func:`seg.sysenter`)."""
     c.sync(hex(i.ip))
-    c.emit("S.sysenter()")
+    c.emit("sysenter(S)")
     c.finish_after_helper(None)
     c.end()
 
@@ -438,7 +436,7 @@ def gen_sysenter(c: Ctx, i: Insn) -> None:
 def gen_sysexit(c: Ctx, i: Insn) -> None:
     """SYSEXIT: to CPL 3 at EDX/RDX with ESP/RSP = ECX/RCX (SDM vol. 2B, SYSEXIT)."""
     c.sync(hex(i.ip))
-    c.emit(f"S.sysexit({8 if i.rex_w or i.mnem == 'sysexitq' else 4})")
+    c.emit(f"sysexit(S, {8 if i.rex_w or i.mnem == 'sysexitq' else 4})")
     c.finish_after_helper(None)
     c.end()
 

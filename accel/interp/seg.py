@@ -1,21 +1,21 @@
-"""Segmentation: descriptor loads, far JMP/CALL/RET (Intel SDM vol. 3A, 3.4 and 5.8).
+"""Segmentation: descriptor reads and loads, SYSCALL/SYSRET, SYSENTER/SYSEXIT, LAR/LSL
+(Intel SDM vol. 3A, 3.4 and 5.8; QEMU's ``target/i386/tcg/seg_helper.c``).
 
 Real mode and virtual-8086 mode: a selector load sets base = selector << 4 and
 keeps the hidden limit and attributes (SDM vol. 3A, 20.1.1; that is what makes
 "unreal mode" work).  Protected mode: the selector indexes the GDT or the LDT,
 the descriptor is checked as the MOV/POP/JMP/CALL/RET "Operation" sections of
 SDM vol. 2 say (type, DPL/RPL/CPL, present) and its base, limit and attributes
-fill the segment cache (3.4.5).  Far transfers through call gates and far returns
-to an outer privilege level are in :mod:`accel.interp.gates`, task switches (a
-task gate or a TSS as a far JMP/CALL target) in :mod:`accel.interp.task`.
+fill the segment cache (3.4.5, :func:`~pyqemu.target.i386.descriptors.descriptor_cache`).
+Far JMP/CALL/RET are in :mod:`accel.interp.far`, call gates and far returns to an
+outer privilege level in :mod:`accel.interp.gates`, task switches in
+:mod:`accel.interp.task`: all of them build on the pieces here.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-from typing import TYPE_CHECKING
-
-from pyqemu.accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_UD, Fault, InterpError
+from pyqemu.accel.interp.errors import EXCP_GP, EXCP_NP, EXCP_SS, EXCP_UD, Fault
+from pyqemu.accel.interp.state import InterpCpu
 from pyqemu.target.i386.cpu_state import (
     CR0_PE,
     DESC_A_MASK,
@@ -28,29 +28,88 @@ from pyqemu.target.i386.cpu_state import (
     DESC_P_MASK,
     DESC_R_MASK,
     DESC_S_MASK,
+    DESC_TYPE_SHIFT,
     DESC_W_MASK,
     EFER_LMA,
+    EFER_SCE,
+    IF_MASK,
     R_CS,
+    R_DS,
+    R_ES,
+    R_FS,
+    R_GS,
     R_SS,
+    RF_MASK,
     VM_MASK,
     SegmentCache,
 )
-from pyqemu.target.i386.descriptors import descriptor_cache
+from pyqemu.target.i386.descriptors import (
+    DESCRIPTOR_ATTR_MASK,
+    GATE_CALL16,
+    GATE_CALL32,
+    GATE_TASK,
+    SYS_LDT,
+    SYS_TSS16,
+    SYS_TSS16_BUSY,
+    SYS_TSS32,
+    SYS_TSS32_BUSY,
+    descriptor_cache,
+    descriptor_limit,
+)
 
-if TYPE_CHECKING:
-    from pyqemu.accel.interp.cpu_exec import InterpCore
+__all__ = [
+    "TSS_BUSY",
+    "VM86_SEG_FLAGS",
+    "canonical",
+    "check_selector",
+    "check_target_ip",
+    "descriptor_dpl",
+    "descriptor_type",
+    "in_table",
+    "is_code",
+    "is_writable_data",
+    "load_seg",
+    "load_system_seg",
+    "mark_accessed",
+    "null_outer_data_segs",
+    "protected",
+    "read_descriptor",
+    "read_descriptor_hi64",
+    "set_cs",
+    "syscall",
+    "sysenter",
+    "sysexit",
+    "sysret",
+    "vm86_segment",
+]
+
+#: The busy bit of a TSS descriptor's type (SDM vol. 3A, 7.2.2: type 9/1 available,
+#: B/3 busy).
+TSS_BUSY = SYS_TSS32_BUSY ^ SYS_TSS32
+
+#: Attributes of the flat segments SYSCALL/SYSRET/SYSENTER/SYSEXIT load (their
+#: "Operation": type 11 execute/read accessed code, type 3 read/write accessed data).
+_CODE = DESC_S_MASK | DESC_CS_MASK | DESC_R_MASK | DESC_A_MASK
+_DATA = DESC_S_MASK | DESC_W_MASK | DESC_A_MASK
+_FLAT = DESC_G_MASK | DESC_P_MASK
+_DPL3 = 3 << DESC_DPL_SHIFT
 
 
-def protected(core: InterpCore) -> bool:
+#: The attributes of every segment register in VM86: present, S=1, DPL 3, read/write
+#: accessed data, 16-bit (the access rights F3H the SDM requires of VM86 guest state,
+#: vol. 3C 27.3.1.2 "Checks on Guest Segment Registers"; QEMU loads the same).
+VM86_SEG_FLAGS = DESC_P_MASK | _DPL3 | _DATA
+
+
+def vm86_segment(sel: int) -> SegmentCache:
+    """A segment register as VM86 loads it: base = selector << 4, limit FFFFH (SDM vol.
+    3A, 20.1.1)."""
+    return SegmentCache(sel, sel << 4, 0xFFFF, VM86_SEG_FLAGS)
+
+
+def protected(core: InterpCpu) -> bool:
     env = core.env
     return bool(env.cr[0] & CR0_PE) and not env.eflags & VM_MASK
-
-
-def _gates() -> ModuleType:
-    """:mod:`accel.interp.gates`, imported on first use: it imports this module and
-    :mod:`accel.interp.excp` (which imports this one), so it cannot be imported at the top."""
-    from pyqemu.accel.interp import gates
-    return gates
 
 
 def canonical(a: int) -> bool:
@@ -58,7 +117,32 @@ def canonical(a: int) -> bool:
     return a < 0x800000000000 or a >= 0xFFFF800000000000
 
 
-def check_target_ip(core: InterpCore, cache: SegmentCache, ip: int) -> None:
+def descriptor_type(hi: int) -> int:
+    """The type field with S (bits 12:8 of the high dword): 0-0xF a system type."""
+    return (hi >> DESC_TYPE_SHIFT) & 0x1F
+
+
+def descriptor_dpl(hi: int) -> int:
+    return (hi >> DESC_DPL_SHIFT) & 3
+
+
+def is_code(hi: int) -> bool:
+    """A code segment descriptor (S = 1, type bit 3 set)."""
+    return hi & (DESC_S_MASK | DESC_CS_MASK) == DESC_S_MASK | DESC_CS_MASK
+
+
+def is_writable_data(hi: int) -> bool:
+    """A writable data segment descriptor (S = 1, type bit 3 clear, W set): what SS takes."""
+    return hi & (DESC_S_MASK | DESC_CS_MASK | DESC_W_MASK) == DESC_S_MASK | DESC_W_MASK
+
+
+def in_table(core: InterpCpu, sel: int, size: int = 8) -> bool:
+    """Whether the ``size`` bytes of the descriptor ``sel`` names lie within its table."""
+    table = core.env.ldt if sel & 4 else core.env.gdt
+    return (sel & ~7) + size - 1 <= table.limit
+
+
+def check_target_ip(core: InterpCpu, cache: SegmentCache, ip: int) -> None:
     """#GP(0) unless a far transfer's new instruction pointer lies within the new CS
     limit, or is canonical when the new CS is 64-bit code (SDM vol. 2A JMP and CALL,
     vol. 2B RET, vol. 2A IRET: "IF tempEIP not within code segment limits THEN
@@ -72,7 +156,7 @@ def check_target_ip(core: InterpCore, cache: SegmentCache, ip: int) -> None:
                                     f"{cache.limit:#x}")
 
 
-def read_descriptor(core: InterpCore, sel: int) -> tuple[int, int]:
+def read_descriptor(core: InterpCpu, sel: int) -> tuple[int, int]:
     """The 8-byte descriptor of ``sel`` as (low dword, high dword); #GP(sel) past the limit."""
     env = core.env
     table = env.ldt if sel & 4 else env.gdt
@@ -83,14 +167,14 @@ def read_descriptor(core: InterpCore, sel: int) -> tuple[int, int]:
     return int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:], "little")
 
 
-def read_descriptor_hi64(core: InterpCore, sel: int) -> int:
+def read_descriptor_hi64(core: InterpCpu, sel: int) -> int:
     """Upper 8 bytes of a 16-byte system descriptor in long mode (SDM vol. 3A, 7.2.3)."""
     env = core.env
     raw = core.mmu.read_bytes(env.gdt.base + (sel & ~7) + 8, 8)
     return int.from_bytes(raw[:4], "little")
 
 
-def mark_accessed(core: InterpCore, sel: int, hi: int) -> int:
+def mark_accessed(core: InterpCpu, sel: int, hi: int) -> int:
     """Set the descriptor's accessed bit in memory when a load finds it clear; returns ``hi``
     with it set (SDM vol. 3A, 3.4.5.1: the processor sets A whenever it loads the selector
     of a code or data segment into a segment register; QEMU's helper_load_seg does too)."""
@@ -101,13 +185,11 @@ def mark_accessed(core: InterpCore, sel: int, hi: int) -> int:
     return hi
 
 
-def cache_from(sel: int, lo: int, hi: int) -> SegmentCache:
-    """Descriptor -> segment cache (SDM vol. 3A, 3.4.5, Figure 3-8)."""
-    return descriptor_cache(sel, lo, hi)
-
-
-def load_seg(core: InterpCore, seg: int, sel: int) -> None:
-    """MOV/POP to a segment register (SDM vol. 2B, MOV "Operation", POP "Operation")."""
+def load_seg(core: InterpCpu, seg: int, sel: int) -> None:
+    """MOV/POP to a segment register, LDS/LES/LFS/LGS/LSS (SDM vol. 2B, MOV "Operation",
+    POP "Operation"; QEMU's ``helper_load_seg``).  Generated code calls it; a load of SS
+    marks the instruction for the MOV SS / POP SS hold of debug events (SDM vol. 3A,
+    6.8.3; accel/interp/debug.py tells LSS apart)."""
     env = core.env
     if seg == R_CS:
         raise Fault(EXCP_UD, why="mov to cs")
@@ -124,7 +206,7 @@ def load_seg(core: InterpCore, seg: int, sel: int) -> None:
             env.segs[seg] = SegmentCache(sel, 0, 0, 0)
         else:
             lo, hi = read_descriptor(core, sel)
-            dpl = (hi >> DESC_DPL_SHIFT) & 3
+            dpl = descriptor_dpl(hi)
             code = bool(hi & DESC_CS_MASK)
             if not hi & DESC_S_MASK:
                 raise Fault(EXCP_GP, sel & 0xFFFC, why=f"system descriptor {sel:#x}")
@@ -140,49 +222,17 @@ def load_seg(core: InterpCore, seg: int, sel: int) -> None:
                     raise Fault(EXCP_GP, sel & 0xFFFC, why=f"segment {sel:#x} privilege")
                 if not hi & DESC_P_MASK:
                     raise Fault(EXCP_NP, sel & 0xFFFC, why=f"segment {sel:#x} not present")
-            env.segs[seg] = cache_from(sel, lo, mark_accessed(core, sel, hi))
+            env.segs[seg] = descriptor_cache(sel, lo, mark_accessed(core, sel, hi))
     core.segbase[seg] = env.segs[seg].base
     core.mode_changed()     # SS sets the stack size; any of ES CS SS DS may end flatness
+    if seg == R_SS:
+        core.debug.ss_loaded = True
 
 
-def target_descriptor(core: InterpCore, sel: int) -> tuple[int, int]:
-    """The descriptor a far JMP/CALL names: #GP(0) for a null selector, #GP(sel) past
-    the table limit (SDM vol. 2A, CALL/JMP "Operation", before the type dispatch)."""
-    if sel & 0xFFFC == 0:
-        raise Fault(EXCP_GP, 0, why="far transfer to a null selector")
-    return read_descriptor(core, sel)
-
-
-def code_descriptor(core: InterpCore, sel: int,
-                    desc: tuple[int, int] | None = None) -> tuple[SegmentCache, int]:
-    """Check a far JMP/CALL target code segment (CONFORMING-/NONCONFORMING-CODE-SEGMENT
-    of SDM vol. 2A CALL/JMP: no privilege change); returns its cache and the CPL.
-    ``desc``: the descriptor, when the caller has read it already."""
-    env = core.env
-    lo, hi = desc if desc is not None else target_descriptor(core, sel)
-    if not hi & DESC_S_MASK:
-        raise InterpError(f"interp: code_descriptor({sel:#x}) called for a system descriptor")
-    if not hi & DESC_CS_MASK:
-        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"far transfer to data segment {sel:#x}")
-    cpl = env.cpl
-    dpl = (hi >> DESC_DPL_SHIFT) & 3
-    if hi & DESC_C_MASK:
-        if dpl > cpl:
-            raise Fault(EXCP_GP, sel & 0xFFFC, why=f"conforming segment {sel:#x} DPL > CPL")
-    elif (sel & 3) > cpl or dpl != cpl:
-        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"code segment {sel:#x} privilege")
-    if env.efer & EFER_LMA and hi & DESC_L_MASK and hi & DESC_B_MASK:
-        raise Fault(EXCP_GP, sel & 0xFFFC, why=f"code segment {sel:#x} with L and D set")
-    if not hi & DESC_P_MASK:
-        raise Fault(EXCP_NP, sel & 0xFFFC, why=f"code segment {sel:#x} not present")
-    cache = cache_from((sel & ~3) | cpl, lo, mark_accessed(core, sel, hi))
-    return cache, cpl
-
-
-def set_cs(core: InterpCore, cache: SegmentCache, rip: int) -> None:
+def set_cs(core: InterpCpu, cache: SegmentCache, rip: int) -> None:
     env = core.env
     env.segs[R_CS] = cache
-    code64 = bool(env.efer & 0x400) and bool(cache.flags & DESC_L_MASK)
+    code64 = bool(env.efer & EFER_LMA) and bool(cache.flags & DESC_L_MASK)
     if not code64:
         rip &= 0xFFFFFFFF if cache.flags & DESC_B_MASK else 0xFFFF
     env.rip = rip
@@ -190,76 +240,29 @@ def set_cs(core: InterpCore, cache: SegmentCache, rip: int) -> None:
     core.mode_changed()
 
 
-def far_jump(core: InterpCore, sel: int, off: int, next_ip: int) -> None:
-    """JMP ptr16:xx / m16:xx (SDM vol. 2A, JMP, far jumps).  ``next_ip``: the address
-    after the instruction, which a task switch saves in the old TSS."""
+def null_outer_data_segs(core: InterpCpu, new_cpl: int) -> None:
+    """Return to an outer privilege level: ES, DS, FS and GS that hold a data or
+    non-conforming code segment with DPL < the new CPL get a null selector (SDM vol. 2A,
+    IRET "RETURN-TO-OUTER-PRIVILEGE-LEVEL", which IA-32e mode reaches too; vol. 2B RET
+    the same rule).  Only the selector is nulled: the cache keeps its base and limit and
+    becomes unusable (P=0), so in 64-bit mode FS and GS keep the base WRMSR or a load
+    gave them, and elsewhere any access through the register is #GP(0)
+    (accel/interp/segcheck.py).  A register already null is left alone.
+
+    The SDM's pseudo-code and QEMU's TCG null them; interp follows the manual
+    (test_exec.py, test_iretq_to_outer_level_nulls_segments_more_privileged_than_the_new_cpl)."""
     env = core.env
-    if not protected(core):
-        cs = env.segs[R_CS]
-        check_target_ip(core, cs, off)
-        cs.selector, cs.base = sel, sel << 4
-        env.rip = off
-        core.segbase[R_CS] = cs.base
-        core.mode_changed()
-        return
-    desc = target_descriptor(core, sel)
-    if not desc[1] & DESC_S_MASK:
-        _gates().through_system_descriptor(core, sel, *desc, call=False, next_ip=next_ip)
-        return
-    cache, _ = code_descriptor(core, sel, desc)
-    check_target_ip(core, cache, off)
-    set_cs(core, cache, off)
+    for seg in (R_ES, R_DS, R_FS, R_GS):
+        cache = env.segs[seg]
+        if cache.selector & 0xFFFC == 0:
+            continue
+        flags = cache.flags
+        conforming_code = flags & DESC_CS_MASK and flags & DESC_C_MASK
+        if not conforming_code and (flags >> DESC_DPL_SHIFT) & 3 < new_cpl:
+            env.segs[seg] = SegmentCache(0, cache.base, cache.limit, flags & ~DESC_P_MASK)
 
 
-def far_call(core: InterpCore, sel: int, off: int, size: int, next_ip: int) -> None:
-    """CALL far: push CS then the return offset, both ``size`` bytes (SDM vol. 2A, CALL)."""
-    env = core.env
-    cache = None
-    if protected(core):
-        desc = target_descriptor(core, sel)
-        if not desc[1] & DESC_S_MASK:
-            _gates().through_system_descriptor(core, sel, *desc, call=True, next_ip=next_ip)
-            return
-        cache, _ = code_descriptor(core, sel, desc)   # validate before touching the stack
-    check_target_ip(core, cache or env.segs[R_CS], off)
-    core.push_rt([(env.segs[R_CS].selector, size), (next_ip, size)])
-    if cache is None:
-        cs = env.segs[R_CS]
-        cs.selector, cs.base = sel, sel << 4
-        env.rip = off
-        core.segbase[R_CS] = cs.base
-        core.mode_changed()
-    else:
-        set_cs(core, cache, off)
-
-
-def far_return(core: InterpCore, size: int, extra: int) -> None:
-    """RET far [imm16] (SDM vol. 2B, RET): real mode, "RETURN-TO-SAME-PRIVILEGE-LEVEL",
-    and to an outer level (RPL > CPL: :func:`accel.interp.gates.return_to_outer`)."""
-    env = core.env
-    (ip, sel), new_sp = core.pop_rt([size, size], extra)
-    sel &= 0xFFFF
-    if not protected(core):
-        cs = env.segs[R_CS]
-        check_target_ip(core, cs, ip)
-        cs.selector, cs.base = sel, sel << 4
-        core.set_sp_rt(new_sp)
-        env.rip = ip
-        core.segbase[R_CS] = cs.base
-        core.mode_changed()
-        return
-    g = _gates()
-    lo, hi = g.return_code_segment(core, sel)
-    if (sel & 3) > env.cpl:
-        g.return_to_outer(core, ip, sel, lo, hi, size, extra, new_sp)
-        return
-    check_target_ip(core, cache_from(sel, lo, hi), ip)
-    cache = cache_from(sel, lo, mark_accessed(core, sel, hi))
-    core.set_sp_rt(new_sp)
-    set_cs(core, cache, ip)
-
-
-def load_system_seg(core: InterpCore, which: str, sel: int) -> None:
+def load_system_seg(core: InterpCpu, which: str, sel: int) -> None:
     """LTR/LLDT (SDM vol. 2A): a GDT system descriptor (16 bytes in long mode, 7.2.3);
     LTR also marks the TSS busy in the GDT."""
     env = core.env
@@ -271,65 +274,72 @@ def load_system_seg(core: InterpCore, which: str, sel: int) -> None:
     if sel & 4:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"{which}: selector {sel:#x} is in the LDT")
     lo, hi = read_descriptor(core, sel)
-    stype = (hi >> 8) & 0x1F
-    ok = (1, 9) if which == "ltr" else (2,)          # available 16/32(64)-bit TSS, LDT
+    stype = descriptor_type(hi)
+    ok = (SYS_TSS16, SYS_TSS32) if which == "ltr" else (SYS_LDT,)   # available TSS, LDT
     if stype not in ok:
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"{which}: descriptor type {stype:#x}")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"{which}: {sel:#x} not present")
-    cache = cache_from(sel, lo, hi)
-    if env.efer & 0x400:
+    cache = descriptor_cache(sel, lo, hi)
+    if env.efer & EFER_LMA:
         cache.base |= read_descriptor_hi64(core, sel) << 32
     if which == "ltr":
-        busy = hi | (2 << 8)                          # type 9/1 -> 11/3 (busy)
+        busy = hi | (TSS_BUSY << DESC_TYPE_SHIFT)
         core.mmu.write_bytes_linear(env.gdt.base + (sel & ~7) + 4, busy.to_bytes(4, "little"))
-        cache.flags |= 2 << 8
+        cache.flags |= TSS_BUSY << DESC_TYPE_SHIFT
         env.tr = cache
     else:
         env.ldt = cache
 
 
-def syscall(core: InterpCore, next_ip: int) -> None:
+def syscall(core: InterpCpu, next_ip: int) -> None:
     """SYSCALL in 64-bit mode (SDM vol. 2B, SYSCALL, Operation)."""
     env = core.env
-    if not env.efer & 1:
+    if not env.efer & EFER_SCE:
         raise Fault(EXCP_UD, why="syscall with EFER.SCE clear")
     env.regs[1] = next_ip
-    env.regs[11] = core.get_flags() & ~0x10000          # R11 = RFLAGS (RF cleared)
+    env.regs[11] = core.get_flags() & ~RF_MASK          # R11 = RFLAGS (RF cleared)
     core.cc = None
     sel = (env.star >> 32) & 0xFFFC
-    env.segs[R_CS] = SegmentCache(sel, 0, 0xFFFFFFFF, 0xA09B00 | DESC_P_MASK)  # L, G, code, DPL0
-    env.segs[R_SS] = SegmentCache(sel + 8, 0, 0xFFFFFFFF, 0xC09300 | DESC_P_MASK)
+    env.segs[R_CS] = SegmentCache(sel, 0, 0xFFFFFFFF, _FLAT | DESC_L_MASK | _CODE)   # DPL 0
+    env.segs[R_SS] = SegmentCache(sel + 8, 0, 0xFFFFFFFF, _FLAT | DESC_B_MASK | _DATA)
     env.eflags = (env.regs[11] & ~env.fmask & 0x3F7FD7) | 2
     env.rip = env.lstar
     core.mode_changed()
+    core.debug.flags_changed()
 
 
-def sysret(core: InterpCore, size: int) -> None:
+def sysret(core: InterpCpu, size: int) -> None:
     """SYSRET to CPL 3: 64-bit (REX.W) or compatibility mode (SDM vol. 2B, SYSRET)."""
     env = core.env
-    if not env.efer & 1:
+    if not env.efer & EFER_SCE:
         raise Fault(EXCP_UD, why="sysret with EFER.SCE clear")
     base = (env.star >> 48) & 0xFFFF
     if size == 8:
-        env.segs[R_CS] = SegmentCache((base + 16) | 3, 0, 0xFFFFFFFF, 0xA0FB00 | DESC_P_MASK)
+        env.segs[R_CS] = SegmentCache((base + 16) | 3, 0, 0xFFFFFFFF,
+                                      _FLAT | DESC_L_MASK | _DPL3 | _CODE)
         env.rip = env.regs[1]
     else:
-        env.segs[R_CS] = SegmentCache(base | 3, 0, 0xFFFFFFFF, 0xC0FB00 | DESC_P_MASK)
+        env.segs[R_CS] = SegmentCache(base | 3, 0, 0xFFFFFFFF,
+                                      _FLAT | DESC_B_MASK | _DPL3 | _CODE)
         env.rip = env.regs[1] & 0xFFFFFFFF
-    env.segs[R_SS] = SegmentCache((base + 8) | 3, 0, 0xFFFFFFFF, 0xC0F300 | DESC_P_MASK)
+    env.segs[R_SS] = SegmentCache((base + 8) | 3, 0, 0xFFFFFFFF,
+                                  _FLAT | DESC_B_MASK | _DPL3 | _DATA)
     env.eflags = (env.regs[11] & 0x3C7FD7) | 2
     core.cc = None
     core.mode_changed()
+    core.debug.flags_changed()
 
 
 #: System descriptor types LAR/LSL accept (SDM vol. 2A, LAR Table 3-57, LSL Table 3-61):
 #: legacy mode, then IA-32e mode (only LDT, 64-bit TSS available/busy, 64-bit call gate).
-_LAR_TYPES = ({1, 2, 3, 4, 5, 9, 0xB, 0xC}, {2, 9, 0xB, 0xC})
-_LSL_TYPES = ({1, 2, 3, 9, 0xB}, {2, 9, 0xB})
+_LAR_TYPES = ({SYS_TSS16, SYS_LDT, SYS_TSS16_BUSY, GATE_CALL16, GATE_TASK, SYS_TSS32,
+               SYS_TSS32_BUSY, GATE_CALL32}, {SYS_LDT, SYS_TSS32, SYS_TSS32_BUSY, GATE_CALL32})
+_LSL_TYPES = ({SYS_TSS16, SYS_LDT, SYS_TSS16_BUSY, SYS_TSS32, SYS_TSS32_BUSY},
+              {SYS_LDT, SYS_TSS32, SYS_TSS32_BUSY})
 
 
-def check_selector(core: InterpCore, which: str, sel: int) -> int | None:
+def check_selector(core: InterpCpu, which: str, sel: int) -> int | None:
     """LAR, LSL, VERR, VERW (SDM vol. 2A LAR/LSL, vol. 2B VERR/VERW, "Operation"): the
     access rights (LAR: descriptor bytes 4-7 masked 00F0FF00H), the scaled limit (LSL) or 1
     (VERR/VERW), or None where the instruction clears ZF: a null selector, an offset past
@@ -341,23 +351,23 @@ def check_selector(core: InterpCore, which: str, sel: int) -> int | None:
     if sel & 0xFFFC == 0:
         return None
     table = env.ldt if sel & 4 else env.gdt
-    if (sel & ~7) + 7 > table.limit:
+    if not in_table(core, sel):
         return None
     raw = core.mmu.read_bytes(table.base + (sel & ~7), 8)
     lo, hi = int.from_bytes(raw[:4], "little"), int.from_bytes(raw[4:], "little")
-    dpl = (hi >> DESC_DPL_SHIFT) & 3
+    dpl = descriptor_dpl(hi)
     conforming = hi & (DESC_S_MASK | DESC_CS_MASK | DESC_C_MASK) == (
         DESC_S_MASK | DESC_CS_MASK | DESC_C_MASK)
     if not hi & DESC_S_MASK:
         ia32e = bool(env.efer & EFER_LMA)
         types = (_LAR_TYPES if which == "lar" else _LSL_TYPES)[ia32e]
-        if which in ("verr", "verw") or (hi >> 8) & 0xF not in types:
+        if which in ("verr", "verw") or descriptor_type(hi) not in types:
             return None
         if ia32e:
             # Every system descriptor LAR/LSL take in IA-32e mode is 16 bytes (SDM vol.
             # 3A, 3.5.2 and 7.2.3; 5.8.3.1): its upper half must be in the table too, and
             # it is read (a #PF there is the instruction's).
-            if (sel & ~7) + 15 > table.limit:
+            if not in_table(core, sel, 16):
                 return None
             core.mmu.read_bytes(table.base + (sel & ~7) + 8, 8)
     elif which == "verr" and hi & DESC_CS_MASK and not hi & DESC_R_MASK:
@@ -367,14 +377,13 @@ def check_selector(core: InterpCore, which: str, sel: int) -> int | None:
     if not conforming and (dpl < env.cpl or dpl < (sel & 3)):
         return None
     if which == "lar":
-        return hi & 0x00F0FF00
+        return hi & DESCRIPTOR_ATTR_MASK
     if which == "lsl":
-        limit = (lo & 0xFFFF) | (hi & 0xF0000)
-        return (limit << 12) | 0xFFF if hi & DESC_G_MASK else limit
+        return descriptor_limit(lo, hi)
     return 1
 
 
-def sysenter(core: InterpCore) -> None:
+def sysenter(core: InterpCpu) -> None:
     """SYSENTER (SDM vol. 2B, SYSENTER, Operation): #GP(0) in real mode or with
     IA32_SYSENTER_CS[15:2] = 0; clears VM IF RF; flat CPL-0 CS = SYSENTER_CS & FFFCH
     (64-bit code in IA-32e mode, else 32-bit) and SS = CS + 8; RSP/RIP from
@@ -384,22 +393,22 @@ def sysenter(core: InterpCore) -> None:
         raise Fault(EXCP_GP, 0, why="sysenter in real mode")
     if not env.sysenter_cs & 0xFFFC:
         raise Fault(EXCP_GP, 0, why="sysenter with IA32_SYSENTER_CS null")
-    ia32e = bool(env.efer & 0x400)
-    env.eflags = core.get_flags() & ~(VM_MASK | 0x200 | 0x10000)     # VM, IF, RF
+    ia32e = bool(env.efer & EFER_LMA)
+    env.eflags = core.get_flags() & ~(VM_MASK | IF_MASK | RF_MASK)
     core.cc = None
     sel = env.sysenter_cs & 0xFFFC
-    code = DESC_G_MASK | DESC_P_MASK | DESC_S_MASK | 0xB00 | (DESC_L_MASK if ia32e else DESC_B_MASK)
+    code = _FLAT | _CODE | (DESC_L_MASK if ia32e else DESC_B_MASK)
     env.segs[R_CS] = SegmentCache(sel, 0, 0xFFFFFFFF, code)
-    env.segs[R_SS] = SegmentCache(sel + 8, 0, 0xFFFFFFFF,
-                                  DESC_G_MASK | DESC_B_MASK | DESC_P_MASK | DESC_S_MASK | 0x300)
+    env.segs[R_SS] = SegmentCache(sel + 8, 0, 0xFFFFFFFF, _FLAT | DESC_B_MASK | _DATA)
     mask = 0xFFFFFFFFFFFFFFFF if ia32e else 0xFFFFFFFF
     env.regs[4] = env.sysenter_esp & mask
     env.rip = env.sysenter_eip & mask
     core.segbase[R_CS] = core.segbase[R_SS] = 0
     core.mode_changed()
+    core.debug.flags_changed()
 
 
-def sysexit(core: InterpCore, size: int) -> None:
+def sysexit(core: InterpCpu, size: int) -> None:
     """SYSEXIT (SDM vol. 2B, SYSEXIT, Operation): #GP(0) in real mode, at CPL > 0 or with
     IA32_SYSENTER_CS[15:2] = 0; CPL-3 flat CS = (SYSENTER_CS + 32) | 3 for a 64-bit
     return (REX.W; #GP(0) for a non-canonical RCX or RDX), else (SYSENTER_CS + 16) | 3;
@@ -419,12 +428,11 @@ def sysexit(core: InterpCore, size: int) -> None:
         rcx, rdx = rcx & 0xFFFFFFFF, rdx & 0xFFFFFFFF
         sel = ((env.sysenter_cs + 16) & 0xFFFF) | 3
         code = DESC_B_MASK
-    dpl3 = 3 << DESC_DPL_SHIFT
-    env.segs[R_CS] = SegmentCache(sel, 0, 0xFFFFFFFF,
-                                  DESC_G_MASK | DESC_P_MASK | DESC_S_MASK | dpl3 | 0xB00 | code)
-    env.segs[R_SS] = SegmentCache((sel + 8) & 0xFFFF, 0, 0xFFFFFFFF, DESC_G_MASK | DESC_B_MASK
-                                  | DESC_P_MASK | DESC_S_MASK | dpl3 | 0x300)
+    env.segs[R_CS] = SegmentCache(sel, 0, 0xFFFFFFFF, _FLAT | _DPL3 | _CODE | code)
+    env.segs[R_SS] = SegmentCache((sel + 8) & 0xFFFF, 0, 0xFFFFFFFF,
+                                  _FLAT | DESC_B_MASK | _DPL3 | _DATA)
     env.regs[4] = rcx
     env.rip = rdx
     core.segbase[R_CS] = core.segbase[R_SS] = 0
     core.mode_changed()
+    core.debug.flags_changed()

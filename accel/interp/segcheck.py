@@ -5,10 +5,11 @@ ES, FS, or GS segment limit" and "#SS(0) ... outside the SS segment limit").
 
 Which checks a segment needs depends only on its hidden descriptor cache, which
 changes only when a segment register is loaded (and every load recomputes the
-block key, :meth:`InterpCore.mode_changed`).  So the check *kind* of each of the six
+block key, ``InterpCpu.mode_changed``).  So the check *kind* of each of the six
 segments is part of the translation-block key (QEMU keeps the like in ``hflags``),
-and generated code carries a check only where one can fail: a flat 4 GiB writable
-data segment, the common case, costs nothing.  The limit itself is read once per
+and generated code carries a check only where one can fail (the emitters are
+``Ctx.limit_check`` and ``Ctx.type_check`` in :mod:`accel.interp.codegen`): a flat
+4 GiB writable data segment, the common case, costs nothing.  The limit itself is read once per
 block into a local (``slN``), like the segment base.
 
 - 64-bit mode: no limit or type checks at all (SDM vol. 3A, 5.3.1).
@@ -27,9 +28,8 @@ rather than generated code, calls :func:`check_access` for each element.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pyqemu.accel.interp.errors import EXCP_GP, EXCP_SS, Fault
+from pyqemu.accel.interp.state import InterpCpu
 from pyqemu.target.i386.cpu_state import (
     CR0_PE,
     DESC_B_MASK,
@@ -39,14 +39,11 @@ from pyqemu.target.i386.cpu_state import (
     DESC_R_MASK,
     DESC_W_MASK,
     R_SS,
+    SEG_NAMES,
     VM_MASK,
     CPUX86State,
     SegmentCache,
 )
-
-if TYPE_CHECKING:
-    from pyqemu.accel.interp.codegen import Ctx
-    from pyqemu.accel.interp.cpu_exec import InterpCore
 
 LIMIT = 1        # expand-up with a limit below 4 GiB - 1
 DOWN = 2         # expand-down: offsets must lie above the limit
@@ -55,7 +52,6 @@ NOWRITE = 8      # code, or data without W
 NOREAD = 16      # execute-only code
 NULL = 32        # protected mode, not present: null selector or unusable
 
-_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
 
 
 def segment_checks(env: CPUX86State) -> tuple[int, ...]:
@@ -84,7 +80,7 @@ def _kind(s: SegmentCache, protected: bool) -> int:
     return kind
 
 
-def check_stack(core: InterpCore, off: int, size: int, write: bool) -> None:
+def check_stack(core: InterpCpu, off: int, size: int, write: bool) -> None:
     """:func:`check_access` for SS, from the segment caches as they are now rather than
     the block's mode: interrupt delivery pushes right after switching SS (and perhaps
     from compatibility to 64-bit mode), before the mode is recomputed."""
@@ -99,39 +95,7 @@ def check_stack(core: InterpCore, off: int, size: int, write: bool) -> None:
         check_access(core, R_SS, off, size, write, kind)
 
 
-def emit_limit_check(c: Ctx, seg: int, ea: str, size: int) -> None:
-    """Emit the limit (and null) check of a ``size``-byte access at offset ``ea``."""
-    checks = c.mode.checks
-    kind = checks[seg] if checks else 0
-    if not kind & (LIMIT | DOWN | NULL):
-        return
-    c.may_fault()
-    vec = EXCP_SS if seg == R_SS else EXCP_GP
-    name = _NAMES[seg]
-    if kind & NULL:
-        c.emit(f"raise Fault({EXCP_GP}, 0, why='access through a null {name}')")
-        return
-    c.seglims.add(seg)
-    if kind & LIMIT:
-        c.emit(f"if {ea} > sl{seg} - {size - 1}: "
-               f"raise Fault({vec}, 0, why='{name} limit')")
-    else:
-        upper = (0xFFFFFFFF if kind & BIG else 0xFFFF) - (size - 1)
-        c.emit(f"if {ea} <= sl{seg} or {ea} > {upper:#x}: "
-               f"raise Fault({vec}, 0, why='{name} expand-down limit')")
-
-
-def emit_type_check(c: Ctx, seg: int, write: bool) -> None:
-    """Emit #GP(0) for a write to code or read-only data, or a read of execute-only code."""
-    checks = c.mode.checks
-    kind = checks[seg] if checks else 0
-    if kind & (NOWRITE if write else NOREAD):
-        c.may_fault()
-        what = "write to a read-only" if write else "read of an execute-only"
-        c.emit(f"raise Fault({EXCP_GP}, 0, why='{what} {_NAMES[seg]}')")
-
-
-def check_access(core: InterpCore, seg: int, off: int, size: int, write: bool,
+def check_access(core: InterpCpu, seg: int, off: int, size: int, write: bool,
                  kind: int | None = None) -> None:
     """The same checks at run time, for helpers that access memory themselves (the REP
     string loop, accel/interp/string_rt.py): raise the fault, or return.  ``kind``:
@@ -141,7 +105,7 @@ def check_access(core: InterpCore, seg: int, off: int, size: int, write: bool,
         kind = checks[seg] if checks else 0
     if not kind:
         return
-    name = _NAMES[seg]
+    name = SEG_NAMES[seg]
     if kind & NULL:
         raise Fault(EXCP_GP, 0, why=f"access through a null {name}")
     if kind & (NOWRITE if write else NOREAD):
@@ -159,9 +123,13 @@ def check_access(core: InterpCore, seg: int, off: int, size: int, write: bool,
 
 
 __all__ = [
+    "BIG",
+    "DOWN",
+    "LIMIT",
+    "NOREAD",
+    "NOWRITE",
+    "NULL",
     "check_access",
     "check_stack",
-    "emit_limit_check",
-    "emit_type_check",
     "segment_checks",
 ]

@@ -15,27 +15,62 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import capstone
 from capstone import x86 as csx
 
-from pyqemu.accel.interp import vm86
-from pyqemu.accel.interp.codegen import Ctx, Insn, Mode, Op
-from pyqemu.accel.interp.errors import EXCP_GP, EXCP_UD, Fault, UnimplementedInstruction
+# Each family module registers its rows in table.OPS when imported.
+from pyqemu.accel.interp import (  # noqa: F401
+    ops_alu,
+    ops_bcd,
+    ops_control,
+    ops_move,
+    ops_muldiv,
+    ops_shift,
+    ops_string,
+    ops_system,
+    vm86,
+)
+from pyqemu.accel.interp.codegen import Ctx, Insn, Op
+from pyqemu.accel.interp.errors import (
+    EXCP_GP,
+    EXCP_UD,
+    Fault,
+    InterpError,
+    UnimplementedInstruction,
+)
 from pyqemu.accel.interp.mmu import ACC_EXEC, PAGE
-from pyqemu.accel.interp.table import load_families
+from pyqemu.accel.interp.state import InterpCpu, Mode
+from pyqemu.accel.interp.table import OPS
 from pyqemu.target.i386.cpu_state import GPR_PARTS, SEG_NAMES
 from pyqemu.util import trace
 
-if TYPE_CHECKING:
-    from pyqemu.accel.interp.cpu_exec import InterpCore
+__all__ = ["MAX_BLOCK_INSNS", "MAX_INSN_LEN", "BlockFn", "TranslationBlock", "Translator"]
 
 #: Most instructions per block (QEMU's TCG_MAX_INSNS is 512; Python blocks stay small).
 MAX_BLOCK_INSNS = 64
 MAX_INSN_LEN = 15
 
 _CS_MODES = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}
+
+#: The names capstone gives the absent index of a SIB byte whose index field is 100b
+#: without REX.X ("none" in SDM vol. 2A, 2.1.5, Table 2-3; 2.2.1.2 for REX.X).
+_NO_INDEX = frozenset({"riz", "eiz"})
+#: What a decoder surprise or a semantic's bug can raise while a block is built: turned
+#: into an InterpError naming the instruction, never let out as such.
+_TRANSLATION_BUGS = (KeyError, IndexError, ValueError, TypeError, AttributeError)
+
+
+class BlockFn(Protocol):
+    """A compiled block (docs/architecture.md, the generated-code ABI): called with no
+    arguments, it runs the block and returns the next block's function when an exit is
+    chained, else None (RIP then in ``env.rip``); ``rip`` is its own start, where a
+    chain stopped before calling it resumes."""
+
+    rip: int
+
+    def __call__(self) -> BlockFn | None: ...
 
 
 @dataclass
@@ -44,7 +79,7 @@ class TranslationBlock:
 
     pc: int                      # linear address of the first instruction
     key: tuple[Any, ...]
-    fn: Callable[[], None]
+    fn: BlockFn
     ninsns: int
     pages: tuple[int, ...]       # physical pages its code came from
     source: str = field(repr=False, default="")
@@ -53,11 +88,13 @@ class TranslationBlock:
 
 
 class Translator:
-    """Decoder and code generator shared by the blocks of one core."""
+    """Decoder and code generator shared by the blocks of one core.  ``namespace``: the
+    globals of every block (:func:`accel.interp.namespace.block_namespace`)."""
 
-    def __init__(self, core: InterpCore) -> None:
+    def __init__(self, core: InterpCpu, namespace: dict[str, Any]) -> None:
         self.core = core
-        self.ops = load_families()
+        self.namespace = namespace
+        self.ops = OPS
         self.md: dict[int, capstone.Cs] = {}
         for bits, mode in _CS_MODES.items():
             md = capstone.Cs(capstone.CS_ARCH_X86, mode)
@@ -147,13 +184,24 @@ class Translator:
             op = Op("mem", o.size)
             m = o.mem
             if m.segment:
-                op.seg = SEG_NAMES.index(ci.reg_name(m.segment))
+                seg = ci.reg_name(m.segment)
+                if seg not in SEG_NAMES:
+                    return Op("other", o.size)
+                op.seg = SEG_NAMES.index(seg)
             if m.base:
                 op.base_name = ci.reg_name(m.base)
                 if op.base_name not in ("rip", "eip"):
-                    op.base = GPR_PARTS[op.base_name][0]
+                    base = GPR_PARTS.get(op.base_name)
+                    if base is None:
+                        return Op("other", o.size)
+                    op.base = base[0]
             if m.index:
-                op.index = GPR_PARTS[ci.reg_name(m.index)][0]
+                name = ci.reg_name(m.index)
+                if name not in _NO_INDEX:
+                    index = GPR_PARTS.get(name)
+                    if index is None:
+                        return Op("other", o.size)
+                    op.index = index[0]
             op.scale = m.scale
             op.disp = m.disp
             return op
@@ -161,7 +209,11 @@ class Translator:
 
     # -- translation --------------------------------------------------------------------
     def translate(self, rip: int, mode: Mode, max_insns: int,
-                  breakpoints: frozenset[int] | set[int] = frozenset()) -> TranslationBlock:
+                  breakpoints: frozenset[int] | set[int] = frozenset(),
+                  jump_cache: Callable[[int], Any] | None = None) -> TranslationBlock:
+        """Build the block at CS-relative ``rip`` in ``mode``, at most ``max_insns`` long,
+        ending before any of ``breakpoints``.  ``jump_cache``: the lookup of this mode's
+        blocks by RIP, which the block's computed jumps use (``JC``)."""
         core = self.core
         la = (mode.cs_base + rip) & core.la_mask
         data, pages, next_fault = self._fetch(la)
@@ -186,7 +238,12 @@ class Translator:
                     break                 # the block that starts there faults
                 raise Fault(EXCP_GP, 0, why=f"instruction at {ci.address:#x} crosses "
                                             f"the CS limit")
-            i = self._insn(ci, mode, k)
+            try:
+                i = self._insn(ci, mode, k)
+            except _TRANSLATION_BUGS as e:
+                if k == 0:
+                    raise _cannot_translate(ci, ilin, c.cs_selector, e) from e
+                break                     # the block that starts there reports it
             c.k, c.insn = k, i
             sem = self.ops.get(i.mnem)
             if mode.vm86:
@@ -205,6 +262,12 @@ class Translator:
                 del c.ips[k:]
                 if k == 0:
                     raise
+                break
+            except _TRANSLATION_BUGS as e:
+                c.restore(cp)
+                del c.ips[k:]
+                if k == 0:
+                    raise _cannot_translate(ci, ilin, c.cs_selector, e) from e
                 break
             last = i
             used_len = (ci.address - rip) + ci.size
@@ -227,9 +290,9 @@ class Translator:
         if trace.enabled("in_asm"):
             self._trace_in_asm(la, md, data[:used_len], rip)
         ns: dict[str, Any] = {}
-        exec(compile(src, f"<{name}>", "exec"), core.globals, ns)
+        exec(compile(src, f"<{name}>", "exec"), self.namespace, ns)
         cells: list[list[Any]] = [[None] for _ in range(c.ncells)]
-        fn = ns[f"make_{name}"](*cells, core.jump_cache(mode.key))
+        fn: BlockFn = ns[f"make_{name}"](*cells, jump_cache)
         fn.rip = rip              # where a chain that stops before calling it must resume
         return TranslationBlock(la, (rip,) + mode.key, fn, k, tuple(pages), src, cells)
 
@@ -238,3 +301,13 @@ class Translator:
         for ci in md.disasm(code, rip):
             trace.event(f"  {ci.address:#010x}:  {ci.bytes.hex():<20} {ci.mnemonic} {ci.op_str}",
                         "in_asm")
+
+
+def _cannot_translate(ci: Any, linear: int, cs: int, e: BaseException) -> InterpError:
+    """A decoder surprise (capstone reported what the operand model has no place for) or
+    a bug in a semantic, named with the instruction and its address."""
+    text = f"{ci.mnemonic} {ci.op_str}".strip()
+    width = 4 if ci.address <= 0xFFFF else 8 if ci.address <= 0xFFFFFFFF else 16
+    return InterpError(f"interp: cannot translate '{text}' ({bytes(ci.bytes).hex(' ')}) at "
+                       f"{linear:#x} (cs:ip {cs:04x}:{ci.address:0{width}x}): "
+                       f"{type(e).__name__}: {e}")

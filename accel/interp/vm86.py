@@ -17,7 +17,7 @@ and CR4.PVI extensions of 20.4-20.5: with CR4.VME=1 and VM=1 the VM stops with a
   6.12.1): an interrupt or exception through a trap or interrupt gate to a DPL-0
   non-conforming code segment switches to SS0:ESP0 of the TSS, pushes GS, FS, DS, ES,
   SS, ESP, EFLAGS, CS, EIP [, error code], nulls GS, FS, DS and ES and clears VM, TF,
-  RF, NT (and IF for an interrupt gate).  A task gate is the task-switch code's.
+  RF, NT (and IF for an interrupt gate).  A task gate stops with :class:`InterpError`.
 * IRET inside VM86 at IOPL 3 (vol. 2A IRET "RETURN-FROM-VIRTUAL-8086-MODE") stays in
   VM86: VM, IOPL, VIP and VIF keep their values.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pyqemu.accel.interp import excp
+from pyqemu.accel.interp.eflags import load_eflags
 from pyqemu.accel.interp.errors import (
     EXCP_GP,
     EXCP_NP,
@@ -39,19 +39,26 @@ from pyqemu.accel.interp.errors import (
     Fault,
     InterpError,
 )
-from pyqemu.accel.interp.excp import _gate, _set_flags, _tss_stack32
-from pyqemu.accel.interp.seg import cache_from, mark_accessed, read_descriptor
+from pyqemu.accel.interp.gates import idt_gate
+from pyqemu.accel.interp.seg import (
+    VM86_SEG_FLAGS,
+    descriptor_dpl,
+    in_table,
+    is_code,
+    is_writable_data,
+    mark_accessed,
+    read_descriptor,
+    vm86_segment,
+)
+from pyqemu.accel.interp.state import InterpCpu
+from pyqemu.accel.interp.task import tss_stack
 from pyqemu.target.i386.cpu_state import (
     CR4_VME,
-    DESC_A_MASK,
     DESC_B_MASK,
     DESC_C_MASK,
     DESC_CS_MASK,
-    DESC_DPL_SHIFT,
     DESC_E_MASK,
     DESC_P_MASK,
-    DESC_S_MASK,
-    DESC_W_MASK,
     IF_MASK,
     IOPL_MASK,
     NT_MASK,
@@ -67,16 +74,14 @@ from pyqemu.target.i386.cpu_state import (
     CPUX86State,
     SegmentCache,
 )
+from pyqemu.target.i386.descriptors import GATE_TRAP16, GATE_TRAP32, descriptor_cache
 
 if TYPE_CHECKING:
     from pyqemu.accel.interp.codegen import Ctx, Insn
-    from pyqemu.accel.interp.cpu_exec import InterpCore
     from pyqemu.accel.interp.table import Semantic
 
-#: The attributes of every segment register in VM86: present, S=1, DPL 3, read/write
-#: accessed data, 16-bit (the access rights F3H the SDM requires of VM86 guest state,
-#: vol. 3C 27.3.1.2 "Checks on Guest Segment Registers"; QEMU loads the same).
-VM86_SEG_FLAGS = DESC_P_MASK | DESC_S_MASK | (3 << DESC_DPL_SHIFT) | DESC_W_MASK | DESC_A_MASK
+__all__ = ["IOPL_SENSITIVE", "UD_IN_VM86", "VM86_SEG_FLAGS", "check_supported", "interrupt",
+           "iret_in_vm86", "iret_to_vm86", "semantic", "vm86_segment"]
 
 #: Every defined EFLAGS bit (CF PF AF ZF SF TF IF DF OF IOPL NT RF VM AC VIF VIP ID):
 #: "EFLAGS <- tempEFLAGS" of RETURN-TO-VIRTUAL-8086-MODE loads all of them.
@@ -100,11 +105,6 @@ def check_supported(env: CPUX86State) -> None:
                           " are not implemented")
 
 
-def vm86_segment(sel: int) -> SegmentCache:
-    """A segment register as VM86 loads it: base = selector << 4, limit FFFFH (20.1.1)."""
-    return SegmentCache(sel, sel << 4, 0xFFFF, VM86_SEG_FLAGS)
-
-
 def _fits(cache: SegmentCache, off: int, n: int, mask: int) -> bool:
     """Whether ``n`` bytes at offset ``off`` lie inside the stack segment ``cache``
     without wrapping (SDM vol. 3A, 5.3: expand-up and expand-down limits)."""
@@ -119,7 +119,7 @@ def _fits(cache: SegmentCache, off: int, n: int, mask: int) -> bool:
 
 # -- entering and staying: IRET ---------------------------------------------------------------
 
-def iret_to_vm86(core: InterpCore, ip: int, cs: int, flags: int, sp: int) -> None:
+def iret_to_vm86(core: InterpCpu, ip: int, cs: int, flags: int, sp: int) -> None:
     """RETURN-TO-VIRTUAL-8086-MODE (SDM vol. 2A, IRET): a 32-bit IRET at CPL 0 has popped
     EIP, CS and EFLAGS (VM=1) from SS:``sp``; now ESP, SS, ES, DS, FS and GS follow, each
     a doubleword whose high word is dropped.  Everything is read and checked before any
@@ -134,7 +134,7 @@ def iret_to_vm86(core: InterpCore, ip: int, cs: int, flags: int, sp: int) -> Non
     if env.cr[4] & CR4_VME:
         raise InterpError("interp: IRET to virtual-8086 mode with CR4.VME=1: the virtual-8086"
                           " mode extensions are not implemented")
-    (esp, new_ss, es, ds, fs, gs), _ = core.pop_rt([4] * 6, start=sp)
+    (esp, new_ss, es, ds, fs, gs), _ = core.stack_pop([4] * 6, start=sp)
     env.eflags = (flags & _ALL_FLAGS) | 2
     core.cc = None
     for seg, sel in ((R_CS, cs), (R_SS, new_ss), (R_ES, es), (R_DS, ds), (R_FS, fs),
@@ -143,66 +143,61 @@ def iret_to_vm86(core: InterpCore, ip: int, cs: int, flags: int, sp: int) -> Non
     env.regs[4] = esp & 0xFFFFFFFF          # "SS:ESP <- TempSS:TempESP": all 32 bits
     env.rip = ip
     core.mode_changed()
-    if core.dbg_armed or env.eflags & (TF_MASK | RF_MASK):
-        core.debug.update()
+    core.debug.flags_changed()
 
 
-def iret_in_vm86(core: InterpCore, size: int) -> None:
+def iret_in_vm86(core: InterpCpu, size: int) -> None:
     """RETURN-FROM-VIRTUAL-8086-MODE at IOPL 3 (SDM vol. 2A, IRET; IOPL < 3 is #GP(0)
     before this runs, see :data:`IOPL_SENSITIVE`): pop (E)IP, CS, (E)FLAGS; a 32-bit
     EIP past the CS limit FFFFH is #GP(0); VM, IOPL, VIP and VIF are not popped
-    (:func:`accel.interp.excp._set_flags` keeps them at CPL 3)."""
+    (:func:`accel.interp.eflags.load_eflags` keeps them at CPL 3)."""
     env = core.env
-    (ip, sel, flags), new_sp = core.pop_rt([size] * 3)
+    (ip, sel, flags), new_sp = core.stack_pop([size] * 3)
     if ip > 0xFFFF:
         raise Fault(EXCP_GP, 0, why=f"iret in virtual-8086 mode: EIP {ip:#x} past the limit")
     env.segs[R_CS] = vm86_segment(sel & 0xFFFF)
-    core.set_sp_rt(new_sp)
-    _set_flags(core, flags, size, iret=True)
+    core.set_sp(new_sp)
+    load_eflags(core, flags, size, iret=True)
     env.rip = ip
     core.mode_changed()
 
 
 # -- leaving: interrupts and exceptions -----------------------------------------------------------
 
-def _handler_cs(core: InterpCore, sel: int) -> SegmentCache:
+def _handler_cs(core: InterpCpu, sel: int) -> SegmentCache:
     """The gate's code segment (INT n, TRAP-OR-INTERRUPT-GATE then "VM = 1": "IF new
     code-segment DPL != 0 THEN #GP(new code-segment selector)"; a conforming segment, or
     one of DPL 3, is #GP(selector) from VM86 too)."""
     if sel & 0xFFFC == 0:
         raise Fault(EXCP_GP, 0, why="interrupt from virtual-8086 mode: null code selector")
     lo, hi = read_descriptor(core, sel)
-    if hi & (DESC_S_MASK | DESC_CS_MASK) != DESC_S_MASK | DESC_CS_MASK:
+    if not is_code(hi):
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"interrupt target {sel:#x} is not code")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_NP, sel & 0xFFFC, why=f"interrupt target {sel:#x} not present")
-    if hi & DESC_C_MASK or (hi >> DESC_DPL_SHIFT) & 3:
+    if hi & DESC_C_MASK or descriptor_dpl(hi):
         raise Fault(EXCP_GP, sel & 0xFFFC, why=f"interrupt from virtual-8086 mode to {sel:#x}:"
                                                " not a DPL-0 non-conforming code segment")
-    return cache_from(sel & ~3, lo, mark_accessed(core, sel, hi))
+    return descriptor_cache(sel & ~3, lo, mark_accessed(core, sel, hi))
 
 
-def _ring0_stack(core: InterpCore, sel: int) -> SegmentCache:
+def _ring0_stack(core: InterpCpu, sel: int) -> SegmentCache:
     """NewSS from the TSS (INT n, INTERRUPT-FROM-VIRTUAL-8086-MODE): null -> #TS(0);
     past its table, RPL != 0, DPL != 0 or not writable data -> #TS(NewSS); not present
     -> #SS(NewSS)."""
-    env = core.env
     if sel & 0xFFFC == 0:
         raise Fault(EXCP_TS, 0, why="interrupt from virtual-8086 mode: null SS0 in the TSS")
-    table = env.ldt if sel & 4 else env.gdt
-    if (sel & ~7) + 7 > table.limit or sel & 3:
+    if not in_table(core, sel) or sel & 3:
         raise Fault(EXCP_TS, sel & 0xFFFC, why=f"SS0 {sel:#x} of the TSS")
     lo, hi = read_descriptor(core, sel)
-    writable_data = DESC_S_MASK | DESC_W_MASK
-    if hi & (DESC_S_MASK | DESC_CS_MASK | DESC_W_MASK) != writable_data or (
-            hi >> DESC_DPL_SHIFT) & 3:
+    if not is_writable_data(hi) or descriptor_dpl(hi):
         raise Fault(EXCP_TS, sel & 0xFFFC, why=f"SS0 {sel:#x} is not DPL-0 writable data")
     if not hi & DESC_P_MASK:
         raise Fault(EXCP_SS, sel & 0xFFFC, why=f"SS0 {sel:#x} not present")
-    return cache_from(sel, lo, mark_accessed(core, sel, hi))
+    return descriptor_cache(sel, lo, mark_accessed(core, sel, hi))
 
 
-def _write_frame(core: InterpCore, base: int, sp: int, mask: int,
+def _write_frame(core: InterpCpu, base: int, sp: int, mask: int,
                  frame: list[tuple[int, int]]) -> int:
     """Write ``frame`` ((value, size), first pushed first) below ``base``:``sp`` as
     implicit supervisor-mode writes (the pushes of a switch to ring 0, SDM vol. 3A 4.6),
@@ -215,24 +210,22 @@ def _write_frame(core: InterpCore, base: int, sp: int, mask: int,
     return (sp - off) & mask
 
 
-def interrupt(core: InterpCore, vector: int, error_code: int | None, ret_ip: int,
+def interrupt(core: InterpCpu, vector: int, error_code: int | None, ret_ip: int,
               soft: bool) -> None:
     """INTERRUPT-FROM-VIRTUAL-8086-MODE (SDM vol. 2A, INT n; vol. 3A 20.3.1.1, Figure
     20-5): the checks of the gate, the handler's code segment and the TSS's ring-0
     stack come first, then the frame is written at CPL 0 (gate-size slots; selectors
     zero-extended), then the registers change.  ``soft``: INT n/INT3/INTO, whose gate
-    DPL must be 3 (:func:`accel.interp.excp._gate`); the IOPL check of INT n was made
-    by the block (:data:`IOPL_SENSITIVE`)."""
+    DPL must be 3 (:func:`accel.interp.gates.idt_gate`); the IOPL check of INT n was made
+    by the block (:data:`IOPL_SENSITIVE`).  A task gate stops with :class:`InterpError`
+    (``idt_gate`` without ``task_ok``): interp has no task switch out of VM86."""
     env = core.env
-    gtype, sel, offset = _gate(core, vector, 8, soft)
-    if gtype == 5:
-        # A task gate: the task switch saves EFLAGS with VM=1 in the old TSS (7.3).
-        excp._task_gate(core, vector, sel, error_code if not soft else None, ret_ip)
-        return
-    cs_cache = _handler_cs(core, sel)
-    ss_sel, esp = _tss_stack32(core, 0)
+    gate = idt_gate(core, vector, 8, soft)
+    offset = gate.offset
+    cs_cache = _handler_cs(core, gate.selector)
+    ss_sel, esp = tss_stack(core, 0)
     ss_cache = _ring0_stack(core, ss_sel)
-    size = 4 if gtype & 8 else 2
+    size = 4 if gate.type & 8 else 2
     segs = env.segs
     frame = [(segs[R_GS].selector, size), (segs[R_FS].selector, size),
              (segs[R_DS].selector, size), (segs[R_ES].selector, size),
@@ -250,7 +243,7 @@ def interrupt(core: InterpCore, vector: int, error_code: int | None, ret_ip: int
         raise Fault(EXCP_GP, 0, why=f"interrupt handler {offset:#x} past its CS limit")
     sp = _write_frame(core, ss_cache.base, esp, mask, frame)
     env.eflags &= ~(VM_MASK | TF_MASK | RF_MASK | NT_MASK)
-    if not gtype & 1:
+    if gate.type not in (GATE_TRAP16, GATE_TRAP32):
         env.eflags &= ~IF_MASK                 # an interrupt gate
     for seg in (R_ES, R_DS, R_FS, R_GS):
         # Null selectors, unusable in protected mode (a load of a null selector).
@@ -262,7 +255,7 @@ def interrupt(core: InterpCore, vector: int, error_code: int | None, ret_ip: int
     # The caller (excp.do_interrupt) recomputes the mode: CPL 0, 32- or 16-bit code.
 
 
-# -- translation: the rows VM86 changes -------------------------------------------------------------
+# -- translation: the rows VM86 changes ------------------------------------------------------
 
 def _gen_ud(c: Ctx, i: Insn) -> None:
     c.may_fault()

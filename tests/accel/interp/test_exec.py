@@ -475,8 +475,8 @@ def test_iretq_to_outer_level_nulls_segments_more_privileged_than_the_new_cpl() 
     non-conforming code segment with DPL < 3 (SDM vol. 2A, IRET, "RETURN-TO-OUTER-
     PRIVILEGE-LEVEL", which IA-32e mode reaches too; QEMU's TCG does the same); a DPL3
     data segment stays, and so does a null FS with its base.  A nulled GS keeps the base
-    its load gave it.  This host's KVM (PVM) leaves FS/GS alone here: a listed
-    difference of that reference (excp._null_outer_data_segs)."""
+    its load gave it (seg.null_outer_data_segs).  A host whose IRETQ from the guest
+    kernel is software (KVM's PVM module) may leave FS/GS alone here."""
     g = _user_mode_guest()
     g.load("""
         mov ax, 0x23

@@ -615,7 +615,7 @@ def test_ia32e_iret_with_nt_is_gp0_and_an_idt_task_gate_is_gp() -> None:
     g.load("iretq")
     g.env.eflags |= NT_MASK
     with pytest.raises(Fault) as iret_fault:
-        g.core.iret(8, CODE + 2)                 # IRET with NT = 1 in IA-32e mode
+        excp.iret(g.core, 8, CODE + 2)           # IRET with NT = 1 in IA-32e mode
     assert (iret_fault.value.vector, iret_fault.value.error_code) == (13, 0)
     idt = 0x30000
     g.env.idt = SegmentCache(0, idt, 0x50 * 16 - 1, 0)
