@@ -332,7 +332,7 @@ def switch_task(core: InterpCpu, sel: int, source: Source, next_eip: int,
         img.eflags |= NT_MASK
     if source is not IRET:
         _set_busy(core, sel, True)
-    new.flags |= TSS_BUSY << 8
+    new.flags |= TSS_BUSY << DESC_TYPE_SHIFT
     env.tr = new
     env.cr[0] |= CR0_TS
     try:

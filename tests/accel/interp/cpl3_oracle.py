@@ -65,6 +65,13 @@ from pyqemu.target.i386.cpu_state import (
     SegmentCache,
     x86_reset_state,
 )
+from pyqemu.target.i386.descriptors import (
+    GATE_INT32,
+    SYS_TSS32,
+    TSS64,
+    gate_descriptor,
+    segment_descriptor,
+)
 
 RAM_SIZE = 6 << 20
 GDT, PML4, PDPT, PD, IDT, TSS, STUBS, KSTACK = (0x1000, 0x2000, 0x3000, 0x4000, 0x5000,
@@ -89,9 +96,7 @@ FLAG_DATA = DESC_P_MASK | DESC_S_MASK | DESC_A_MASK | DESC_W_MASK
 def _desc(seg: SegmentCache, dpl: int) -> int:
     """A code/data descriptor (SDM vol. 3A, 3.4.5) with a 4 GiB (or 64 KiB) limit."""
     limit = 0xFFFFF if seg.limit > 0xFFFFF else seg.limit
-    hi = ((seg.flags | dpl << DESC_DPL_SHIFT) & 0x00F0FF00 | limit & 0xF0000
-          | seg.base >> 16 & 0xFF | seg.base & 0xFF000000)
-    return limit & 0xFFFF | (seg.base & 0xFFFF) << 16 | hi << 32
+    return segment_descriptor(seg.base, limit, seg.flags | dpl << DESC_DPL_SHIFT)
 
 
 def _segments() -> dict[int, SegmentCache]:
@@ -114,8 +119,9 @@ def build_image() -> bytes:
     ram = bytearray(RAM_SIZE)
     segs = _segments()
     gdt = [0] + [_desc(segs[s], s & 3) for s in sorted(segs)]
-    tss_lo = (103 | (TSS & 0xFFFFFF) << 16 | 0x89 << 40 | (TSS >> 24 & 0xFF) << 56)
-    gdt += [tss_lo, TSS >> 32]
+    # The 16-byte 64-bit TSS descriptor (SDM vol. 3A, 7.2.3): base 63:32 in its upper half.
+    gdt += [segment_descriptor(TSS & 0xFFFFFFFF, TSS64.min_limit,
+                               DESC_P_MASK | SYS_TSS32 << DESC_TYPE_SHIFT), TSS >> 32]
     struct.pack_into(f"<{len(gdt)}Q", ram, GDT, *gdt)
     struct.pack_into("<Q", ram, PML4, PDPT | 7)
     struct.pack_into("<Q", ram, PDPT, PD | 7)
@@ -123,9 +129,10 @@ def build_image() -> bytes:
     for v in range(NVEC):
         stub = STUBS + v * 8
         ram[stub:stub + 4] = bytes([0xE6, FAULT_PORT + v, 0xEB, 0xFE])
-        lo = (stub & 0xFFFF) | SEL_CODE64 << 16 | 0xEE << 40 | (stub >> 16 & 0xFFFF) << 48
-        struct.pack_into("<QQ", ram, IDT + v * 16, lo, stub >> 32)
-    struct.pack_into("<Q", ram, TSS + 4, KSTACK)
+        at = IDT + v * 16
+        ram[at:at + 16] = gate_descriptor(SEL_CODE64, stub, GATE_INT32, 3, ia32e=True)
+    rsp0 = TSS64["rsp0"]
+    ram[TSS + rsp0.offset:TSS + rsp0.offset + rsp0.size] = KSTACK.to_bytes(rsp0.size, "little")
     return bytes(ram)
 
 

@@ -13,11 +13,40 @@ import pytest
 from pyqemu.accel.interp.cpu_exec import EXCP_BUDGET
 from pyqemu.accel.interp.errors import UnimplementedInstruction
 from pyqemu.accel.ops import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
-from pyqemu.target.i386.cpu_state import CC_A, CC_C, CC_P, CC_S, EFER_LMA, IF_MASK
+from pyqemu.target.i386.cpu_state import (
+    CC_A,
+    CC_C,
+    CC_P,
+    CC_S,
+    DESC_B_MASK,
+    DESC_CS_MASK,
+    DESC_DPL_SHIFT,
+    DESC_G_MASK,
+    DESC_L_MASK,
+    DESC_P_MASK,
+    DESC_R_MASK,
+    DESC_S_MASK,
+    DESC_TYPE_SHIFT,
+    DESC_W_MASK,
+    EFER_LMA,
+    IF_MASK,
+)
+from pyqemu.target.i386.descriptors import (
+    GATE_INT32,
+    SYS_TSS32,
+    TSS64,
+    gate_descriptor,
+    segment_descriptor,
+)
 from tests.accel.interp.harness import CODE, Guest, asm
 
 # GDT entries (SDM vol. 3A, 3.4.5): flat 32-bit code/data, 64-bit code.
-GDT = [0, 0x00CF9A000000FFFF, 0x00CF92000000FFFF, 0x00AF9A000000FFFF]
+_FLAT = DESC_G_MASK | DESC_P_MASK | DESC_S_MASK             # 4 GiB, present, code/data
+_CODE, _DATA, _DPL3 = DESC_CS_MASK | DESC_R_MASK, DESC_W_MASK, 3 << DESC_DPL_SHIFT
+#: null, 0x08 32-bit code, 0x10 data, 0x18 64-bit code (flat; SDM vol. 3A, 3.4.5)
+GDT = [0, segment_descriptor(0, 0xFFFFF, _FLAT | DESC_B_MASK | _CODE),
+       segment_descriptor(0, 0xFFFFF, _FLAT | DESC_B_MASK | _DATA),
+       segment_descriptor(0, 0xFFFFF, _FLAT | DESC_L_MASK | _CODE)]
 
 
 def put_gdt(g: Guest, base: int = 0x1700) -> None:
@@ -26,11 +55,11 @@ def put_gdt(g: Guest, base: int = 0x1700) -> None:
     g.env.gdt.base, g.env.gdt.limit = base, 8 * len(GDT) - 1
 
 
-def idt64_gate(g: Guest, base: int, vector: int, target: int, sel: int = 0x18) -> None:
+def idt64_gate(g: Guest, base: int, vector: int, target: int, sel: int = 0x18,
+               dpl: int = 0) -> None:
     """A 64-bit interrupt gate (SDM vol. 3A, 6.14.1, Figure 6-8)."""
-    lo = (target & 0xFFFF) | (sel << 16) | (0x8E00 << 32) | ((target >> 16 & 0xFFFF) << 48)
-    g.mem.write(base + vector * 16, lo, 8)
-    g.mem.write(base + vector * 16 + 8, target >> 32, 8)
+    g.mem.write_bytes(base + vector * 16,
+                      gate_descriptor(sel, target, GATE_INT32, dpl, ia32e=True))
 
 
 def test_real_mode_arithmetic_stack_and_calls() -> None:
@@ -278,8 +307,7 @@ def test_triple_fault_requests_a_reset_and_returns_shutdown() -> None:
 def test_software_interrupt_and_iret_in_protected_mode() -> None:
     g = Guest(32)
     put_gdt(g)
-    gate = (0x2000 & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((0x2000 >> 16) << 48)
-    g.mem.write(0x6000 + 0x30 * 8, gate, 8)
+    g.mem.write_bytes(0x6000 + 0x30 * 8, gate_descriptor(0x08, 0x2000, GATE_INT32))
     g.env.idt.base, g.env.idt.limit = 0x6000, 0x7FF
     g.load("mov esp, 0x8000\nsti\nint 0x30\nmov ebx, eax\nhlt")
     g.load("mov eax, [esp]\npushfd\npop ecx\niretd", addr=0x2000)
@@ -425,7 +453,8 @@ def test_trace_groups_in_asm_exec_cpu_int() -> None:
     assert "interrupt 3 (#BP) software" in text
 
 
-USER_GDT = GDT + [0x00CFF2000000FFFF, 0x00AFFA000000FFFF]   # 0x23 user data, 0x2B user code64
+USER_GDT = GDT + [segment_descriptor(0, 0xFFFFF, _FLAT | DESC_B_MASK | _DPL3 | _DATA),  # 0x23
+                  segment_descriptor(0, 0xFFFFF, _FLAT | DESC_L_MASK | _DPL3 | _CODE)]  # 0x2B
 
 
 def _user_mode_guest() -> Guest:
@@ -433,12 +462,11 @@ def _user_mode_guest() -> Guest:
     for i, d in enumerate(USER_GDT):
         g.mem.write(0x1700 + 8 * i, d, 8)
     tss = 0x7000
-    lo = 0x67 | (tss & 0xFFFF) << 16
-    hi = (tss >> 16 & 0xFF) | 0x8900 | (tss & 0xFF000000)
-    g.mem.write(0x1700 + 8 * 6, lo | hi << 32, 8)                # 0x30: 64-bit TSS
+    g.mem.write(0x1700 + 8 * 6, segment_descriptor(                # 0x30: 64-bit TSS
+        tss, TSS64.min_limit, DESC_P_MASK | SYS_TSS32 << DESC_TYPE_SHIFT), 8)
     g.mem.write(0x1700 + 8 * 7, 0, 8)
     g.env.gdt.limit = 8 * 8 - 1
-    g.mem.write(tss + 4, 0x9000, 8)                              # RSP0
+    g.mem.write(tss + TSS64.offset("rsp0"), 0x9000, 8)
     return g
 
 
@@ -447,8 +475,7 @@ def test_user_mode_interrupt_switches_to_the_tss_stack_and_back() -> None:
     returns to CPL3 (SDM vol. 3A, 6.14.2 and 7.7); LTR marks the TSS busy."""
     g = _user_mode_guest()
     for vector, target in ((0x80, 0x4000), (0x81, 0x5000)):
-        idt64_gate(g, 0x6000, vector, target)
-        g.mem.write(0x6000 + vector * 16 + 5, 0xEE, 1)           # P, DPL 3, interrupt gate
+        idt64_gate(g, 0x6000, vector, target, dpl=3)
     g.load("""
         mov ax, 0x30
         ltr ax

@@ -25,7 +25,23 @@ import struct
 import pytest
 
 from pyqemu.accel.ops import EXCP_DEBUG, EXCP_HLT
-from pyqemu.target.i386.cpu_state import R_CS, R_DS, R_ES, R_FS, R_GS, R_SS, SegmentCache
+from pyqemu.target.i386.cpu_state import (
+    DESC_B_MASK,
+    DESC_DPL_SHIFT,
+    DESC_G_MASK,
+    DESC_L_MASK,
+    DESC_P_MASK,
+    DESC_S_MASK,
+    DESC_TYPE_SHIFT,
+    R_CS,
+    R_DS,
+    R_ES,
+    R_FS,
+    R_GS,
+    R_SS,
+    SegmentCache,
+)
+from pyqemu.target.i386.descriptors import TSS16, TSS32, gate_descriptor, segment_descriptor
 from tests.accel.interp import prot32_pair
 from tests.accel.interp.harness import CODE, Guest, asm
 
@@ -40,16 +56,18 @@ BODY = CODE + 0x60                # the scenario, after the prologue
 
 def seg(base: int, limit: int, typ: int, dpl: int, *, s: int = 1, p: int = 1, db: int = 1,
         g: int = 1, lng: int = 0) -> int:
-    """A segment descriptor (SDM vol. 3A, 3.4.5, Figure 3-8)."""
-    hi = ((base >> 16) & 0xFF | typ << 8 | s << 12 | dpl << 13 | p << 15 | limit & 0xF0000
-          | lng << 21 | db << 22 | g << 23 | base & 0xFF000000)
-    return (limit & 0xFFFF) | (base & 0xFFFF) << 16 | hi << 32
+    """A segment descriptor (SDM vol. 3A, 3.4.5, Figure 3-8) as a quadword."""
+    flags = (typ << DESC_TYPE_SHIFT | dpl << DESC_DPL_SHIFT | (DESC_S_MASK if s else 0)
+             | (DESC_P_MASK if p else 0) | (DESC_L_MASK if lng else 0)
+             | (DESC_B_MASK if db else 0) | (DESC_G_MASK if g else 0))
+    return segment_descriptor(base, limit, flags)
 
 
 def gate(sel: int, off: int, typ: int, dpl: int, count: int = 0, p: int = 1) -> int:
-    """A call or task gate (SDM vol. 3A, 5.8.3, Figure 5-8; 7.2.5)."""
-    hi = (count & 0x1F) | typ << 8 | dpl << 13 | p << 15 | off & 0xFFFF0000
-    return (off & 0xFFFF) | sel << 16 | hi << 32
+    """A call, interrupt, trap or task gate (SDM vol. 3A, 5.8.3, Figure 5-8; 6.11) as a
+    quadword."""
+    return int.from_bytes(gate_descriptor(sel, off, typ, dpl, present=bool(p),
+                                          param_count=count), "little")
 
 
 def code32(dpl: int, typ: int = 0xB, **kw: int) -> int:
@@ -134,8 +152,7 @@ def tables() -> dict[int, bytes]:
         target = HANDLERS + 16 * v
         struct.pack_into("<Q", idt, 8 * v, gate(0x08, target, 0xE, 0))
         handlers += asm(f"mov edi, {v}\nhlt", 32, target).ljust(16, b"\x90")
-    tss = bytearray(0x68)
-    struct.pack_into("<IIII", tss, 4, KSTACK, 0x10, STACK1, 0x51)
+    tss = TSS32.pack(esp0=KSTACK, ss0=0x10, esp1=STACK1, ss1=0x51)
     pseudo = struct.pack("<HIH", GDT32_LIMIT, GDT, 0) + struct.pack("<HI", 32 * 8 - 1, IDT)
     return {GDT: bytes(gdt), IDT: bytes(idt), HANDLERS: bytes(handlers), TSS: bytes(tss),
             PSEUDO: pseudo}
@@ -287,7 +304,7 @@ def test_call_gate_with_a_16_bit_tss_takes_sp0_ss0_from_it() -> None:
         {far(0x9A, 0x33, 0)}
         jmp {END:#x}
     """, {KENTRY: "mov esi, esp\nmov edi, ss\nretf 8",
-          TSS + 0x300: struct.pack("<HHH", 0, sp0, 0x10)})
+          TSS + 0x300: TSS16.pack(sp0=sp0, ss0=0x10)[:TSS16.offset("sp1")]})
     s = both(img)
     assert (s["esi"], s["edi"], s["esp"]) == (sp0 - 24, 0x10, USTACK)
     frame = dwords(s["mem"][2], 6, 0x100 - 0x80 - 24)           # type: ignore[index]
@@ -410,7 +427,8 @@ def test_gate_to_less_privileged_code_is_gp() -> None:
 def test_more_privileged_call_checks_the_tss_stack(ss1: int, vector: int, error: int) -> None:
     # SDM vol. 2A CALL, MORE-PRIVILEGE, through the gate to CPL 1 (SS1 in the TSS at 16;
     # the fault itself is delivered on SS0:ESP0, which stay good).
-    got, frame = user_fault(f"{far(0x9A, 0xAB, 0)}\nhlt", {TSS + 16: ss1.to_bytes(4, "little")})
+    got, frame = user_fault(f"{far(0x9A, 0xAB, 0)}\nhlt",
+                            {TSS + TSS32.offset("ss1"): ss1.to_bytes(4, "little")})
     assert (got, frame[0]) == (vector, error)
     assert frame[1:3] == [USER, 0x1B] and frame[4:] == [USTACK, 0x23]
 
@@ -487,9 +505,11 @@ USTACK64 = 0x70000
 
 
 def gate64(sel: int, off: int, dpl: int, upper_type: int = 0) -> tuple[int, int]:
-    """A 16-byte IA-32e call gate (SDM vol. 3A, 5.8.3.1, Figure 5-9)."""
-    lo = gate(sel, off & 0xFFFFFFFF, 0xC, dpl)
-    return lo, (off >> 32) | (upper_type << 40)
+    """A 16-byte IA-32e call gate (SDM vol. 3A, 5.8.3.1, Figure 5-9); ``upper_type``: what
+    its upper half holds where a descriptor has its type (it must be 0)."""
+    raw = gate_descriptor(sel, off, 0xC, dpl, ia32e=True)
+    upper = int.from_bytes(raw[8:], "little") | upper_type << (32 + DESC_TYPE_SHIFT)
+    return int.from_bytes(raw[:8], "little"), upper
 
 
 GDT64 = {

@@ -45,6 +45,14 @@ from pyqemu.accel.interp.errors import Fault
 from pyqemu.accel.interp.ioperm import io_check_needed, io_perm_check
 from pyqemu.accel.ops import EXCP_DEBUG
 from pyqemu.target.i386.cpu_state import CR0_PE, IOPL_MASK, VM_MASK, SegmentCache
+from pyqemu.target.i386.descriptors import (
+    GATE_INT32,
+    TSS16,
+    TSS32,
+    TssField,
+    gate_descriptor,
+    segment_descriptor,
+)
 from tests.accel.interp.harness import Guest, asm
 
 GDT, IDT, BOOT, USER, HANDLERS, TSS = 0x1000, 0x1800, 0x2000, 0x3000, 0x5000, 0x7000
@@ -55,9 +63,14 @@ GP = 13
 
 
 def _seg_desc(base: int, limit: int, access: int, flags: int) -> int:
-    """A segment descriptor (SDM vol. 3A, 3.4.5, Figure 3-8)."""
-    return (limit & 0xFFFF | (base & 0xFFFFFF) << 16 | access << 40
-            | (limit >> 16 & 0xF) << 48 | flags << 52 | (base >> 24) << 56)
+    """A segment descriptor (SDM vol. 3A, 3.4.5, Figure 3-8): ``access`` is its byte 5
+    (P, DPL, S, type), ``flags`` the G, D/B, L, AVL nibble."""
+    return segment_descriptor(base, limit, access << 8 | flags << 20)
+
+
+def _put(ram: bytearray, base: int, field: TssField, value: int) -> None:
+    ram[base + field.offset:base + field.offset + field.size] = value.to_bytes(field.size,
+                                                                               "little")
 
 
 @dataclass
@@ -87,8 +100,7 @@ def build_image(tss: Tss, snippet: bytes, iopl: int) -> bytes:
     for v in range(32):
         target = HANDLERS + 8 * v
         ram[target] = 0xF4                                    # hlt (never reached)
-        gate = (target & 0xFFFF | SEL_CODE0 << 16 | 0x8E00 << 32 | (target >> 16) << 48)
-        struct.pack_into("<Q", ram, IDT + 8 * v, gate)
+        ram[IDT + 8 * v:IDT + 8 * v + 8] = gate_descriptor(SEL_CODE0, target, GATE_INT32)
     boot = asm(f"""
         mov bx, {SEL_DATA3}
         mov ds, bx
@@ -103,11 +115,11 @@ def build_image(tss: Tss, snippet: bytes, iopl: int) -> bytes:
         iretd""", 32, BOOT)
     ram[BOOT:BOOT + len(boot)] = boot
     ram[USER:USER + len(snippet)] = snippet
-    if tss.type & 8:
-        struct.pack_into("<II", ram, TSS + 4, KSTACK, SEL_DATA0)  # ESP0, SS0 (7.2.1)
-    else:
-        struct.pack_into("<HH", ram, TSS + 2, KSTACK, SEL_DATA0)  # SP0, SS0 (7.6)
-    struct.pack_into("<H", ram, TSS + 0x66, tss.map_base)
+    layout = TSS32 if tss.type & 8 else TSS16       # SS0:ESP0 (7.2.1) or SS0:SP0 (7.6)
+    for f, v in zip(layout.stack(0), (KSTACK, SEL_DATA0), strict=True):
+        assert f is not None
+        ram[TSS + f.offset:TSS + f.offset + f.size] = v.to_bytes(f.size, "little")
+    _put(ram, TSS, TSS32["iomap_base"], tss.map_base)
     ram[TSS + tss.map_base:TSS + tss.map_base + len(tss.bitmap)] = tss.bitmap
     ram[BUF:BUF + 16] = bytes(range(0xA0, 0xB0))
     return bytes(ram)
@@ -359,7 +371,8 @@ def _standard_map_into(write: object) -> int:
     """Write the standard map into a cpl3_oracle TSS; returns the TSS limit to use."""
     from tests.accel.interp.cpl3_oracle import TSS
     tss = Tss.standard()
-    write(TSS + 0x66, struct.pack("<H", tss.map_base))          # type: ignore[operator]
+    field = TSS32["iomap_base"]
+    write(TSS + field.offset, tss.map_base.to_bytes(field.size, "little"))  # type: ignore[operator]
     write(TSS + tss.map_base, tss.bitmap)                        # type: ignore[operator]
     return tss.limit
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pyqemu.accel.ops import EXCP_HLT
 from pyqemu.target.i386.cpu_state import CR0_ET, CR0_MP, CR0_PE, CR0_TS, CR4_DE, SegmentCache
+from pyqemu.target.i386.descriptors import GATE_INT32, gate_descriptor
 from tests.accel.interp.harness import CODE, Guest
 from tests.accel.interp.test_exec import put_gdt
 
@@ -24,12 +25,9 @@ def guest(bits: int = 32) -> Guest:
         target = HANDLERS + 16 * v
         g.load(f"mov edi, {v}\nhlt", addr=target)
         if bits == 64:
-            lo = (target & 0xFFFF) | (0x18 << 16) | (0x8E00 << 32) | ((target >> 16) << 48)
-            g.mem.write(IDT + 16 * v, lo, 8)
-            g.mem.write(IDT + 16 * v + 8, 0, 8)
+            g.mem.write_bytes(IDT + 16 * v, gate_descriptor(0x18, target, GATE_INT32, ia32e=True))
         else:
-            lo = (target & 0xFFFF) | (0x08 << 16) | (0x8E00 << 32) | ((target >> 16) << 48)
-            g.mem.write(IDT + 8 * v, lo, 8)
+            g.mem.write_bytes(IDT + 8 * v, gate_descriptor(0x08, target, GATE_INT32))
     g.env.idt.base, g.env.idt.limit = IDT, (16 if bits == 64 else 8) * 32 - 1
     if bits == 64:
         g.env.segs[1].selector = 0x18

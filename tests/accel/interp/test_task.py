@@ -28,6 +28,7 @@ import pytest
 from pyqemu.accel.interp import excp
 from pyqemu.accel.interp.errors import Fault
 from pyqemu.target.i386.cpu_state import CR0_PG, CR0_TS, NT_MASK, R_CS, R_SS, SegmentCache
+from pyqemu.target.i386.descriptors import TSS16, TSS32
 from tests.accel.interp import prot32_pair
 from tests.accel.interp.harness import CODE, Guest, asm
 from tests.accel.interp.test_gates import (
@@ -96,35 +97,31 @@ GDT_LIMIT = 0x1FF
 LDT_ENTRIES = {0x00: 0, 0x08: data32(0), 0x10: code32(0)}
 
 
+GPRS32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+GPRS16 = tuple(r[1:] for r in GPRS32)
+SEGS = ("es", "cs", "ss", "ds", "fs", "gs")
+
+
 def tss32(*, eip: int, esp: int, eflags: int = 0x2, regs: tuple[int, ...] | None = None,
           segs: tuple[int, ...] = (0x10, 0x08, 0x10, 0x10, 0x10, 0x10), ldt: int = 0,
           cr3: int = 0, trap: int = 0, link: int = 0) -> bytes:
     """A 32-bit TSS image (SDM vol. 3A, 7.2.1, Figure 7-2); segs in ES CS SS DS FS GS order."""
-    raw = bytearray(0x68)
     regs = regs or (0xA0A0A0A0, 0xC1C1C1C1, 0xD2D2D2D2, 0xB3B3B3B3, esp, 0xB5B5B5B5,
                     0x51515151, 0xD7D7D7D7)
     regs = regs[:4] + (esp,) + regs[5:]
-    struct.pack_into("<H", raw, 0, link)
-    struct.pack_into("<II", raw, 4, KSTACK - 0x400, 0x10)      # SS0:ESP0
-    struct.pack_into("<III", raw, 0x1C, cr3, eip, eflags)
-    struct.pack_into("<8I", raw, 0x28, *regs)
-    for i, s in enumerate(segs):
-        struct.pack_into("<H", raw, 0x48 + 4 * i, s)
-    struct.pack_into("<HH", raw, 0x60, ldt, 0)
-    struct.pack_into("<HH", raw, 0x64, trap, 0x68)
-    return bytes(raw)
+    return TSS32.pack(link=link, esp0=KSTACK - 0x400, ss0=0x10, cr3=cr3, eip=eip,
+                      eflags=eflags, **dict(zip(GPRS32, regs, strict=True)),
+                      **dict(zip(SEGS, segs, strict=True)), ldt=ldt, trap=trap,
+                      iomap_base=TSS32.size)
 
 
 def tss16(*, ip: int, sp: int, flags: int = 0x2, segs: tuple[int, ...] = (0x60, 0x58, 0x60, 0x60),
           ldt: int = 0, link: int = 0) -> bytes:
     """A 16-bit TSS image (SDM vol. 3A, 7.6, Figure 7-10); segs in ES CS SS DS order."""
-    raw = bytearray(0x2C)
-    struct.pack_into("<HHH", raw, 0, link, KSTACK - 0x600, 0x10)   # link, SP0, SS0
-    words = (ip, flags, 0x1A1A, 0x2C2C, 0x3D3D, 0x4B4B, sp, 0x6B6B, 0x75E5, 0x8D1D)
-    struct.pack_into("<10H", raw, 0x0E, *words)
-    struct.pack_into("<4H", raw, 0x22, *segs)
-    struct.pack_into("<H", raw, 0x2A, ldt)
-    return bytes(raw)
+    regs = (0x1A1A, 0x2C2C, 0x3D3D, 0x4B4B, sp, 0x6B6B, 0x75E5, 0x8D1D)
+    return TSS16.pack(link=link, sp0=KSTACK - 0x600, ss0=0x10, ip=ip, flags=flags,
+                      **dict(zip(GPRS16, regs, strict=True)),
+                      **dict(zip(SEGS[:4], segs, strict=True)), ldt=ldt)
 
 
 def tables(gdt_entries: dict[int, int] | None = None) -> dict[int, bytes]:
@@ -140,9 +137,7 @@ def tables(gdt_entries: dict[int, int] | None = None) -> dict[int, bytes]:
         target = HANDLERS + 16 * v
         struct.pack_into("<Q", idt, 8 * v, gate(0x08, target, 0xE, 0))
         handlers += asm(f"mov edi, {v}\nhlt", 32, target).ljust(16, b"\x90")
-    tss_a = bytearray(0x68)
-    struct.pack_into("<II", tss_a, 4, KSTACK, 0x10)
-    struct.pack_into("<HH", tss_a, 0x64, 0, 0x68)
+    tss_a = TSS32.pack(esp0=KSTACK, ss0=0x10, iomap_base=TSS32.size)
     pseudo = struct.pack("<HIH", GDT_LIMIT, GDT, 0) + struct.pack("<HI", len(idt) - 1, IDT)
     return {GDT: bytes(gdt), LDT_AT: bytes(ldt), IDT: bytes(idt), HANDLERS: bytes(handlers),
             TSS: bytes(tss_a), PSEUDO: pseudo}

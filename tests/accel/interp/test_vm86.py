@@ -44,6 +44,7 @@ from pyqemu.target.i386.cpu_state import (
     TF_MASK,
     VM_MASK,
 )
+from pyqemu.target.i386.descriptors import TSS32
 from tests.accel.interp import prot32_pair
 from tests.accel.interp.harness import Guest, asm
 from tests.accel.interp.test_gates import (
@@ -118,9 +119,8 @@ def tables(ss0: int = 0x10) -> dict[int, bytes]:
         else:
             code = asm(f"mov edi, {v:#x}\nhlt", 32, target)
         handlers += code.ljust(16, b"\x90")
-    tss = bytearray(TSS_LIMIT + 1)
-    struct.pack_into("<II", tss, 4, KSTACK, ss0)
-    struct.pack_into("<H", tss, 0x66, IOMAP)
+    tss = bytearray(TSS32.pack(esp0=KSTACK, ss0=ss0, iomap_base=IOMAP).ljust(TSS_LIMIT + 1,
+                                                                              b"\0"))
     tss[IOMAP:IOMAP + 0x80] = bytes(0x80)
     tss[IOMAP + 0x10] = 0x02                     # port 0x81 denied, 0x80 allowed
     tss[TSS_LIMIT] = 0xFF
