@@ -31,21 +31,36 @@ from pyqemu.system.cpus import (
     qemu_wait_io_event,
     vcpu_thread_main,
 )
+from pyqemu.target.i386.cpu_features import feature_mask
 from pyqemu.util import trace
 
 if TYPE_CHECKING:
     from pyqemu.accel.ops import CPUState
 
-# CPUID bits the interpreter implements (Intel SDM vol. 2A, CPUID, Tables 3-10/3-11 and
-# the 80000001H leaf).  Leaf 1 EDX: PSE(3) TSC(4) MSR(5) PAE(6) CX8(8) APIC(9) PGE(13)
-# CMOV(15) PAT(16: the MSR; memory types are not modelled); no FPU, no MMX/SSE.
-LEAF1_EDX = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 9) | (1 << 13) \
-    | (1 << 15) | (1 << 16) | (1 << 19)          # CLFLUSH(19): no cache model, a no-op
-# Leaf 1 ECX: CX16(13), POPCNT(23), hypervisor(31: a guest does run under us); no SSE3..AVX.
-LEAF1_ECX = (1 << 13) | (1 << 23) | (1 << 31)
-# SYSCALL(11: the 64-bit SYSCALL/SYSRET), NX(20), RDTSCP(27), LM(29)
-EXT1_EDX = (1 << 11) | (1 << 20) | (1 << 27) | (1 << 29)
-EXT1_ECX = 1                        # LAHF/SAHF in 64-bit mode
+#: The CPUID features the interpreter implements, by their names in
+#: target/i386/cpu_features.py (Intel SDM vol. 2A, CPUID, Tables 3-10/3-11; AMD APM
+#: vol. 3, E.3.6 for the 80000001H leaf).  No FPU, no MMX/SSE.
+INTERP_FEATURES = (
+    # leaf 1 EDX
+    "pse", "tsc", "msr", "pae", "cx8", "apic", "pge", "cmov",
+    "pat",          # the MSR; memory types are not modelled
+    "clflush",      # no cache model: a no-op
+    # leaf 1 ECX; no SSE3..AVX
+    "cx16", "popcnt",
+    "hypervisor",   # a guest does run under us
+    # leaf 80000001H EDX: the 64-bit SYSCALL/SYSRET, NX, RDTSCP, long mode
+    "syscall", "nx", "rdtscp", "lm",
+    # leaf 80000001H ECX: LAHF/SAHF in 64-bit mode
+    "lahf-lm",
+)
+_WORDS = feature_mask(*INTERP_FEATURES)
+LEAF1_EDX = _WORDS["FEAT_1_EDX"]
+LEAF1_ECX = _WORDS["FEAT_1_ECX"]
+EXT1_EDX = _WORDS["FEAT_8000_0001_EDX"]
+EXT1_ECX = _WORDS["FEAT_8000_0001_ECX"]
+#: (leaf, register) -> the bits interp implements there; a leaf absent here carries no
+#: feature bits to limit (vendor, brand, topology).  Leaf 7 and the XSAVE leaf 0DH
+#: have no feature interp implements.
 SUPPORTED: dict[tuple[int, str], int] = {
     (1, "edx"): LEAF1_EDX, (1, "ecx"): LEAF1_ECX,
     (7, "ebx"): 0, (7, "ecx"): 0, (7, "edx"): 0,

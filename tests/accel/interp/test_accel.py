@@ -7,7 +7,12 @@ import pytest
 
 import pyqemu.accel.interp  # noqa: F401  (registers the accelerator)
 from pyqemu import Machine
-from pyqemu.accel.interp.accel_ops import InterpAccelOps, InterpAccelState
+from pyqemu.accel.interp.accel_ops import (
+    INTERP_FEATURES,
+    SUPPORTED,
+    InterpAccelOps,
+    InterpAccelState,
+)
 from pyqemu.accel.ops import AccelError, accel_list
 from pyqemu.util import trace
 
@@ -15,6 +20,20 @@ from pyqemu.util import trace
 def test_registered_with_description() -> None:
     entries = {name: (desc, why) for name, desc, why in accel_list()}
     assert entries["interp"] == ("pure-Python x86 interpreter (TCG-style, capstone decoder)", None)
+
+
+def test_cpuid_mask_from_feature_names_is_the_mask_of_before() -> None:
+    # The mask as it was written bit by bit before it was built from feature names:
+    # leaf 1 EDX PSE(3) TSC(4) MSR(5) PAE(6) CX8(8) APIC(9) PGE(13) CMOV(15) PAT(16)
+    # CLFLUSH(19); ECX CX16(13) POPCNT(23) hypervisor(31); 80000001H EDX SYSCALL(11)
+    # NX(20) RDTSCP(27) LM(29); ECX LAHF/SAHF(0).
+    assert SUPPORTED == {
+        (1, "edx"): 0x0009A378, (1, "ecx"): 0x80802000,
+        (7, "ebx"): 0, (7, "ecx"): 0, (7, "edx"): 0,
+        (0xD, "eax"): 0, (0xD, "edx"): 0,
+        (0x80000001, "edx"): 0x28100800, (0x80000001, "ecx"): 0x00000001,
+    }
+    assert len(set(INTERP_FEATURES)) == len(INTERP_FEATURES) == 18
 
 
 def test_supported_cpuid_is_what_the_interpreter_implements() -> None:
