@@ -15,14 +15,22 @@ budget per example so nothing hangs.  Every example must end in one of:
 
 Anything else (an ``IndexError``, a ``KeyError``, a ``TypeError`` from generated
 code) is a bug in the interpreter.  ``PYQEMU_FUZZ_EXAMPLES`` sets the number of
-examples per mode (default 100, derandomized).
+examples per mode (default 100, derandomized).  The budget bounds every example, REP
+string instructions included (it counts their iterations).
+
+A failure is shrunk for at most ``PYQEMU_FUZZ_SHRINK_SECONDS`` (default 60) of wall
+time (:class:`ShrinkBudget`), then reported with the smallest example found by then;
+only one failure is shrunk (``report_multiple_bugs=False``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable, Hashable
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,8 +40,10 @@ from pyqemu.accel.ops import EXCP_DEBUG, EXCP_HLT, EXCP_INTERRUPT, EXCP_SHUTDOWN
 from tests.accel.interp.harness import CODE, Guest
 
 _EXAMPLES = int(os.environ.get("PYQEMU_FUZZ_EXAMPLES", "100"))
+_SHRINK_SECONDS = float(os.environ.get("PYQEMU_FUZZ_SHRINK_SECONDS", "60"))
 FUZZ = settings(max_examples=_EXAMPLES, deadline=None, derandomize=_EXAMPLES <= 100,
-                suppress_health_check=list(HealthCheck), database=None)
+                suppress_health_check=list(HealthCheck), database=None,
+                report_multiple_bugs=False)
 BUDGET = 200
 ARCHITECTURAL = {EXCP_BUDGET, EXCP_HLT, EXCP_DEBUG, EXCP_SHUTDOWN, EXCP_INTERRUPT}
 _UNIMPL = re.compile(r"^interp: unimplemented instruction '.+' \(([0-9a-f]{2} ?)+\) "
@@ -41,6 +51,44 @@ _UNIMPL = re.compile(r"^interp: unimplemented instruction '.+' \(([0-9a-f]{2} ?)
 
 edge = st.sampled_from([0, 1, 0x7F, 0x80, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF,
                         2**63, 2**64 - 1, 0x2000, CODE])
+
+
+class ShrinkBudget:
+    """A wall-clock bound on hypothesis's shrink phase (whose own limit, five minutes
+    per failure, counts only between examples and suits fast examples).
+
+    :meth:`run` runs each example's check.  Once a check has failed, shrinking may go
+    on for ``seconds``; after that, an example not already seen failing passes without
+    being run, so the shrinker finds nothing smaller and stops at once.  The examples
+    that did fail keep failing, so hypothesis's final replay of the smallest one fails
+    as before and reports it (a shrunk example, never a flaky-test error)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.first_failure: float | None = None
+        self.failing: set[Hashable] = set()
+
+    def spent(self) -> bool:
+        return (self.first_failure is not None
+                and self.clock() - self.first_failure > self.seconds)
+
+    def run(self, key: Hashable, check: Callable[[], object]) -> None:
+        if key not in self.failing and self.spent():
+            return
+        try:
+            check()
+        except BaseException:
+            if self.first_failure is None:
+                self.first_failure = self.clock()
+            self.failing.add(key)
+            raise
+
+
+@pytest.fixture
+def shrink_budget() -> ShrinkBudget:
+    """One budget per test run (hypothesis runs every example under the same fixture)."""
+    return ShrinkBudget(_SHRINK_SECONDS)
 
 
 def run_random(bits: int, code: bytes, regs: list[int]) -> str:
@@ -73,8 +121,51 @@ def run_random(bits: int, code: bytes, regs: list[int]) -> str:
 @given(bits=st.sampled_from([16, 32, 64]), code=st.binary(min_size=1, max_size=32),
        regs=st.lists(st.one_of(edge, st.integers(0, 2**64 - 1)), min_size=8, max_size=8))
 def test_random_code_runs_faults_or_names_the_unimplemented_instruction(
-        bits: int, code: bytes, regs: list[int]) -> None:
-    run_random(bits, code, regs)
+        shrink_budget: ShrinkBudget, bits: int, code: bytes, regs: list[int]) -> None:
+    shrink_budget.run((bits, code, tuple(regs)), lambda: run_random(bits, code, regs))
+
+
+def test_rep_stosd_with_ecx_all_ones_stays_within_the_budget() -> None:
+    # F3 AB (REP STOSD) with ECX = FFFFFFFFH ran for minutes before REP iterations
+    # counted against the budget; now it stops after BUDGET iterations.
+    regs = [0, 0xFFFFFFFF, 0, 0, 0, 0, 0, 0x2000]
+    assert run_random(32, bytes.fromhex("f3ab"), regs) == "ran"
+    assert run_random(64, bytes.fromhex("f348ab"), regs) == "ran"
+
+
+def test_shrinking_ends_at_its_budget_and_reports_a_shrunk_example() -> None:
+    # A property that fails on any example holding an F4 byte; the fake clock advances a
+    # second per check, so a 5-second budget allows five more checks after the first
+    # failure.  The failure is still reported, with an example that fails.
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    budget = ShrinkBudget(5, clock)
+    checked_after_failure: list[bytes] = []
+
+    @settings(max_examples=200, database=None, derandomize=True, deadline=None,
+              report_multiple_bugs=False, suppress_health_check=list(HealthCheck))
+    @given(st.binary(min_size=1, max_size=64))
+    def prop(code: bytes) -> None:
+        def check() -> None:
+            if budget.spent():                      # only known failures run by now
+                assert code in budget.failing
+            now[0] += 1
+            if budget.first_failure is not None:
+                checked_after_failure.append(code)
+            assert 0xF4 not in code, "an F4 byte"
+        budget.run(code, check)
+
+    with pytest.raises(AssertionError, match="an F4 byte") as e:
+        prop()
+    assert budget.first_failure is not None and budget.spent()
+    passing = [c for c in checked_after_failure if c not in budget.failing]
+    assert len(passing) <= 5                        # what the shrinker could try in time
+    notes = "\n".join(getattr(e.value, "__notes__", []))
+    assert re.search(r"(Falsifying example|Failing test case): prop\(", notes), notes
+    assert "\\xf4" in notes
 
 
 def test_unimplemented_instruction_message_names_instruction_and_address() -> None:
