@@ -159,6 +159,28 @@ HOST_BEHAVIOURS: dict[str, HostBehaviour] = {b.name: b for b in (
         tests=("tests/accel/interp/test_debug_traps.py::test_single_step_matches_the_host_cpu",),
     ),
     HostBehaviour(
+        name="cmps-operand-fault-order",
+        case="a 64-bit CMPS (REP or not) both of whose memory operands, DS:[rSI] and "
+             "ES:[rDI], would take a page fault: which one's #PF is reported",
+        field="CR2 and the #PF error code (each must be one of the two operands' own); "
+              "the vector, the frame, the registers and memory are compared exactly",
+        manuals=(
+            "Intel SDM vol. 2A, CMPS/CMPSB/CMPSW/CMPSD/CMPSQ: compares the byte at DS:rSI "
+            "with the byte at ES:rDI; the order in which the two operands are read is not "
+            "specified",
+            "Intel SDM vol. 3A, 6.9 'Priority Among Concurrent Exceptions and Interrupts' "
+            "ranks classes of events, not two page faults of one instruction",
+            "AMD APM vol. 3, CMPS: the same, with no order for the two reads",
+        ),
+        interp="ES:[rDI]'s #PF first: what the processor of the development host "
+               "reported for two not-present pages in 2026-11 "
+               "(test_cmps_faults_on_the_destination_first pins interp's choice); the "
+               "AMD EPYC host of 2026-12 (Linux 6.18, PVM) reports DS:[rSI]'s in some cases "
+               "(seed 20261124, program 4295)",
+        tests=("tests/accel/interp/test_kvm_differential.py::test_deep_random_programs",
+               "tests/accel/interp/test_kvm_differential.py::test_host_choice_of_cmps_fault_is_reported"),
+    ),
+    HostBehaviour(
         name="cpuid-not-from-set-cpuid2",
         case="what the guest's CPUID instruction returns under kvm, for a leaf and "
              "register where the host does not answer from the KVM_SET_CPUID2 table",

@@ -45,6 +45,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from pyqemu.accel.interp.undefined_flags import undefined_flags
+from tests import host_behaviour
 from tests.accel.interp.cpl3_oracle import (
     CLEAN,
     CODE,
@@ -61,7 +62,7 @@ from tests.accel.interp.harness import asm
 from tests.accel.kvm.kvm_support import kvm_usable
 from tests.host_behaviour import KNOWN_REFERENCE_ERRORS
 
-C, P, A, Z, S, O = 0x1, 0x4, 0x10, 0x40, 0x80, 0x800
+C, P, A, Z, S, O = 0x1, 0x4, 0x10, 0x40, 0x80, 0x800  # noqa: E741 - the SDM's flag letters
 ARITH = C | P | A | Z | S | O
 DF, RF = 0x400, 0x10000
 _FLAG = {"C": C, "P": P, "A": A, "Z": Z, "S": S, "O": O}
@@ -127,7 +128,7 @@ class Program:
         self.ever_undefined = ever_undefined  # undefined at any point (a fault may stop there)
 
     def __str__(self) -> str:
-        regs = ", ".join(f"{n}={v:#x}" for n, v in zip(GPR_NAMES, self.regs) if v)
+        regs = ", ".join(f"{n}={v:#x}" for n, v in zip(GPR_NAMES, self.regs, strict=False) if v)
         return (f"[{self.bits}-bit] " + "; ".join(self.lines)
                 + f"  | {regs} rflags={self.rflags:#x} "
                 + f"window={self.data[WINDOW - 16:WINDOW + 48].hex()}")
@@ -554,13 +555,38 @@ def _split_store_masked(hw: Outcome, ours: Outcome) -> Outcome:
     return out
 
 
+def _has_cmps(prog: Program) -> bool:
+    return any("cmps" in ln or (ln.startswith(".byte") and "0xa7" in ln) for ln in prog.lines)
+
+
+def _cmps_operand_fault_order(prog: Program, hw: Outcome, ours: Outcome) -> bool:
+    """Both of a 64-bit CMPS's operands would #PF and the host reported the other one
+    (tests/host_behaviour.py, "cmps-operand-fault-order"): CR2 and the error code may then
+    differ, each side's CR2 must be one of the two operands (rSI, rDI as the fault left
+    them), interp's must be ES:[rDI]; everything else is still compared.  Reported."""
+    if not (prog.bits == 64 and hw.fault and ours.fault and hw.fault[0] == ours.fault[0] == 14
+            and hw.cr2 != ours.cr2 and _has_cmps(prog)):
+        return False
+    operands = set()
+    for reg in (6, 7):                       # rSI, rDI; a 67H prefix uses their low halves
+        operands |= {hw.regs[reg], hw.regs[reg] & 0xFFFFFFFF}
+    if not ({hw.cr2, ours.cr2} <= operands and ours.cr2 in (ours.regs[7],
+                                                            ours.regs[7] & 0xFFFFFFFF)):
+        return False
+    host_behaviour.report("cmps-operand-fault-order", f"{prog}",
+           host=f"#PF({hw.fault[1]:#x}) CR2={hw.cr2:#x}",
+           interp=f"#PF({ours.fault[1]:#x}) CR2={ours.cr2:#x}")
+    return True
+
+
 def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
     """The differences that matter, one line each (empty: they agree)."""
     diffs = []
     if hw.other or ours.other:
         return [f"kvm: {hw.other or 'ok'}; interp: {ours.other or 'ok'}"] if \
             hw.other != ours.other else []
-    cmps_order = _known_reference_error(prog, "cmps-order")
+    cmps_order = _known_reference_error(prog, "cmps-order") or _cmps_operand_fault_order(
+        prog, hw, ours)
     if (hw.fault and ours.fault and {hw.fault[0], ours.fault[0]} == {13, 14}
             and _known_reference_error(prog, "cmps-two-faults")):
         return []
@@ -615,7 +641,7 @@ def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
                          f"interp {b[k:k + 8].hex()}")
     if hw.clean != ours.clean:
         j = k = next(i for i in range(len(hw.clean)) if hw.clean[i] != ours.clean[i])
-        for addr, n in CLEAN:                   # offset j of the joined pages -> address
+        for addr, n in CLEAN:  # noqa: B007 - offset j of the joined pages -> address (used below)
             if k < n:
                 break
             k -= n
@@ -720,7 +746,7 @@ def test_deep_random_programs(capsys: pytest.CaptureFixture[str]) -> None:
     first = int(os.environ.get("PYQEMU_DEEP_FIRST", "0"))
     max_len = int(os.environ.get("PYQEMU_DEEP_LEN", "6"))
     interp = machines()[1]
-    report = dict(programs=0, generated=0, retired=0, faults=0)
+    report = {"programs": 0, "generated": 0, "retired": 0, "faults": 0}
     t0 = time.monotonic()
     for n in range(first, first + _DEEP):
         prog = build_program(RandomChoices(random.Random(f"{seed}-{n}")), max_len=max_len)
@@ -939,3 +965,35 @@ def test_split_write_faults_on_its_first_page_first(text: str) -> None:
     if kvm_usable()[0]:
         hw = machines()[0].run(64, code, regs, 0x202, bytes(DATA_SIZE))
         assert (hw.fault, hw.cr2, hw.frame) == (ours.fault, ours.cr2, ours.frame)
+
+
+def test_host_choice_of_cmps_fault_is_reported() -> None:
+    """Seed 20261124, program 4295 on an AMD EPYC host under PVM (Linux 6.18): `repne
+    cmpsb` with DS:[rSI] on a supervisor page and ES:[rDI] on a not-present one; the host
+    reports rSI's #PF (error 5), interp rDI's (error 4).  Accepted and reported as the
+    listed host choice; any other difference still fails."""
+    prog = Program(64, ["repne cmpsb"], [0] * 16, 0x202, b"", 0, 0)
+    regs = [0] * 16
+    regs[6], regs[7] = 0xFFFFFFF7, 0x10000002F
+    frame = (0x20000B, 0x23, 0x10A82, 0x3F0000, 0x1B)
+
+    def outcome(err: int, cr2: int, **kw: object) -> Outcome:
+        o = Outcome(list(regs), 0x20000B, 0x10A82, (14, err), frame, cr2)
+        for k, v in kw.items():
+            setattr(o, k, v)
+        return o
+
+    before = len(host_behaviour.reports())
+    assert compare(prog, outcome(5, regs[6]), outcome(4, regs[7])) == []
+    new = host_behaviour.reports()[before:]
+    assert [r.behaviour for r in new] == ["cmps-operand-fault-order"]
+    assert "CR2=0xfffffff7" in new[0].host and "CR2=0x10000002f" in new[0].interp
+    # interp choosing rSI, a CR2 that is neither operand, or another difference: failures.
+    assert compare(prog, outcome(4, regs[7]), outcome(5, regs[6]))
+    assert compare(prog, outcome(5, 0x1234), outcome(4, regs[7]))
+    other = list(regs)
+    other[0] = 1
+    assert compare(prog, outcome(5, regs[6]), outcome(4, regs[7], regs=other))
+    # Not a CMPS: a CR2 difference is a divergence.
+    assert compare(Program(64, ["movsb"], [0] * 16, 0x202, b"", 0, 0),
+                   outcome(5, regs[6]), outcome(4, regs[7]))
