@@ -34,6 +34,18 @@ from pyqemu.system.cpus import (
 from pyqemu.target.i386.cpu_features import feature_mask
 from pyqemu.util import trace
 
+__all__ = [
+    "EXT1_ECX",
+    "EXT1_EDX",
+    "INTERP_FEATURES",
+    "LEAF1_ECX",
+    "LEAF1_EDX",
+    "SUPPORTED",
+    "InterpAccelOps",
+    "InterpAccelState",
+    "interp_accel_factory",
+]
+
 if TYPE_CHECKING:
     from pyqemu.accel.ops import CPUState
 

@@ -31,6 +31,8 @@ from pyqemu.target.i386.cpu_state import (
     x86_reset_state,
 )
 
+__all__ = ["LOOPS", "flat32_core", "main", "measure"]
+
 LOOPS = {
     "register loop (add/xor/dec/jnz)": """
         mov ecx, {n}

@@ -20,8 +20,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pyqemu.accel.interp import flags as F
 from pyqemu.accel.interp.errors import EXCP_GP, EXCP_SS, UnimplementedInstruction
+from pyqemu.accel.interp.flags import (
+    ARITH_MASK,
+    CC_ALIASES,
+    CONDITION_FLAGS,
+    CONDITIONS,
+    FLAG_BITS,
+    FLAG_ORDER,
+    FULL_KINDS,
+    SUB_CONDITIONS,
+    combine,
+    expr,
+)
 from pyqemu.accel.interp.segcheck import BIG, DOWN, LIMIT, NOREAD, NOWRITE, NULL
 from pyqemu.accel.interp.state import MASK, SIGN, Mode
 from pyqemu.target.i386.cpu_state import R_DS, R_FS, R_GS, R_SS, SEG_NAMES
@@ -129,7 +140,7 @@ class Ctx:
         self.segs: set[int] = set()
         self.seglims: set[int] = set()          # segments whose limit a check reads (slN)
         self.la_seg: dict[str, int] = {}        # linear-address local -> its segment
-        self.flags: dict[str, str | None] = dict.fromkeys(F.FLAG_ORDER)
+        self.flags: dict[str, str | None] = dict.fromkeys(FLAG_ORDER)
         self.full: tuple[Any, ...] | None = None     # (kind, width, a, b, r) owning all six
         self.partial: tuple[Any, ...] | None = None  # INC/DEC owning all but CF
         self.need_fe = False
@@ -426,11 +437,11 @@ class Ctx:
     # -- flags -------------------------------------------------------------------------------
     def set_cc(self, kind: str, width: int, a: str, b: str, r: str) -> None:
         """Flags defined by a templated operation (``flags.TEMPLATES``) on locals a, b, r."""
-        for f in F.FLAG_ORDER:
-            e = F.expr(kind, f, width, a, b, r)
+        for f in FLAG_ORDER:
+            e = expr(kind, f, width, a, b, r)
             if e is not None:
                 self.flags[f] = e
-        if kind in F.FULL_KINDS:
+        if kind in FULL_KINDS:
             self.full, self.partial = (kind, width, a, b, r), None
         else:
             self.full, self.partial = None, (kind, width, a, b, r, self.flags["C"])
@@ -444,52 +455,52 @@ class Ctx:
         e = self.flags[f]
         if e is None:
             self.need_fe = True
-            bit = F.FLAG_BITS[f]
+            bit = FLAG_BITS[f]
             return f"(FE >> {bit} & 1)" if bit else "(FE & 1)"
         return e
 
     def cond(self, cc: str) -> str:
         """A condition code as a Python boolean expression (SDM vol. 1, Table B-1)."""
-        cc = F.CC_ALIASES.get(cc, cc)
-        if cc not in F.CONDITIONS:
+        cc = CC_ALIASES.get(cc, cc)
+        if cc not in CONDITIONS:
             raise self.unimplemented()
         full = self.full
-        if full is not None and full[0] == "SUB" and cc in F.SUB_CONDITIONS \
-                and all(self.flags[f] == F.expr("SUB", f, full[1], *full[2:]) for f in "CZSO"):
+        if full is not None and full[0] == "SUB" and cc in SUB_CONDITIONS \
+                and all(self.flags[f] == expr("SUB", f, full[1], *full[2:]) for f in "CZSO"):
             _, width, a, b, _ = full
-            return F.SUB_CONDITIONS[cc].format(a=a, b=b, m=hex(SIGN[width // 8]))
-        return F.CONDITIONS[cc].format(**{f: self.flag(f) for f in F.CONDITION_FLAGS[cc]})
+            return SUB_CONDITIONS[cc].format(a=a, b=b, m=hex(SIGN[width // 8]))
+        return CONDITIONS[cc].format(**{f: self.flag(f) for f in CONDITION_FLAGS[cc]})
 
     def flags_value(self, flags: dict[str, str | None] | None = None) -> str:
         """The six arithmetic flags as one EFLAGS-bits expression (may read FE)."""
         fl = self.flags if flags is None else flags
         exprs = {}
-        for f in F.FLAG_ORDER:
+        for f in FLAG_ORDER:
             e = fl[f]
             if e is None:
-                bit = F.FLAG_BITS[f]
+                bit = FLAG_BITS[f]
                 e = f"(FE >> {bit} & 1)" if bit else "(FE & 1)"
                 if flags is None:
                     self.need_fe = True     # read inside the block: load FE at entry
             exprs[f] = e
-        return F.combine(exprs)
+        return combine(exprs)
 
     def _flag_lines(self, snap: tuple[Any, ...] | None = None, fresh_fe: bool = True) -> list[str]:
         """Lines leaving the flags where the exec loop expects them (``S.cc`` / ``env.eflags``)."""
         fl, full, partial = snap if snap is not None else (self.flags, self.full, self.partial)
         if all(v is None for v in fl.values()):
             return []
-        if full is not None and all(fl[f] == F.expr(full[0], f, *full[1:]) for f in F.FLAG_ORDER):
+        if full is not None and all(fl[f] == expr(full[0], f, *full[1:]) for f in FLAG_ORDER):
             kind, width, a, b, r = full
             return [f"S.cc = (EV_{kind}_{width}, {a}, {b}, {r}, None)"]
         if partial is not None and fl["C"] is None and all(
-                fl[f] == F.expr(partial[0], f, *partial[1:5]) for f in "PAZSO"):
+                fl[f] == expr(partial[0], f, *partial[1:5]) for f in "PAZSO"):
             # INC/DEC with CF still pending from before the block: chain the carry provider.
             kind, width, a, b, r, _ = partial
             return ["_p = S.cc",
                     f"S.cc = (EV_{kind}_{width}, {a}, {b}, {r}, _p and (_p[4] or _p))"]
         if partial is not None and fl["C"] is not None and "FE" not in fl["C"] and all(
-                fl[f] == F.expr(partial[0], f, *partial[1:5]) for f in "PAZSO"):
+                fl[f] == expr(partial[0], f, *partial[1:5]) for f in "PAZSO"):
             # INC/DEC after an in-block carry: the provider is the carry as 2|CF (an int).
             kind, width, a, b, r, _ = partial
             return [f"S.cc = (EV_{kind}_{width}, {a}, {b}, {r}, 2 | ({fl['C']}))"]
@@ -497,7 +508,7 @@ class Ctx:
         value = self.flags_value(fl)
         if "FE" in value:
             lines.append("FE = S.get_flags()")
-        lines.append(f"env.eflags = env.eflags & ~{F.ARITH_MASK:#x} | {value}")
+        lines.append(f"env.eflags = env.eflags & ~{ARITH_MASK:#x} | {value}")
         lines.append("S.cc = None")
         return lines
 
@@ -505,7 +516,7 @@ class Ctx:
         """Materialise the flags into ``env.eflags`` mid-block (before a helper reads them)."""
         for line in self._flag_lines():
             self.emit(line)
-        self.flags = dict.fromkeys(F.FLAG_ORDER)
+        self.flags = dict.fromkeys(FLAG_ORDER)
         self.full = self.partial = None
         self.emit("FE = env.eflags")
 

@@ -35,7 +35,7 @@ from pyqemu.accel.interp.flags import ARITH_MASK, LazyFlags
 from pyqemu.accel.interp.mmu import Mmu
 from pyqemu.accel.interp.namespace import CpuidFn, block_namespace
 from pyqemu.accel.interp.segcheck import check_stack, segment_checks
-from pyqemu.accel.interp.state import MASK, Kick, LazyCC, Mode
+from pyqemu.accel.interp.state import MASK, Kick, LazyCC, Mode, PortSpace
 from pyqemu.accel.interp.translate import (
     MAX_BLOCK_INSNS,
     BlockFn,
@@ -71,7 +71,7 @@ class InterpCore:
             raise InterpArgumentError("interp: mem must be an AddressSpace")
         self.env = env
         self.mem: AddressSpace = mem
-        self.io: AddressSpace | None = io
+        self.io: PortSpace | None = io
         self.cpuid: CpuidFn = cpuid or _no_cpuid
         self.exit_request = False
         # Anything with .exit_request (the CPUState under a machine, else the core itself).
@@ -362,7 +362,7 @@ class InterpCore:
         env = self.env
         if trace.enabled("cpu"):
             flags = self.get_flags()
-            regs = " ".join(f"{n}={v:x}" for n, v in zip(cs.REG_NAMES, env.regs))
+            regs = " ".join(f"{n}={v:x}" for n, v in zip(cs.REG_NAMES, env.regs, strict=True))
             trace.event(f"{regs} rip={env.rip:x} rfl={flags:x} mode={env.mode_name}", "cpu")
         if trace.enabled("exec"):
             trace.event(f"Trace {tb.pc:#x} [{tb.ninsns} insns]", "exec")

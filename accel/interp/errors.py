@@ -1,4 +1,4 @@
-"""Exceptions of the interp accelerator (one module per package, see STYLE.md).
+"""Exceptions of the interp accelerator (one module per package).
 
 Two kinds live here:
 
@@ -13,6 +13,31 @@ Two kinds live here:
 from __future__ import annotations
 
 from pyqemu.util.error import PyQemuError
+
+__all__ = [
+    "EXCP_BP",
+    "EXCP_BR",
+    "EXCP_DB",
+    "EXCP_DE",
+    "EXCP_DF",
+    "EXCP_GP",
+    "EXCP_NM",
+    "EXCP_NMI",
+    "EXCP_NP",
+    "EXCP_OF",
+    "EXCP_PF",
+    "EXCP_SS",
+    "EXCP_TS",
+    "EXCP_UD",
+    "HAS_ERROR_CODE",
+    "VECTOR_NAMES",
+    "CpuStop",
+    "Fault",
+    "InterpArgumentError",
+    "InterpError",
+    "TripleFault",
+    "UnimplementedInstruction",
+]
 
 # Exception vectors (Intel SDM vol. 3A, 6.3.1, Table 6-1).
 EXCP_DE, EXCP_DB, EXCP_NMI, EXCP_BP, EXCP_OF, EXCP_BR, EXCP_UD, EXCP_NM = range(8)
@@ -31,7 +56,7 @@ class InterpArgumentError(PyQemuError, ValueError):
     """A bad argument to the interpreter's API (the message names it)."""
 
 
-class UnimplementedInstruction(PyQemuError, NotImplementedError):
+class UnimplementedInstruction(PyQemuError, NotImplementedError):  # noqa: N818  (public name)
     """The guest reached an instruction the interpreter does not implement.
 
     Never a silent skip: the VM stops and this names the instruction, its bytes
@@ -51,7 +76,7 @@ class UnimplementedInstruction(PyQemuError, NotImplementedError):
             f"(cs:ip {cs:04x}:{ip:0{width}x})")
 
 
-class Fault(Exception):
+class Fault(Exception):  # noqa: N818  (a guest exception, named as the SDM names them)
     """An architectural exception raised while executing guest code.
 
     ``vector`` is the exception number, ``error_code`` the code pushed for the
@@ -71,7 +96,7 @@ class Fault(Exception):
                          f"{': ' + why if why else ''}")
 
 
-class CpuStop(Exception):
+class CpuStop(Exception):  # noqa: N818  (control flow, not an error)
     """Internal: generated code asks the exec loop to return ``reason`` (HLT, debug...).
 
     Raised only after the block has written back its state, so the loop just returns.
@@ -82,5 +107,5 @@ class CpuStop(Exception):
         super().__init__(reason)
 
 
-class TripleFault(Exception):
+class TripleFault(Exception):  # noqa: N818  (the SDM's name for the event)
     """Internal: a fault while delivering #DF (SDM vol. 3A, 6.15, Interrupt 8)."""

@@ -24,6 +24,22 @@ from typing import Any
 
 from pyqemu.target.i386.cpu_state import CC_A, CC_C, CC_O, CC_P, CC_S, CC_Z
 
+__all__ = [
+    "ARITH_MASK",
+    "CC_ALIASES",
+    "CONDITIONS",
+    "CONDITION_FLAGS",
+    "FLAG_BITS",
+    "FLAG_ORDER",
+    "FULL_KINDS",
+    "PARITY",
+    "SUB_CONDITIONS",
+    "TEMPLATES",
+    "LazyFlags",
+    "combine",
+    "expr",
+]
+
 #: flag letter -> EFLAGS bit number.
 FLAG_BITS = {"C": 0, "P": 2, "A": 4, "Z": 6, "S": 7, "O": 11}
 FLAG_ORDER = ("C", "P", "A", "Z", "S", "O")

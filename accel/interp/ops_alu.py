@@ -10,6 +10,8 @@ from __future__ import annotations
 from pyqemu.accel.interp.codegen import MASK, Ctx, Insn
 from pyqemu.accel.interp.table import op
 
+__all__ = ["ALU", "gen_alu", "gen_incdec", "gen_neg", "gen_not"]
+
 #: mnemonic -> (flag kind, result template, writes the destination)
 ALU: dict[str, tuple[str, str, bool]] = {
     "add": ("ADD", "({a} + {b}) & {m}", True),

@@ -14,6 +14,9 @@ from pyqemu.accel.interp.errors import EXCP_GP
 from pyqemu.accel.interp.table import op
 from pyqemu.accel.ops import EXCP_HLT
 
+__all__ = ["JCC", "gen_call", "gen_far", "gen_hlt", "gen_int", "gen_iret", "gen_jcc", "gen_jcxz",
+           "gen_jmp", "gen_loop", "gen_ret", "gen_retf"]
+
 # Conditional jumps as capstone spells them.
 JCC = {"jo": "o", "jno": "no", "jb": "b", "jae": "ae", "je": "e", "jne": "ne", "jbe": "be",
        "ja": "a", "js": "s", "jns": "ns", "jp": "p", "jnp": "np", "jl": "l", "jge": "ge",

@@ -9,11 +9,23 @@ are system instructions (:mod:`accel.interp.ops_system`).
 
 from __future__ import annotations
 
-from pyqemu.accel.interp import flags as F
 from pyqemu.accel.interp.codegen import MASK, SEG_PREFIX, SIGN, Ctx, Insn, Op, stack_size
+from pyqemu.accel.interp.flags import (
+    ARITH_MASK,
+    CC_ALIASES,
+    CONDITIONS,
+    FLAG_BITS,
+    FLAG_ORDER,
+)
 from pyqemu.accel.interp.ops_system import gen_mov_system, gen_pop_seg
 from pyqemu.accel.interp.table import op
 from pyqemu.target.i386.cpu_state import R_DS, RF_MASK, VM_MASK
+
+__all__ = ["CCS", "CONVERT", "SIGN_SPLIT", "gen_bswap", "gen_cbw", "gen_cmov", "gen_cmpxchg",
+           "gen_cmpxchg8b", "gen_cwd", "gen_enter", "gen_lahf", "gen_lds", "gen_lea", "gen_leave",
+           "gen_mov", "gen_movsx", "gen_movzx", "gen_nop", "gen_pop", "gen_popa", "gen_popf",
+           "gen_push", "gen_pusha", "gen_pushf", "gen_sahf", "gen_setcc", "gen_xadd", "gen_xchg",
+           "gen_xlat"]
 
 
 @op("mov", "movabs")
@@ -160,7 +172,7 @@ def gen_pushf(c: Ctx, i: Insn) -> None:
     """The image has RF and VM cleared (SDM vol. 2B, PUSHF)."""
     size = stack_size(c, i)
     v = c.t("v")
-    c.emit(f"{v} = (env.eflags & ~{F.ARITH_MASK | RF_MASK | VM_MASK:#x} | {c.flags_value()})"
+    c.emit(f"{v} = (env.eflags & ~{ARITH_MASK | RF_MASK | VM_MASK:#x} | {c.flags_value()})"
            f" & {MASK[size]:#x}")
     c.set_sp(c.push([(v, size)]))
 
@@ -172,7 +184,7 @@ def gen_popf(c: Ctx, i: Insn) -> None:
     (v,), sp = c.pop([size])
     c.set_sp(sp)
     c.emit(f"load_eflags(S, {v}, {size})")
-    c.flags = dict.fromkeys(F.FLAG_ORDER)
+    c.flags = dict.fromkeys(FLAG_ORDER)
     c.full = c.partial = None
     c.exit(hex(i.next_ip))
 
@@ -195,7 +207,7 @@ def gen_popa(c: Ctx, i: Insn) -> None:
     size = i.opsize
     vals, sp = c.pop([size] * 8)
     c.set_sp(sp)
-    for v, r in zip(vals, (7, 6, 5, 4, 3, 2, 1, 0)):
+    for v, r in zip(vals, (7, 6, 5, 4, 3, 2, 1, 0), strict=True):
         if r != 4:
             c.gpr_write(r, size, v)
 
@@ -293,7 +305,7 @@ def gen_sahf(c: Ctx, i: Insn) -> None:
     v = c.t("ah")
     c.emit(f"{v} = {c.r(0)} >> 8 & 0xFF")
     for f in "CPAZS":
-        bit = F.FLAG_BITS[f]
+        bit = FLAG_BITS[f]
         c.set_flag(f, f"({v} >> {bit} & 1)" if bit else f"({v} & 1)")
 
 
@@ -302,7 +314,7 @@ def _cc_suffix(mnem: str, prefix: str) -> str:
     return mnem[len(prefix):]
 
 
-CCS = list(F.CONDITIONS) + list(F.CC_ALIASES)
+CCS = list(CONDITIONS) + list(CC_ALIASES)
 
 
 @op(*("cmov" + cc for cc in CCS))

@@ -16,6 +16,9 @@ from pyqemu.accel.interp.codegen import MASK, Ctx, Insn, Op
 from pyqemu.accel.interp.flags import FLAG_BITS
 from pyqemu.accel.interp.table import op
 
+__all__ = ["ROTATES", "SHIFTS", "gen_bsf", "gen_bt", "gen_popcnt", "gen_rotate",
+           "gen_rotate_carry", "gen_shift", "gen_shld", "gen_tzcnt"]
+
 # Each template computes r (result) and, where the kind defines them, cf and of,
 # from a (operand), n (effective count, nonzero), w (width), m (mask), s (w-1), ci (CF in).
 SHIFTS = {
@@ -110,8 +113,8 @@ def gen_shift(c: Ctx, i: Insn) -> None:
         _zero_count(c, dst)
         return
     a, r, cf, of, fl = c.t("a"), c.t("r"), c.t("cf"), c.t("of"), c.t("FL")
-    fmt = dict(a=a, n=n, w=w, m=hex(MASK[size]), s=w - 1, r=r, cf=cf, of=of,
-               sign=hex(1 << (w - 1)))
+    fmt = {"a": a, "n": n, "w": w, "m": hex(MASK[size]), "s": w - 1, "r": r, "cf": cf,
+           "of": of, "sign": hex(1 << (w - 1))}
     defs = {"C": cf, "P": f"PARITY[{r} & 0xFF]", "A": "0", "Z": f"({r} == 0)",
             "S": f"({r} >> {w - 1} & 1)", "O": of}
     if static is None:
@@ -143,7 +146,8 @@ def gen_rotate(c: Ctx, i: Insn) -> None:
         _zero_count(c, dst)
         return
     a, r, k, cf, of, fl = c.t("a"), c.t("r"), c.t("k"), c.t("cf"), c.t("of"), c.t("FL")
-    fmt = dict(a=a, n=n, w=w, m=hex(MASK[size]), s=w - 1, r=r, k=k, cf=cf, of=of)
+    fmt = {"a": a, "n": n, "w": w, "m": hex(MASK[size]), "s": w - 1, "r": r, "k": k,
+           "cf": cf, "of": of}
     defs = {"C": cf, "O": of}
     if static is None:
         c.emit(f"{fl} = {c.flags_value()}")
@@ -247,7 +251,8 @@ def gen_bt(c: Ctx, i: Insn) -> None:
             else:
                 val = c.t()
                 c.emit(f"{val} = lw{size}({la})")      # read with write intent
-            put = (lambda v: c.store(la, size, v))
+            def put(v: str) -> None:
+                c.store(la, size, v)
         else:
             val, put = c.reg_read(dst), (lambda v: c.reg_write(dst, v))
     v, cf = c.t("v"), c.t("cf")

@@ -19,6 +19,8 @@ from pyqemu.accel.interp.codegen import MASK, SEG_PREFIX, Ctx, Insn
 from pyqemu.accel.interp.table import op
 from pyqemu.target.i386.cpu_state import R_DS, R_ES
 
+__all__ = ["KINDS", "MNEMONICS", "SIZES", "gen_string"]
+
 SIZES = {"b": 1, "w": 2, "d": 4, "q": 8}
 KINDS = ("movs", "stos", "lods", "cmps", "scas", "ins", "outs")
 MNEMONICS = [k + s for k in KINDS for s in SIZES if not (k in ("ins", "outs") and s == "q")]

@@ -16,6 +16,12 @@ from pyqemu.accel.interp.errors import EXCP_BR, EXCP_DB, EXCP_GP, EXCP_UD
 from pyqemu.accel.interp.table import op
 from pyqemu.target.i386.cpu_state import CR0_TS, CR4_DE, DF_MASK, IF_MASK, VM_MASK
 
+__all__ = ["CR4_UMIP", "gen_bound", "gen_carry", "gen_cld", "gen_cli", "gen_clts", "gen_cpuid",
+           "gen_in", "gen_invlpg", "gen_lar", "gen_lgdt", "gen_lmsw", "gen_ltr", "gen_mov_system",
+           "gen_out", "gen_pop_seg", "gen_rdmsr", "gen_rdtsc", "gen_rdtscp", "gen_sgdt",
+           "gen_smsw", "gen_str", "gen_swapgs", "gen_syscall", "gen_sysenter", "gen_sysexit",
+           "gen_sysret", "gen_ud2", "gen_wbinvd", "gen_wrmsr"]
+
 CR4_UMIP = 1 << 11
 
 
@@ -101,7 +107,7 @@ def gen_carry(c: Ctx, i: Insn) -> None:
 def gen_cpuid(c: Ctx, i: Insn) -> None:
     t = [c.t(x) for x in "abcd"]
     c.emit(f"{', '.join(t)} = CPUID({c.gpr_read(0, 4)}, {c.gpr_read(1, 4)})")
-    for reg, v in zip((0, 3, 1, 2), t):
+    for reg, v in zip((0, 3, 1, 2), t, strict=True):
         c.gpr_write(reg, 4, f"{v} & 0xFFFFFFFF")
     c.exit(hex(i.next_ip))
     c.end()

@@ -26,7 +26,8 @@ from pyqemu.accel.interp.flags import LazyFlags
 from pyqemu.system.memory import AddressSpace
 from pyqemu.target.i386.cpu_state import CPUX86State
 
-__all__ = ["MASK", "SIGN", "DebugState", "InterpCpu", "Kick", "LazyCC", "Mode", "SoftMmu"]
+__all__ = ["MASK", "SIGN", "DebugState", "InterpCpu", "Kick", "LazyCC", "Mode", "PortSpace",
+           "SoftMmu"]
 
 #: Operand-size masks and sign bits, by size in bytes.
 MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
@@ -94,6 +95,15 @@ class Kick(Protocol):
     and long-running helpers poll ``exit_request``."""
 
     exit_request: bool
+
+
+class PortSpace(Protocol):
+    """The port I/O space: an :class:`~pyqemu.system.memory.AddressSpace` of I/O regions,
+    or anything that answers the same two calls (a test's recorder)."""
+
+    def read(self, addr: int, size: int) -> int: ...
+
+    def write(self, addr: int, value: int, size: int) -> None: ...
 
 
 class SoftMmu(Protocol):
@@ -168,7 +178,7 @@ class InterpCpu(Protocol):
         """Guest-physical memory."""
 
     @property
-    def io(self) -> AddressSpace | None:
+    def io(self) -> PortSpace | None:
         """The port I/O space (None: reads give all ones, writes vanish)."""
 
     @property

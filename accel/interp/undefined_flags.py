@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from pyqemu.target.i386.cpu_state import CC_A, CC_C, CC_O, CC_P, CC_S, CC_Z
 
+__all__ = ["undefined_flags"]
+
 _STATIC: dict[str, int] = {
     **dict.fromkeys(("and", "or", "xor", "test"), CC_A),
     **dict.fromkeys(("mul", "imul"), CC_S | CC_Z | CC_A | CC_P),

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyqemu.accel.interp.cpu_exec import InterpCore
 from pyqemu.accel.kvm import kvm_abi as abi
@@ -179,8 +181,8 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def _fault_from_stack(vector: int, rsp: int, read: callable) -> tuple[tuple[int, int | None],
-                                                                        tuple[int, ...]]:
+def _fault_from_stack(vector: int, rsp: int, read: Callable[[int, int], bytes]
+                      ) -> tuple[tuple[int, int | None], tuple[int, ...]]:
     if rsp == KSTACK - 48:
         err, *frame = struct.unpack("<6Q", read(rsp, 48))
         return (vector, err), tuple(frame)
@@ -205,9 +207,9 @@ class KvmCpl3:
         self.sregs = {b: self._sregs(build_env(b)) for b in (16, 32, 64)}
         self.loaded: int | None = None
 
-    def _sregs(self, env: CPUX86State) -> object:
+    def _sregs(self, env: CPUX86State) -> Any:
         s = self.vcpu.get_sregs()
-        for name, seg in zip(("es", "cs", "ss", "ds", "fs", "gs"), env.segs):
+        for name, seg in zip(("es", "cs", "ss", "ds", "fs", "gs"), env.segs, strict=True):
             self._set_seg(getattr(s, name), seg)
         self._set_seg(s.tr, env.tr)
         s.tr.s = 0
@@ -235,14 +237,15 @@ class KvmCpl3:
             mm[a:a + n] = bytes(n)
         self.vcpu.set_sregs(self.sregs[bits])       # a fault left CS/SS at CPL0
         r = self.vcpu.get_regs()
-        for name, v in zip(_GPRS, regs):
+        for name, v in zip(_GPRS, regs, strict=False):     # regs may be the first 8
             setattr(r, name, v)
         r.rip, r.rflags = entry_ip(bits), rflags
         self.vcpu.set_regs(r)
         ex = self.vcpu.run()
         r = self.vcpu.get_regs()
         out = Outcome([getattr(r, n) for n in _GPRS], r.rip, r.rflags,
-                      data=bytes(mm[DATA:DATA + DATA_SIZE]), stack=bytes(mm[STACK_LO:STACK + 0x1000]),
+                      data=bytes(mm[DATA:DATA + DATA_SIZE]),
+                      stack=bytes(mm[STACK_LO:STACK + 0x1000]),
                       clean=b"".join(bytes(mm[a:a + n]) for a, n in CLEAN))
         if isinstance(ex, IoOut) and ex.port == END_PORT:
             out.rip -= 2                    # report the address of the end marker

@@ -44,8 +44,10 @@ def test_supported_cpuid_is_what_the_interpreter_implements() -> None:
     assert edx1 & (1 << 15) and edx1 & (1 << 4)  # CMOV, TSC
     assert not edx1 & (1 << 25)                 # no SSE
     ecx1 = st.get_supported_cpuid(1, 0, "ecx")
+    assert ecx1 is not None
     assert ecx1 & (1 << 23) and not ecx1 & 1                       # POPCNT, no SSE3
     ext = st.get_supported_cpuid(0x80000001, 0, "edx")
+    assert ext is not None
     assert ext & (1 << 29) and ext & (1 << 11)                     # LM, SYSCALL
     assert st.get_supported_cpuid(0, 0, "ebx") is None             # vendor: no limit
     with pytest.raises(AccelError, match="unknown CPUID register 'esp'"):

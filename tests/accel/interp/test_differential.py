@@ -10,13 +10,14 @@ flat 32-bit protected and 64-bit long mode.  ~200 examples per family.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 unicorn = pytest.importorskip("unicorn")
-from unicorn import x86_const as U  # noqa: E402
+from unicorn import x86_const as ux  # noqa: E402
 
 from pyqemu.accel.interp.cpu_exec import EXCP_BUDGET  # noqa: E402
 from pyqemu.accel.interp.undefined_flags import undefined_flags  # noqa: E402
@@ -30,16 +31,16 @@ QUICK = settings(max_examples=_EXAMPLES, deadline=None, derandomize=_EXAMPLES <=
                  suppress_health_check=[HealthCheck.too_slow])
 
 UC_MODES = {16: unicorn.UC_MODE_16, 32: unicorn.UC_MODE_32, 64: unicorn.UC_MODE_64}
-UC_REGS = [U.UC_X86_REG_RAX, U.UC_X86_REG_RCX, U.UC_X86_REG_RDX, U.UC_X86_REG_RBX,
-           U.UC_X86_REG_RSP, U.UC_X86_REG_RBP, U.UC_X86_REG_RSI, U.UC_X86_REG_RDI]
-UC_REGS32 = [U.UC_X86_REG_EAX, U.UC_X86_REG_ECX, U.UC_X86_REG_EDX, U.UC_X86_REG_EBX,
-             U.UC_X86_REG_ESP, U.UC_X86_REG_EBP, U.UC_X86_REG_ESI, U.UC_X86_REG_EDI]
+UC_REGS = [ux.UC_X86_REG_RAX, ux.UC_X86_REG_RCX, ux.UC_X86_REG_RDX, ux.UC_X86_REG_RBX,
+           ux.UC_X86_REG_RSP, ux.UC_X86_REG_RBP, ux.UC_X86_REG_RSI, ux.UC_X86_REG_RDI]
+UC_REGS32 = [ux.UC_X86_REG_EAX, ux.UC_X86_REG_ECX, ux.UC_X86_REG_EDX, ux.UC_X86_REG_EBX,
+             ux.UC_X86_REG_ESP, ux.UC_X86_REG_EBP, ux.UC_X86_REG_ESI, ux.UC_X86_REG_EDI]
 REGS = {8: ("al", "bl", "cl", "dl"), 16: ("ax", "bx", "cx", "dx"),
         32: ("eax", "ebx", "ecx", "edx"), 64: ("rax", "rbx", "rcx", "rdx")}
 HIGH8 = ("ah", "bh", "ch", "dh")
 
 _guests: dict[int, Guest] = {}
-_ucs: dict[int, unicorn.Uc] = {}
+_ucs: dict[int, Any] = {}
 
 
 def _guest(bits: int) -> Guest:
@@ -48,7 +49,7 @@ def _guest(bits: int) -> Guest:
     return _guests[bits]
 
 
-def _uc(bits: int) -> unicorn.Uc:
+def _uc(bits: int) -> Any:
     if bits not in _ucs:
         uc = unicorn.Uc(unicorn.UC_ARCH_X86, UC_MODES[bits])
         uc.mem_map(0, 2 << 20)
@@ -76,20 +77,21 @@ def run_both(bits: int, text: str, regs: list[int], flags: int) -> tuple[list[in
     uc = _uc(bits)
     uc.mem_write(CODE, code)
     table = UC_REGS if bits == 64 else UC_REGS32
-    for r, v in zip(table, regs):
+    for r, v in zip(table, regs, strict=True):
         uc.reg_write(r, v)
     uc.reg_write(table[4], 0x8000)
-    uc.reg_write(U.UC_X86_REG_EFLAGS, (flags & ARITH_FLAGS) | 2)
+    uc.reg_write(ux.UC_X86_REG_EFLAGS, (flags & ARITH_FLAGS) | 2)
     uc.emu_start(CODE, CODE + len(code), count=1)
     theirs = [uc.reg_read(r) for r in table]
-    their_flags = uc.reg_read(U.UC_X86_REG_EFLAGS)
+    their_flags = uc.reg_read(ux.UC_X86_REG_EFLAGS)
     return ours, our_flags, theirs, their_flags
 
 
 def check(bits: int, text: str, regs: list[int], flags: int, undefined: int) -> None:
     ours, of, theirs, tf = run_both(bits, text, regs, flags)
     names = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi")
-    diffs = [f"{n}: interp {a:#x} unicorn {b:#x}" for n, a, b in zip(names, ours, theirs) if a != b]
+    diffs = [f"{n}: interp {a:#x} unicorn {b:#x}"
+             for n, a, b in zip(names, ours, theirs, strict=True) if a != b]
     mask = ARITH_FLAGS & ~undefined
     if of & mask != tf & mask:
         diffs.append(f"flags: interp {of & mask:#x} unicorn {tf & mask:#x} (mask {mask:#x})")
@@ -278,7 +280,7 @@ def sequences(draw: st.DrawFn) -> tuple[int, list[str], int]:
     size = draw(st.sampled_from([8, 16, 32] + ([64] if bits == 64 else [])))
     regs = REGS[size]
     undefined = 0
-    lines = []
+    lines: list[str] = []
     for _ in range(draw(st.integers(2, 6))):
         kind = draw(st.sampled_from(["alu", "alu", "unary", "shift", "set", "cmov", "jcc"]))
         d, s = draw(st.sampled_from(regs)), draw(st.sampled_from(regs))
@@ -353,15 +355,15 @@ def test_blocks_with_flag_flow_match_unicorn(seq: tuple[int, list[str], int], re
     uc.mem_map(0, 2 << 20)
     uc.mem_write(CODE, code)
     table = UC_REGS if bits == 64 else UC_REGS32
-    for r, v in zip(table, regs):
+    for r, v in zip(table, regs, strict=True):
         uc.reg_write(r, v)
     uc.reg_write(table[4], 0x8000)
-    uc.reg_write(U.UC_X86_REG_EFLAGS, (flags & ARITH_FLAGS) | 2)
+    uc.reg_write(ux.UC_X86_REG_EFLAGS, (flags & ARITH_FLAGS) | 2)
     uc.emu_start(CODE, CODE + len(code) - 1)
     theirs = [uc.reg_read(r) for r in table]
     assert g.env.regs[:8] == theirs, f"{bits}-bit block {lines}"
     mask = ARITH_FLAGS & ~undefined
-    tf = uc.reg_read(U.UC_X86_REG_EFLAGS)
+    tf = uc.reg_read(ux.UC_X86_REG_EFLAGS)
     assert g.env.eflags & mask == tf & mask, f"{bits}-bit block {lines}: flags"
 
 

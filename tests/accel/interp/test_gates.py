@@ -21,6 +21,7 @@ Three references:
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -189,15 +190,15 @@ def run_interp(img: dict[int, bytes], end: int = END) -> Guest:
     return prot32_pair.run_interp(img, end)
 
 
-def state_interp(g: Guest) -> dict[str, object]:
+def state_interp(g: Guest) -> dict[str, Any]:
     return prot32_pair.interp_state(g, COMPARED)
 
 
-def run_unicorn(img: dict[int, bytes], end: int = END) -> dict[str, object]:
+def run_unicorn(img: dict[int, bytes], end: int = END) -> dict[str, Any]:
     return prot32_pair.run_unicorn(img, CODE, end, COMPARED)
 
 
-def both(img: dict[int, bytes], unicorn_differs: tuple[str, ...] = ()) -> dict[str, object]:
+def both(img: dict[int, bytes], unicorn_differs: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run ``img`` to END on interp and on Unicorn; they must agree (but on the keys of
     ``unicorn_differs``, where the caller checks interp against the SDM by hand);
     returns interp's state."""
@@ -208,7 +209,7 @@ def both(img: dict[int, bytes], unicorn_differs: tuple[str, ...] = ()) -> dict[s
         if key in unicorn_differs:
             assert ours[key] != theirs[key], f"{key}: Unicorn agrees now: drop the exception"
         elif key == "mem":
-            for (addr, _), a, b in zip(COMPARED, ours[key], theirs[key]):  # type: ignore[arg-type]
+            for (addr, _), a, b in zip(COMPARED, ours[key], theirs[key], strict=True):
                 assert a == b, f"memory at {addr:#x}: interp {a.hex()} unicorn {b.hex()}"
         else:
             assert ours[key] == theirs[key], f"{key}: interp {ours[key]} unicorn {theirs[key]}"
@@ -265,9 +266,9 @@ def test_call_gate_to_cpl0_copies_parameters_and_retf_imm16_returns_to_cpl3() ->
         retf 8
     """})
     s = both(img)
-    data = s["mem"][0]                                          # type: ignore[index]
+    data = s["mem"][0]
     assert dwords(data, 3) == [KSTACK - 24, 0x10, 0x08]         # CPL 0: SS0:ESP0, CS.RPL 0
-    frame = dwords(s["mem"][2], 6, 0x100 - 24)                  # type: ignore[index]
+    frame = dwords(s["mem"][2], 6, 0x100 - 24)
     assert frame == [USER + 17, 0x1B, 0x22222222, 0x11111111, USTACK - 8, 0x23]
     assert dwords(data, 1, 0x20) == [USTACK]                    # 8 + 8 released
     assert (s["eax"], s["ebx"], s["ecx"], s["edx"]) == (0, 0x23, 0x1B, 0x23)
@@ -288,7 +289,7 @@ def test_16_bit_call_gate_pushes_words_and_16_bit_retf_returns() -> None:
     """, {KENTRY16: asm("mov bp, sp\nmov ax, cs\n.byte 0xca, 2, 0", 16, KENTRY16)})
     # (RETF 2 as .byte: keystone writes 66 CA, a 32-bit RETF, in 16-bit code.)
     s = both(img)
-    frame = struct.unpack_from("<5H", s["mem"][2], 0x100 - 10)  # type: ignore[index]
+    frame = struct.unpack_from("<5H", s["mem"][2], 0x100 - 10)
     assert frame == (USER + 17, 0x1B, 0x3333, USTACK - 8, 0x23)
     assert (s["ebx"], s["ecx"], s["edx"]) == (USTACK - 8 + 2, 0x1B, 0x23)
     assert s["eax"] & 0xFFFF == 0x48                           # CS.RPL = new CPL 0
@@ -307,7 +308,7 @@ def test_call_gate_with_a_16_bit_tss_takes_sp0_ss0_from_it() -> None:
           TSS + 0x300: TSS16.pack(sp0=sp0, ss0=0x10)[:TSS16.offset("sp1")]})
     s = both(img)
     assert (s["esi"], s["edi"], s["esp"]) == (sp0 - 24, 0x10, USTACK)
-    frame = dwords(s["mem"][2], 6, 0x100 - 0x80 - 24)           # type: ignore[index]
+    frame = dwords(s["mem"][2], 6, 0x100 - 0x80 - 24)
     assert frame == [USER + 17, 0x1B, 0x22222222, 0x11111111, USTACK - 8, 0x23]
 
 
@@ -326,7 +327,7 @@ def test_call_gate_to_cpl1_takes_ss1_esp1_and_retf_goes_back_to_cpl3() -> None:
     """})
     s = both(img)
     assert (s["eax"], s["esi"], s["edi"]) == (0x51, 0x41, STACK1 - 16)
-    assert dwords(s["mem"][3], 4, 0x100 - 16) == [USER + 7, 0x1B, USTACK, 0x23]  # type: ignore[index]
+    assert dwords(s["mem"][3], 4, 0x100 - 16) == [USER + 7, 0x1B, USTACK, 0x23]
     assert (s["ebx"], s["ecx"], s["edx"]) == (0x1B, 0x23, USTACK)
 
 
@@ -342,7 +343,7 @@ def test_call_gate_to_conforming_segment_keeps_cpl_and_stack() -> None:
     """, {CONF: "mov eax, cs\nmov ebx, ss\nmov ecx, esp\nretf"})
     s = both(img, unicorn_differs=("eax",))
     assert (s["eax"], s["ebx"], s["ecx"]) == (0x5B, 0x23, USTACK - 8)
-    assert dwords(s["mem"][1], 2, 0x100 - 8) == [USER + 7, 0x1B]       # type: ignore[index]
+    assert dwords(s["mem"][1], 2, 0x100 - 8) == [USER + 7, 0x1B]
     assert s["esp"] == USTACK
 
 
@@ -445,7 +446,7 @@ def test_tss_too_short_for_the_stack_slot_is_ts_on_the_tss() -> None:
     assert g.mem.read(KSTACK - 24, 4) == 0x28 and g.mem.read(KSTACK - 20, 4) == USER
 
 
-# -- RETF to an outer level: the checks on the popped SS --------------------------------------------
+# -- RETF to an outer level: the checks on the popped SS -------------------------------------------
 
 def retf_fault(ss: int, cs: int = 0x1B) -> tuple[int, int, int]:
     """At CPL 0 push ``ss``:USTACK, ``cs``:USER and RETF; returns (vector, error, ESP seen
@@ -493,7 +494,7 @@ def test_retf_to_an_inner_level_is_gp() -> None:
     assert (vector, frame[0]) == (13, 0x08)
 
 
-# -- IA-32e mode: 64-bit call gates and RETF ----------------------------------------------------------
+# -- IA-32e mode: 64-bit call gates and RETF -------------------------------------------------------
 
 G64 = 0x20000            # GDT
 TSS64 = 0x21000
@@ -759,7 +760,7 @@ def test_64_bit_retf_with_null_ss_to_rpl3_is_gp_but_to_cpl1_loads_null_ss() -> N
     assert g.env.cpl == 0 and g.mem.read(g.env.regs[4] + 16, 8) == 0x08  # at CPL 0
 
 
-# -- LAR / LSL on 16-byte system descriptors ---------------------------------------------------------
+# -- LAR / LSL on 16-byte system descriptors -------------------------------------------------------
 
 ZF = 0x40
 
@@ -820,7 +821,7 @@ def test_lar_lsl_in_legacy_mode_take_an_8_byte_tss_at_the_table_end() -> None:
     assert (r[0], r[1] & ZF, r[2], r[6] & ZF) == (0x0000E900, ZF, 0x67, ZF)
 
 
-# -- the host's KVM as the oracle for a 64-bit call gate at CPL 3 ---------------------------------------
+# -- the host's KVM as the oracle for a 64-bit call gate at CPL 3 ----------------------------------
 
 def test_64_bit_call_gate_from_cpl3_matches_kvm() -> None:
     """CPL 3 -> 0 through a 64-bit call gate on the host CPU (the cpl3_oracle image, a

@@ -37,7 +37,9 @@ Reference implementations, measured on this host:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -54,6 +56,9 @@ from pyqemu.target.i386.descriptors import (
     segment_descriptor,
 )
 from tests.accel.interp.harness import Guest, asm
+
+if TYPE_CHECKING:
+    from tests.accel.interp.cpl3_oracle import InterpCpl3, KvmCpl3
 
 GDT, IDT, BOOT, USER, HANDLERS, TSS = 0x1000, 0x1800, 0x2000, 0x3000, 0x5000, 0x7000
 KSTACK, USTACK, BUF = 0x8000, 0x9000, 0xA000
@@ -364,20 +369,20 @@ class _Recorder:
         self.log.append(("out", port, size, value))
 
 
-_kvm_pair: dict[str, object] = {}
+_kvm_pair: dict[str, Any] = {}
 
 
-def _standard_map_into(write: object) -> int:
+def _standard_map_into(write: Callable[[int, bytes], object]) -> int:
     """Write the standard map into a cpl3_oracle TSS; returns the TSS limit to use."""
     from tests.accel.interp.cpl3_oracle import TSS
     tss = Tss.standard()
     field = TSS32["iomap_base"]
-    write(TSS + field.offset, tss.map_base.to_bytes(field.size, "little"))  # type: ignore[operator]
-    write(TSS + tss.map_base, tss.bitmap)                        # type: ignore[operator]
+    write(TSS + field.offset, tss.map_base.to_bytes(field.size, "little"))
+    write(TSS + tss.map_base, tss.bitmap)
     return tss.limit
 
 
-def _pair() -> tuple[object, object, _Recorder]:
+def _pair() -> tuple[KvmCpl3, InterpCpl3, _Recorder]:
     """A KvmCpl3 and an InterpCpl3 of their own (the I/O exits left behind must not
     reach the shared ones of test_kvm_differential), both with the standard map."""
     from tests.accel.interp.cpl3_oracle import InterpCpl3, KvmCpl3
@@ -399,7 +404,7 @@ def _pair() -> tuple[object, object, _Recorder]:
         rec = _Recorder()
         i.core.io = rec
         _kvm_pair.update(kvm=k, interp=i, rec=rec)
-    return _kvm_pair["kvm"], _kvm_pair["interp"], _kvm_pair["rec"]  # type: ignore[return-value]
+    return _kvm_pair["kvm"], _kvm_pair["interp"], _kvm_pair["rec"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -407,11 +412,11 @@ def _close_kvm() -> object:
     yield
     k = _kvm_pair.pop("kvm", None)
     if k is not None:
-        k.close()                                                # type: ignore[attr-defined]
+        k.close()
     _kvm_pair.clear()
 
 
-def _kvm_run(k: object, bits: int, code: bytes, regs: list[int],
+def _kvm_run(k: KvmCpl3, bits: int, code: bytes, regs: list[int],
              data: bytes) -> tuple[tuple[int, int | None] | None, int, list, list[int]]:
     """Run on KVM until the end marker or a fault stub, answering every port exit:
     (fault, faulting RIP, accesses, registers)."""
@@ -427,12 +432,12 @@ def _kvm_run(k: object, bits: int, code: bytes, regs: list[int],
         _fault_from_stack,
         entry_ip,
     )
-    mm, vcpu = k.mm, k.vcpu                                      # type: ignore[attr-defined]
+    mm, vcpu = k.mm, k.vcpu
     mm[CODE:CODE + len(code) + 2] = code + END
     mm[DATA:DATA + len(data)] = data
-    vcpu.set_sregs(k.sregs[bits])                                # type: ignore[attr-defined]
+    vcpu.set_sregs(k.sregs[bits])
     r = vcpu.get_regs()
-    for name, v in zip(_GPRS, regs):
+    for name, v in zip(_GPRS, regs, strict=False):     # regs may be the first 8
         setattr(r, name, v)
     r.rip, r.rflags = entry_ip(bits), 2
     vcpu.set_regs(r)
@@ -476,7 +481,7 @@ def test_matches_kvm(bits: int, text: str, init: dict[int, int], faults: bool,
     data = bytes(range(0xA0, 0xB0)) + bytes(DATA_SIZE - 16)
     kfault, krip, kio, kregs = _kvm_run(k, bits, code, regs, data)
     rec.log.clear()
-    o = interp.run(bits, code, list(regs), 2, data)               # type: ignore[attr-defined]
+    o = interp.run(bits, code, list(regs), 2, data)
     assert not o.other, o.other
     iio = [(d, p, s, v & ((1 << 8 * s) - 1)) for d, p, s, v in rec.log]
     # Both as the SDM says (worked out by hand in KVM_CASES) ...

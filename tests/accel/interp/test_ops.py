@@ -7,6 +7,8 @@ SDM defines for the last flag-writing instruction).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from pyqemu.accel.ops import EXCP_HLT
@@ -17,7 +19,7 @@ ALL = CC_C | CC_P | CC_A | CC_Z | CC_S | CC_O
 
 
 def run(bits: int, code: str, regs: dict[str, int] | None = None, eflags: int = 0,
-        setup=None) -> Guest:  # type: ignore[no-untyped-def]
+        setup: Callable[[Guest], object] | None = None) -> Guest:
     g = Guest(bits)
     g.load(code + "\nhlt")
     for name, v in (regs or {}).items():

@@ -11,6 +11,8 @@ or KVM_SET_SREGS would.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pytest
 
 from pyqemu.accel.interp.undefined_flags import undefined_flags
@@ -29,6 +31,9 @@ from pyqemu.target.i386.cpu_state import (
 )
 from tests.accel.interp.harness import CODE, Guest
 from tests.accel.interp.test_sysinsn import frame, guest, run, vector
+
+if TYPE_CHECKING:
+    from tests.accel.interp.cpl3_oracle import InterpCpl3, KvmCpl3
 
 DATA = DESC_P_MASK | DESC_S_MASK | DESC_A_MASK | DESC_W_MASK
 CODE_XO = DESC_P_MASK | DESC_S_MASK | DESC_A_MASK | DESC_CS_MASK | DESC_B_MASK | DESC_G_MASK
@@ -245,7 +250,7 @@ def test_repe_cmps_and_lods_check_their_source_segment() -> None:
 # tests/host_behaviour.py for where it is known to differ); a host that runs
 # compatibility mode natively answers with the processor itself.
 SEL_LIMITED, SEL_DOWN_BIG, SEL_READONLY, SEL_DOWN_SMALL = 0x4B, 0x53, 0x5B, 0x63
-_kvm_pair: dict[str, object] = {}
+_kvm_pair: dict[str, Any] = {}
 
 
 def _extra_gdt() -> bytes:
@@ -258,7 +263,7 @@ def _extra_gdt() -> bytes:
     return b"".join(_desc(d, 3).to_bytes(8, "little") for d in descs)
 
 
-def _pair() -> tuple[object, object]:
+def _pair() -> tuple[KvmCpl3, InterpCpl3]:
     """A KvmCpl3 and an InterpCpl3 of their own, with the extra descriptors."""
     from tests.accel.interp.cpl3_oracle import GDT, InterpCpl3, KvmCpl3
     from tests.accel.kvm.kvm_support import kvm_usable

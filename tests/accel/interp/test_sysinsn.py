@@ -127,7 +127,8 @@ def test_mov_dr_round_trip_and_fixed_bits() -> None:
     assert vector(g) is None
     assert g.env.regs[3] == 0x12345678
     assert g.env.regs[6] == 0xFFFF0FF0            # DR6 reserved bits 4-11, 16-31 read 1
-    assert g.env.regs[5] == 0xFFFF07FF            # DR7 bit 10 = 1; bits 11 12 14 15 = 0; 13 (GD) written 0
+    # DR7: bit 10 reads 1; bits 11, 12, 14, 15 read 0; 13 (GD) was written 0.
+    assert g.env.regs[5] == 0xFFFF07FF
 
 
 def test_mov_dr4_dr5_alias_dr6_dr7_without_cr4_de() -> None:

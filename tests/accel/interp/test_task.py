@@ -22,6 +22,7 @@ References:
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -171,22 +172,22 @@ def run_interp(img: dict[int, bytes], end: int = END, budget: int = 100_000) -> 
     return prot32_pair.run_interp(img, end, budget)
 
 
-def state_interp(g: Guest) -> dict[str, object]:
+def state_interp(g: Guest) -> dict[str, Any]:
     return prot32_pair.interp_state(g, COMPARED, system=True)
 
 
-def run_unicorn(img: dict[int, bytes], end: int = END) -> dict[str, object]:
+def run_unicorn(img: dict[int, bytes], end: int = END) -> dict[str, Any]:
     return prot32_pair.run_unicorn(img, CODE, end, COMPARED, system=True)
 
 
-def both(img: dict[int, bytes]) -> dict[str, object]:
+def both(img: dict[int, bytes]) -> dict[str, Any]:
     """Run ``img`` to END on interp and on Unicorn; every compared item must agree."""
     ours = state_interp(run_interp(img))
     theirs = run_unicorn(img)
     assert ours["eip"] == END, f"interp stopped at {ours['eip']:#x} (vector {ours['edi']:#x})"
     for key in ours:
         if key == "mem":
-            for (addr, _), a, b in zip(COMPARED, ours[key], theirs[key]):  # type: ignore[arg-type]
+            for (addr, _), a, b in zip(COMPARED, ours[key], theirs[key], strict=True):
                 assert a == b, f"memory at {addr:#x}: interp {a.hex()} unicorn {b.hex()}"
         else:
             assert ours[key] == theirs[key], f"{key}: interp {ours[key]} unicorn {theirs[key]}"
@@ -234,7 +235,7 @@ def test_far_jmp_to_a_tss_and_back_saves_both_tasks_and_moves_the_busy_bit() -> 
     img = image(kernel, {TASK_B: TASK_B_BODY + far(0xEA, 0x28, 0),
                          TSS_B: tss32(eip=TASK_B, esp=STACK_B, eflags=0x82)})
     ours = both(img)
-    tss_a, tss_b, gdt = ours["mem"][0], ours["mem"][1], ours["mem"][3]   # type: ignore[index]
+    tss_a, tss_b, gdt = ours["mem"][0], ours["mem"][1], ours["mem"][3]
     assert ours["tr"] == 0x28 and ours["ts"] is True
     assert busy(gdt, 0x28) and not busy(gdt, 0x30)
     # Task A, saved by its JMP: EIP after it, CF set, its registers and selectors.
@@ -242,7 +243,7 @@ def test_far_jmp_to_a_tss_and_back_saves_both_tasks_and_moves_the_busy_bit() -> 
     assert [d32(tss_a, 0x28 + 4 * i) for i in (0, 4, 7)] == [0x11111111, KSTACK, 0x77777777]
     assert [w16(tss_a, 0x48 + 4 * i) for i in range(6)] == [0x10, 0x08, 0x10, 0x10, 0x10, 0x23]
     # Task B ran with its TSS's registers and was saved by its own JMP.
-    assert ours["mem"][6][:8] == struct.pack("<II", 0xA0A0A0A0, STACK_B)   # type: ignore[index]
+    assert ours["mem"][6][:8] == struct.pack("<II", 0xA0A0A0A0, STACK_B)
     b_len = len(asm(TASK_B_BODY + far(0xEA, 0x28, 0), 32, TASK_B))
     assert d32(tss_b, 0x20) == TASK_B + b_len and d32(tss_b, 0x24) & NT_MASK == 0
     assert d32(tss_b, 0x28) == 0xA0A0A1A0 and d32(tss_b, 0x38) == STACK_B - 4
@@ -258,8 +259,8 @@ def test_call_through_a_task_gate_nests_and_iret_returns_through_the_link() -> N
     task_b = TASK_B_BODY + "pushfd\npop dword ptr [0x5008]\niretd\nhlt"
     img = image(kernel, {TASK_B: task_b, TSS_B: tss32(eip=TASK_B, esp=STACK_B, eflags=0x202)})
     ours = both(img)
-    tss_a, tss_b, gdt = ours["mem"][0], ours["mem"][1], ours["mem"][3]   # type: ignore[index]
-    data = ours["mem"][6]                                                 # type: ignore[index]
+    tss_a, tss_b, gdt = ours["mem"][0], ours["mem"][1], ours["mem"][3]
+    data = ours["mem"][6]
     # B ran nested: NT set; IF from its TSS; SF and PF from its ADD.
     assert d32(data, 8) == 0x4286
     assert w16(tss_b, 0) == 0x28                     # the back link
@@ -288,8 +289,8 @@ def test_cpl3_task_calls_a_cpl0_task_through_its_tss_and_iret_resumes_it_at_cpl3
     ours = both(img)
     assert ours["sregs"] == [0, 0x1B, 0x23, 0, 0, 0x23]
     assert ours["ebx"] == 0xAAAA and ours["esp"] == USTACK
-    assert ours["mem"][6][0x30:0x34] == struct.pack("<I", 0x08)   # type: ignore[index]
-    tss_a, tss_c = ours["mem"][0], ours["mem"][2]                 # type: ignore[index]
+    assert ours["mem"][6][0x30:0x34] == struct.pack("<I", 0x08)
+    tss_a, tss_c = ours["mem"][0], ours["mem"][2]
     assert w16(tss_c, 0) == 0x28 and w16(tss_a, 0x4C) == 0x1B and w16(tss_a, 0x50) == 0x23
 
 
@@ -369,7 +370,7 @@ def test_iret_task_return_checks_the_back_link(link: int, vector: int, error: in
     assert g.env.tr.selector == 0x28 and busy(g.mem.read_bytes(GDT, 0x100), 0x28)
 
 
-# -- faults after the commit point: delivered in the new task ------------------------------------------
+# -- faults after the commit point: delivered in the new task --------------------------------------
 
 B_SEGS = (0x10, 0x08, 0x10, 0x10, 0x10, 0x10)
 
@@ -452,7 +453,7 @@ def test_segments_loaded_from_an_ldt_and_accessed_bits_set() -> None:
     assert g.mem.read(GDT + 0x10 + 5, 1) & 1       # accessed now
 
 
-# -- interrupts and exceptions through task gates (Unicorn does not deliver them) ---------------------
+# -- interrupts and exceptions through task gates (Unicorn does not deliver them) ------------------
 
 def idt_gate(vector: int, desc: int) -> dict[int, bytes]:
     return {IDT + 8 * vector: struct.pack("<Q", desc)}
@@ -512,7 +513,7 @@ def test_int_n_at_cpl3_through_a_dpl0_task_gate_is_gp() -> None:
     assert frame == [0x40 * 8 + 2, USER, 0x1B]
 
 
-# -- the T flag, DR7, CR3 without paging ---------------------------------------------------------------
+# -- the T flag, DR7, CR3 without paging -----------------------------------------------------------
 
 def test_t_flag_in_the_new_tss_raises_db_with_bt_before_its_first_instruction() -> None:
     # 7.2.1 (T flag) and 18.3.1.5: #DB after the switch, DR6.BT set, the EIP pushed is
@@ -538,7 +539,7 @@ def test_without_paging_the_cr3_field_is_not_loaded() -> None:
     assert g.env.rip == END and g.env.cr[3] == 0 and not g.env.cr[0] & CR0_PG
 
 
-# -- 16-bit TSSs (Figure 7-10) -------------------------------------------------------------------------
+# -- 16-bit TSSs (Figure 7-10) ---------------------------------------------------------------------
 
 def test_call_to_a_16_bit_tss_and_iret_back_use_the_16_bit_layout() -> None:
     # 7.6: IP, FLAGS, AX-DI, ES CS SS DS, LDT as words; no CR3, FS or GS (loaded null);
@@ -567,7 +568,7 @@ def test_call_to_a_16_bit_tss_and_iret_back_use_the_16_bit_layout() -> None:
     assert busy(gdt, 0x28) and not busy(gdt, 0x48)
 
 
-# -- the ring stack from the current TSS (SDM vol. 3A 6.12.1, 7.2.1, 7.6) --------------------------------
+# -- the ring stack from the current TSS (SDM vol. 3A 6.12.1, 7.2.1, 7.6) --------------------------
 
 def to_cpl3(user: str, ltr: int = 0x28) -> dict[int, bytes]:
     kernel = f"""
@@ -603,7 +604,7 @@ def test_interrupt_whose_stack_slot_is_past_the_tss_limit_is_ts_on_the_tss() -> 
     assert [g.mem.read(KSTACK - 24 + 4 * i, 4) for i in range(3)] == [0xE0, USER, 0x1B]
 
 
-# -- IA-32e mode: no task switches (SDM vol. 3A, 7.7) ------------------------------------------------
+# -- IA-32e mode: no task switches (SDM vol. 3A, 7.7) ----------------------------------------------
 
 def test_ia32e_iret_with_nt_is_gp0_and_an_idt_task_gate_is_gp() -> None:
     g = Guest(64)

@@ -26,6 +26,7 @@ virtual-8086 mode (DESIGN.md, "The KVM on our own machines").
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
@@ -164,11 +165,11 @@ def run_interp(img: dict[int, bytes], end: int = END_IP) -> Guest:
     return prot32_pair.run_interp(img, end)
 
 
-def state(g: Guest) -> dict[str, object]:
+def state(g: Guest) -> dict[str, Any]:
     return prot32_pair.interp_state(g, COMPARED)
 
 
-def run_unicorn(img: dict[int, bytes], until: int = V86_BASE + END_IP) -> dict[str, object]:
+def run_unicorn(img: dict[int, bytes], until: int = V86_BASE + END_IP) -> dict[str, Any]:
     return prot32_pair.run_unicorn(img, CODE, until, COMPARED)
 
 
@@ -178,7 +179,7 @@ UNICORN_PUSHFD_KEEPS_VM = "pushfd-vm"
 
 
 def both(img: dict[int, bytes], pushfd_images: tuple[int, ...] = (),
-         until: int = V86_BASE + END_IP, end: int = END_IP) -> dict[str, object]:
+         until: int = V86_BASE + END_IP, end: int = END_IP) -> dict[str, Any]:
     """Run to ``end`` (interp: RIP; Unicorn: the linear ``until``) on both: everything
     compared must agree, but the doublewords at DATA + each of ``pushfd_images`` (PUSHFD
     images stored there), where Unicorn must differ in VM alone
@@ -188,7 +189,7 @@ def both(img: dict[int, bytes], pushfd_images: tuple[int, ...] = (),
     assert ours["eip"] == end, f"interp stopped at {ours['eip']:#x} (vector {ours['edi']:#x})"
     for key in ours:
         if key == "mem":
-            for (addr, _), a, b in zip(COMPARED, ours[key], theirs[key]):  # type: ignore[arg-type]
+            for (addr, _), a, b in zip(COMPARED, ours[key], theirs[key], strict=True):
                 if addr == DATA:
                     b = bytearray(b)
                     for off in pushfd_images:
@@ -207,7 +208,7 @@ def words(raw: bytes, n: int, at: int = 0) -> list[int]:
     return list(struct.unpack_from(f"<{n}H", raw, at))
 
 
-# -- entering VM86 and running there: interp against Unicorn ------------------------------------------
+# -- entering VM86 and running there: interp against Unicorn ---------------------------------------
 
 def test_iret_enters_vm86_with_real_mode_segments_and_cpl3() -> None:
     g = run_interp(image(f"jmp {END_IP:#x}"))
@@ -266,13 +267,13 @@ def test_vm86_code_agrees_with_unicorn_loads_far_transfers_and_iopl3_flag_rules(
         jmp {END_IP:#x}
     """
     s = both(image(v86, 3), pushfd_images=(0x24, 0x28))
-    data = s["mem"][0]                                                   # type: ignore[index]
+    data = s["mem"][0]
     assert words(data, 1, 0x10) == [0x1234]
     assert words(data, 1, 0x20)[0] & 0x3000 == 0x3000                    # IOPL 3 in the image
     img24, img28 = struct.unpack_from("<II", data, 0x24)
     assert img24 & (VM_MASK | RF_MASK | IF_MASK) == 0 and img24 & 0x3000 == 0x3000
     assert img28 & (VM_MASK | 0x3000) == 0x3000                          # IOPL, VM kept
-    assert s["eflags"] & (VM_MASK | 0x3000) == VM_MASK | 0x3000          # type: ignore[operator]
+    assert s["eflags"] & (VM_MASK | 0x3000) == VM_MASK | 0x3000
     assert s["sregs"] == [0x540, V86_CS, V86_SS, V86_DS, 0x580, V86_GS]
     assert words(data, 1, 0x30) == [V86_CS]
 
@@ -287,7 +288,7 @@ def test_iretd_in_vm86_cannot_clear_vm_or_change_iopl() -> None:
         iretd
     """
     s = both(image(v86, 3))
-    assert s["eflags"] & 0x3FFFFF == VM_MASK | 0x3000 | 0x8D7            # type: ignore[operator]
+    assert s["eflags"] & 0x3FFFFF == VM_MASK | 0x3000 | 0x8D7
 
 
 def test_sysenter_leaves_vm86_for_flat_cpl0() -> None:
@@ -307,15 +308,15 @@ def test_sysenter_leaves_vm86_for_flat_cpl0() -> None:
     # (Unicorn 2.1 raises #UD for SYSENTER here: the SDM by hand.)
     s = state(run_interp(image("sysenter", 3, kernel, flags=IF_MASK), end=0xF80))
     assert (s["eip"], s["esp"]) == (0xF80, 0x8F00)
-    assert s["sregs"][1:3] == [0x08, 0x10]                              # type: ignore[index]
-    assert s["eflags"] & (VM_MASK | IF_MASK | 0x3000) == 0x3000          # type: ignore[operator]
+    assert s["sregs"][1:3] == [0x08, 0x10]
+    assert s["eflags"] & (VM_MASK | IF_MASK | 0x3000) == 0x3000
 
 
-# -- events from VM86: the SDM by hand --------------------------------------------------------------
+# -- events from VM86: the SDM by hand -------------------------------------------------------------
 
-def v86_event(v86: str | bytes, iopl: int = 3, **kw: object) -> Guest:
+def v86_event(v86: str | bytes, iopl: int = 3, **kw: Any) -> Guest:
     """Run ``v86`` until a CPL-0 handler stops (EDI = its vector)."""
-    g = run_interp(image(v86, iopl, **kw))  # type: ignore[arg-type]
+    g = run_interp(image(v86, iopl, **kw))
     assert g.env.regs[7] != 0xFFFF, f"no event: stopped at {g.env.rip:#x}"
     return g
 
@@ -494,5 +495,5 @@ def test_paging_applies_with_user_permissions() -> None:
 
 def test_cr4_vme_with_vm86_stops_with_an_interp_error() -> None:
     kernel = "mov eax, cr4\nor eax, 1\nmov cr4, eax"
-    with pytest.raises(InterpError, match="CR4.VME"):
+    with pytest.raises(InterpError, match=r"CR4\.VME"):
         run_interp(image(f"jmp {END_IP:#x}", 3, kernel=kernel))
