@@ -1,7 +1,8 @@
 """The interp accelerator's glue: ``AccelState``/``AccelOps`` and the vCPU thread.
 
-The thread function mirrors QEMU's vCPU thread functions (the seeds'
-``qemu_kvm_cpu_thread_fn``; ``mttcg_cpu_thread_fn`` for TCG): take the BQL,
+The thread function mirrors QEMU's vCPU thread functions
+(``qemu_kvm_cpu_thread_fn`` in ``accel/kvm/kvm-accel-ops.c``; ``mttcg_cpu_thread_fn``
+in ``accel/tcg/tcg-accel-ops-mttcg.c`` for TCG): take the BQL,
 initialise the vCPU (here: build its :class:`~accel.interp.cpu_exec.InterpCore`
 and block cache), signal ``created``, then loop ``cpu_can_run`` -> ``cpu_exec``
 -> ``qemu_wait_io_event`` until unplugged, and destroy the vCPU.

@@ -3,7 +3,7 @@
 Runs guest loops (a tight register loop, a memory copy loop and a call/ret loop)
 in 32-bit protected mode on a bare :class:`InterpCore` and prints guest
 instructions per second for each.  Prints, never asserts: speed is a figure to
-watch (DESIGN.md, "Testing").
+watch (``python -m benchmarks.run`` is the project's suite of them).
 """
 
 from __future__ import annotations

@@ -142,8 +142,9 @@ class Mmu:
         """Translate both pages of an access that crosses a page boundary, the lower
         one first, before either is used (all or nothing); returns (pa1, pa2, bytes in the
         first page).  A fault on the first page wins, even when the last byte is
-        non-canonical (this host's KVM answers ``mov rax, [0x7ffffffffff9]`` with the
-        first page's #PF: test_access_ending_non_canonical_faults_on_its_first_page)."""
+        non-canonical: ``mov rax, [0x7ffffffffff9]`` with the lower page not present is
+        that page's #PF, as the processor gives it in 64-bit mode
+        (test_access_ending_non_canonical_faults_on_its_first_page compares it)."""
         lo = PAGE - (la & 0xFFF)
         return self.fill(la, access), self.fill(la + lo, access), lo
 

@@ -1,8 +1,8 @@
 """One guest image, run at CPL3 on the host's KVM (the hardware oracle) and on interp.
 
 User-mode code runs natively under KVM, even on a host whose KVM has no VMX/SVM
-(the PVM module: see DESIGN.md), so the real CPU answers every question about a
-user-mode instruction at a few tens of microseconds per ``KVM_RUN``.  Both sides
+(the PVM module: README.md, "The KVM on our machines"), so the real CPU answers every
+question about a user-mode instruction at a few tens of microseconds per ``KVM_RUN``.  Both sides
 start from the same bytes of RAM and the same registers:
 
 ==================  ==========================================================

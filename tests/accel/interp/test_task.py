@@ -14,9 +14,10 @@ References:
   16-bit TSSs, CR3, IA-32e mode.  Unicorn 2.1's QEMU also saves the old task in the
   layout of the *new* TSS and reads a 16-bit TSS's selectors 4 bytes apart (the SDM,
   Figure 7-10: 2 apart), so no 16-bit TSS is compared with it.
-* Not KVM: this host's KVM (PVM) cannot run a 32-bit protected-mode kernel with its
-  own GDT at CPL 3 and emulates CPL-0 code in its own instruction emulator, so it is
-  no reference for task switches (DESIGN.md, "The KVM on our own machines").
+* Not KVM: a host whose KVM is the PVM module cannot run a 32-bit protected-mode
+  kernel with its own GDT at CPL 3 and emulates CPL-0 code in its own instruction
+  emulator, so it is no reference for task switches (README.md, "The KVM on our
+  machines").
 """
 
 from __future__ import annotations

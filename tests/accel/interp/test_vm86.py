@@ -18,9 +18,9 @@ Two references:
   paging at CPL 3, the I/O bit map, the 0FFFFH segment limits, SYSENTER out of VM86
   (Unicorn 2.1 answers it with #UD) and CR4.VME (not implemented: InterpError).
 
-This host's KVM (PVM, no VMX/SVM) is no reference here: it refuses legacy paging and
-runs CPL-0 protected-mode code through its instruction emulator, which cannot enter
-virtual-8086 mode (DESIGN.md, "The KVM on our own machines").
+A KVM through the PVM module (no VMX/SVM) is no reference here: it refuses legacy
+paging and runs CPL-0 protected-mode code through its instruction emulator, which
+cannot enter virtual-8086 mode (README.md, "The KVM on our machines").
 """
 
 from __future__ import annotations
