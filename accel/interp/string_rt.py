@@ -130,6 +130,7 @@ def _rep_string(core: InterpCpu, kind: str, size: int, adsize: int, seg: int, re
     if room <= 0:
         _suspend(core, kind, 0, cc0)
         return
+    cap = count if count <= room else room        # the iterations this call may do
     kick = core.kick
     done = 0
     if kind in ("ins", "outs"):
@@ -141,8 +142,9 @@ def _rep_string(core: InterpCpu, kind: str, size: int, adsize: int, seg: int, re
         # translator does (it emits the check ahead of its REP loop).
         io_perm_check(core, regs[2] & 0xFFFF, size)
 
-    def put(i: int, v: int) -> None:
-        regs[i] = v if adsize >= 4 else (regs[i] & ~0xFFFF) | v
+    # rCX, rSI and rDI are written at the address size: a 16-bit one keeps bits 63:16, a
+    # 32-bit one zero-extends (SDM vol. 1, 3.4.1.1), so new = old & keep | value.
+    keep = 0 if adsize >= 4 else ~0xFFFF
 
     checks = core.mode.checks
     # A segment with a limit or type to check: element by element, each access checked
@@ -152,31 +154,31 @@ def _rep_string(core: InterpCpu, kind: str, size: int, adsize: int, seg: int, re
     bulk = rep and step > 0 and not checked
 
     while count:
-        if done >= room:
+        if done >= cap:
             _suspend(core, kind, done, cc0)
             return
         if bulk and kind in ("movs", "stos") and count > 1:
-            n = _bulk(core, kind, size, min(count, room - done),
+            n = _bulk(core, kind, size, cap - done,
                       (src_base + (regs[6] & am)) & lam, (dst_base + (regs[7] & am)) & lam,
                       regs[0] & amask)
             if n:
                 if kind == "movs":
-                    put(6, ((regs[6] & am) + n * size) & am)
-                put(7, ((regs[7] & am) + n * size) & am)
+                    regs[6] = regs[6] & keep | (((regs[6] & am) + n * size) & am)
+                regs[7] = regs[7] & keep | (((regs[7] & am) + n * size) & am)
                 count -= n
-                put(1, count)
+                regs[1] = regs[1] & keep | count
                 done += n
                 if count and kick.exit_request:
                     _suspend(core, kind, done, cc0)
                     return
                 continue
         if bulk and rep == "repne" and kind == "scas" and size == 1 and count > 1:
-            n, equal = _bulk_scasb(core, min(count, room - done), dst_base, regs[7] & am, am,
+            n, equal = _bulk_scasb(core, cap - done, dst_base, regs[7] & am, am,
                                    regs[0] & 0xFF)
             if n:
-                put(7, ((regs[7] & am) + n) & am)
+                regs[7] = regs[7] & keep | (((regs[7] & am) + n) & am)
                 count -= n
-                put(1, count)
+                regs[1] = regs[1] & keep | count
                 done += n
                 if equal:
                     break                # REPNE stops on "equal"
@@ -194,38 +196,38 @@ def _rep_string(core: InterpCpu, kind: str, size: int, adsize: int, seg: int, re
                 check_access(core, R_ES, di, size, True)
         if kind == "movs":
             st((dst_base + di) & lam, ld((src_base + si) & lam))
-            put(6, (si + step) & am)
-            put(7, (di + step) & am)
+            regs[6] = regs[6] & keep | ((si + step) & am)
+            regs[7] = regs[7] & keep | ((di + step) & am)
         elif kind == "stos":
             st((dst_base + di) & lam, regs[0] & amask)
-            put(7, (di + step) & am)
+            regs[7] = regs[7] & keep | ((di + step) & am)
         elif kind == "lods":
             v = ld((src_base + si) & lam)
             regs[0] = v if size >= 4 else (regs[0] & ~amask) | v
-            put(6, (si + step) & am)
+            regs[6] = regs[6] & keep | ((si + step) & am)
         elif kind in ("cmps", "scas"):
             if kind == "cmps":
                 b = ld((dst_base + di) & lam)   # ES:[rDI] first, as the hardware faults
                 a = ld((src_base + si) & lam)
-                put(6, (si + step) & am)
+                regs[6] = regs[6] & keep | ((si + step) & am)
             else:
                 a = regs[0] & amask
                 b = ld((dst_base + di) & lam)
-            put(7, (di + step) & am)
+            regs[7] = regs[7] & keep | ((di + step) & am)
             r = (a - b) & amask
             core.cc = (core.lazy.eval["SUB", size * 8], a, b, r, None)
         elif kind == "ins":
             v = io_read(core, regs[2] & 0xFFFF, size)
             st((dst_base + di) & lam, v)
-            put(7, (di + step) & am)
+            regs[7] = regs[7] & keep | ((di + step) & am)
         elif kind == "outs":
             io_write(core, regs[2] & 0xFFFF, ld((src_base + si) & lam), size)
-            put(6, (si + step) & am)
+            regs[6] = regs[6] & keep | ((si + step) & am)
         done += 1
         if not rep:
             break
         count -= 1
-        put(1, count)
+        regs[1] = regs[1] & keep | count
         if kind in ("cmps", "scas") and (rep == "rep") != (a == b):
             break                        # REPE stops on "not equal", REPNE on "equal"
         if not done % POLL and count and kick.exit_request:
