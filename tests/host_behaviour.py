@@ -155,7 +155,7 @@ HOST_BEHAVIOURS: dict[str, HostBehaviour] = {b.name: b for b in (
             "interrupted; the status flags of the saved image are not specified there",
         ),
         interp="the flags of before the instruction, as for a fault inside it "
-               "(accel/interp/cpu_exec.py, _rep_one_iteration; string_rt.rep_string)",
+               "(accel/interp/string_rt.py, _one_iteration and _suspend: every stop between iterations)",
         tests=("tests/accel/interp/test_debug_traps.py::test_single_step_matches_the_host_cpu",),
     ),
     HostBehaviour(
@@ -179,6 +179,28 @@ HOST_BEHAVIOURS: dict[str, HostBehaviour] = {b.name: b for b in (
                "(seed 20261124, program 4295)",
         tests=("tests/accel/interp/test_kvm_differential.py::test_deep_random_programs",
                "tests/accel/interp/test_kvm_differential.py::test_host_choice_of_cmps_fault_is_reported"),
+    ),
+    HostBehaviour(
+        name="rep-cmps-scas-flags-on-a-fault",
+        case="the status flags in the RFLAGS image of a fault (#PF, #GP) taken by "
+             "REPE/REPNE CMPS or SCAS after at least one iteration was done",
+        field="CF, PF, AF, ZF, SF, OF in the fault frame: as before the instruction, or "
+              "exactly as the last iteration's compare left them (recomputed from its "
+              "operands); RIP, RCX, RSI, RDI and every other bit are compared",
+        manuals=(
+            "Intel SDM vol. 2B, REP/REPE/REPZ/REPNE/REPNZ: 'When a fault occurs during the "
+            "execution of a CMPS or SCAS instruction that is prefixed with REPE or REPNE, "
+            "the EFLAGS value is restored to the state prior to the execution of the "
+            "instruction'",
+            "AMD APM vol. 3, REPE/REPNE and CMPS/SCAS: no such rule; the status flags of "
+            "an interrupted or faulting repeated compare are not specified (AMD EPYC under "
+            "PVM, Linux 6.18, keeps the last iteration's: seed 20261124, program 29964)",
+        ),
+        interp="Intel's rule: the flags of before the instruction "
+               "(test_rep_cmps_fault_keeps_the_flags_from_before_the_instruction)",
+        tests=("tests/accel/interp/test_kvm_differential.py::test_deep_random_programs",
+               "tests/accel/interp/test_kvm_differential.py::"
+               "test_host_choice_of_rep_compare_fault_flags_is_reported"),
     ),
     HostBehaviour(
         name="cpuid-not-from-set-cpuid2",

@@ -79,7 +79,6 @@ from pyqemu.accel.kvm.kvm_i386 import (
     kvm_arch_update_guest_debug,
     kvm_arch_vcpu_id,
     kvm_cpuid_entries,
-    set_seg,
     vcpu_rip,
 )
 from pyqemu.accel.ops import (
@@ -123,9 +122,6 @@ __all__ = [
     "kvm_vcpu_thread_fn",
 ]
 
-
-#: The name tests/accel/interp/cpl3_oracle.py imports ``kvm_i386.set_seg`` by, from here.
-_set_seg = set_seg
 
 #: The kick signal (QEMU's SIG_IPI is SIGUSR1 on Linux).
 SIG_IPI = signal.SIGUSR1

@@ -194,8 +194,8 @@ class KvmCpl3:
 
     def __init__(self) -> None:
         from pyqemu.accel.kvm.binding import Kvm
-        from pyqemu.accel.kvm.kvm_all import _set_seg
-        self._set_seg = _set_seg
+        from pyqemu.accel.kvm.kvm_i386 import set_seg
+        self._set_seg = set_seg
         self.kvm = Kvm()
         self.vm = self.kvm.create_vm()
         self.mm = mmap.mmap(-1, RAM_SIZE)

@@ -579,6 +579,79 @@ def _cmps_operand_fault_order(prog: Program, hw: Outcome, ours: Outcome) -> bool
     return True
 
 
+def _read_snippet_memory(out: Outcome, la: int, size: int) -> int | None:
+    """``size`` bytes at ``la`` as the run left them: the compared data, stack and clean
+    pages from ``out``, the read-only user pages (never written by a snippet) from the
+    image both machines start from; None elsewhere."""
+    for base, buf in ((DATA, out.data), (STACK - 0x1000, out.stack)):
+        if base <= la and la + size <= base + len(buf):
+            return int.from_bytes(buf[la - base:la - base + size], "little")
+    off = 0
+    for base, n in CLEAN:
+        if base <= la and la + size <= base + n:
+            return int.from_bytes(out.clean[off + la - base:off + la - base + size], "little")
+        off += n
+    if la >= RDONLY and la + size <= 0x600000:
+        return int.from_bytes(machines()[1].mem.read_bytes(la, size), "little")
+    return None
+
+
+def _sub_flags(a: int, b: int, size: int) -> int:
+    """CF PF AF ZF SF OF of ``a - b`` at ``size`` bytes (SDM vol. 2A, CMP)."""
+    bits = 8 * size
+    mask = (1 << bits) - 1
+    r = (a - b) & mask
+    flags = C if a < b else 0
+    flags |= P if bin(r & 0xFF).count("1") % 2 == 0 else 0
+    flags |= A if (a ^ b ^ r) & 0x10 else 0
+    flags |= Z if r == 0 else 0
+    flags |= S if r >> (bits - 1) & 1 else 0
+    flags |= O if ((a ^ b) & (a ^ r)) >> (bits - 1) & 1 else 0
+    return flags
+
+
+def _rep_compare_fault_flags(prog: Program, hw: Outcome, ours: Outcome) -> bool:
+    """A REPE/REPNE CMPS or SCAS faulted after at least one iteration and the host's
+    frame holds the flags that iteration set where interp's holds those of before the
+    instruction (tests/host_behaviour.py, "rep-cmps-scas-flags-on-a-fault").  Accepted,
+    and reported, only when the host's flags are exactly the last iteration's compare
+    (recomputed from its operands) and everything else in the frame agrees."""
+    if not (hw.fault and hw.fault == ours.fault and len(hw.frame) == len(ours.frame) == 5
+            and hw.frame[0] == ours.frame[0] and hw.frame[2] != ours.frame[2]
+            and (hw.frame[2] ^ ours.frame[2]) & ~ARITH == 0 and prog.bits == 64):
+        return False
+    try:
+        code = asm("\n".join(prog.lines), prog.bits, entry_ip(prog.bits))
+    except Exception:
+        return False
+    import capstone
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    off = hw.frame[0] - entry_ip(prog.bits)
+    insn = next(md.disasm(code[off:off + 15], hw.frame[0]), None)
+    if insn is None or insn.mnemonic not in ("repe cmpsb", "repe cmpsw", "repe cmpsd",
+                                             "repe cmpsq", "repne cmpsb", "repne cmpsw",
+                                             "repne cmpsd", "repne cmpsq", "repe scasb",
+                                             "repe scasw", "repe scasd", "repe scasq",
+                                             "repne scasb", "repne scasw", "repne scasd",
+                                             "repne scasq"):
+        return False
+    if insn.bytes[0] == 0x67 or any(b == 0x67 for b in insn.bytes[:insn.size - 1]):
+        return False                                     # 32-bit addresses: not modelled here
+    size = {"b": 1, "w": 2, "d": 4, "q": 8}[insn.mnemonic[-1]]
+    step = -size if hw.frame[2] & DF else size
+    rdi = hw.regs[7] - step
+    b = _read_snippet_memory(hw, rdi, size)
+    if "cmps" in insn.mnemonic:
+        a = _read_snippet_memory(hw, hw.regs[6] - step, size)
+    else:
+        a = hw.regs[0] & ((1 << (8 * size)) - 1)
+    if a is None or b is None or hw.frame[2] & ARITH != _sub_flags(a, b, size):
+        return False
+    host_behaviour.report("rep-cmps-scas-flags-on-a-fault", f"{prog}",
+                          host=f"RFLAGS {hw.frame[2]:#x}", interp=f"RFLAGS {ours.frame[2]:#x}")
+    return True
+
+
 def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
     """The differences that matter, one line each (empty: they agree)."""
     diffs = []
@@ -618,6 +691,8 @@ def compare(prog: Program, hw: Outcome, ours: Outcome) -> list[str]:
     if hw.fault:
         mask = ~(prog.ever_undefined) & 0xFFFFFFFF
         hf, of = list(hw.frame), list(ours.frame)
+        if _rep_compare_fault_flags(prog, hw, ours):
+            mask &= ~ARITH              # the listed host choice: the rest still compared
         hf[2] &= mask
         of[2] &= mask
         if hf != of:
@@ -997,3 +1072,36 @@ def test_host_choice_of_cmps_fault_is_reported() -> None:
     # Not a CMPS: a CR2 difference is a divergence.
     assert compare(Program(64, ["movsb"], [0] * 16, 0x202, b"", 0, 0),
                    outcome(5, regs[6]), outcome(4, regs[7]))
+
+
+def test_host_choice_of_rep_compare_fault_flags_is_reported() -> None:
+    """Seed 20261124, program 29964 (AMD EPYC under PVM, Linux 6.18): `repe cmpsb` whose
+    fourth iteration faults keeps the third compare's flags in the host's #PF frame; interp
+    restores those of before the instruction (Intel SDM vol. 2B, REP).  The host's answer
+    is accepted only if it is exactly that compare's flags."""
+    machines()
+    prog = Program(64, ["repe cmpsb"], [0] * 16, 0x257, b"", 0, 0)
+    regs = [0] * 16
+    # The last compare done read DATA+0x10 and DATA+0x20 (DF=0): set them, then fault on
+    # the next pair.  The window is part of the outcome (out.data).
+    data = bytearray(DATA_SIZE)
+    data[0x10], data[0x20] = 0x05, 0x05
+    regs[6], regs[7], regs[1] = DATA + 0x11, DATA + 0x21, 5
+    before = 0x10257
+    after = (before & ~ARITH) | _sub_flags(0x05, 0x05, 1)
+
+    def outcome(flags: int, **kw: object) -> Outcome:
+        o = Outcome(list(regs), CODE, flags, (14, 4), (CODE, 0x23, flags, STACK, 0x1B), 0x600000,
+                    data=bytes(data))
+        for k, v in kw.items():
+            setattr(o, k, v)
+        return o
+
+    n = len(host_behaviour.reports())
+    assert compare(prog, outcome(after), outcome(before)) == []
+    assert [r.behaviour for r in host_behaviour.reports()[n:]] == [
+        "rep-cmps-scas-flags-on-a-fault"]
+    # Flags that are neither compare's, interp's answer moved, or another bit: failures.
+    assert compare(prog, outcome(after ^ C), outcome(before))
+    assert compare(prog, outcome(before), outcome(after))
+    assert compare(prog, outcome(after | DF), outcome(before))
