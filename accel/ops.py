@@ -1,4 +1,4 @@
-"""The accelerator interface: ``AccelOps`` and the accelerator registry (``include/sysemu/accel-ops.h``).
+"""The accelerator interface: ``AccelOps`` and the registry (``include/sysemu/accel-ops.h``).
 
 An accelerator is chosen by name (``-accel kvm|interp``); :func:`accel_init`
 builds it for a machine (``kvm_init`` opens /dev/kvm and creates the VM).  The
@@ -119,7 +119,8 @@ class AccelOps(abc.ABC):
         """After ``cpu_reset`` wrote ``cpu.env``.  Main thread, BQL.  Default: nothing."""
 
     def synchronize_post_init(self, cpu: CPUState) -> None:
-        """After the machine is built, before the first run.  Main thread, BQL.  Default: nothing."""
+        """After the machine is built, before the first run.  Main thread, BQL.
+        Default: nothing."""
 
     def synchronize_pre_loadvm(self, cpu: CPUState) -> None:
         """Before a snapshot overwrites ``cpu.env``.  Main thread, BQL.  Default: nothing."""

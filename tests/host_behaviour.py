@@ -155,7 +155,8 @@ HOST_BEHAVIOURS: dict[str, HostBehaviour] = {b.name: b for b in (
             "interrupted; the status flags of the saved image are not specified there",
         ),
         interp="the flags of before the instruction, as for a fault inside it "
-               "(accel/interp/string_rt.py, _one_iteration and _suspend: every stop between iterations)",
+               "(accel/interp/string_rt.py, _one_iteration and _suspend: every stop between "
+               "iterations)",
         tests=("tests/accel/interp/test_debug_traps.py::test_single_step_matches_the_host_cpu",),
     ),
     HostBehaviour(

@@ -89,8 +89,8 @@ class UnicornOutcome:
     error: str | None = None
 
 
-class PageFault(Exception):
-    pass
+class PageFaultError(Exception):
+    """The harness's own walk found no translation (``present``: a protection fault)."""
 
 
 class _Ref:
@@ -110,7 +110,7 @@ class _Ref:
     def walk(self, la: int, write: bool = False, fetch: bool = False,
              update: bool = True) -> int:
         """Linear -> physical for a supervisor access (target/i386/paging.py); sets the
-        A/D bits as SDM vol. 3A 4.8 says when ``update``; raises PageFault(present) on a
+        A/D bits as SDM vol. 3A 4.8 says when ``update``; raises PageFaultError(present) on a
         failure."""
         uc = self.uc
         cr0, cr3, cr4 = (uc.reg_read(r) for r in (U.UC_X86_REG_CR0, U.UC_X86_REG_CR3,
@@ -118,10 +118,10 @@ class _Ref:
         efer = uc.reg_read(U.UC_X86_REG_MSR, 0xC0000080)
         walk = page_walk(self._rd, cr0, cr3, cr4, efer, la)
         if walk.pa is None:
-            raise PageFault(False)
+            raise PageFaultError(False)
         access = ACC_WRITE if write else ACC_EXEC if fetch else ACC_READ
         if not access_allowed(walk, access, False, cr0, efer):
-            raise PageFault(True)
+            raise PageFaultError(True)
         if update:
             for e in accessed_dirty_updates(walk, access):
                 uc.mem_write(e.addr, e.value.to_bytes(e.size, "little"))
@@ -138,7 +138,7 @@ class _Ref:
         try:
             self.walk(eip, fetch=True, update=False)
             fetch = False
-        except PageFault:
+        except PageFaultError:
             fetch = (cr2 >> 12) == (eip >> 12)
         write = False
         if not fetch:
@@ -151,7 +151,7 @@ class _Ref:
         try:
             self.walk(cr2, write=write, fetch=fetch, update=False)
             raise AssertionError(f"#PF at {cr2:#x} but the walk succeeds")
-        except PageFault as e:
+        except PageFaultError as e:
             present = bool(e.args[0])
         i_d = fetch and bool(cr4 & (1 << 20) or (cr4 & 0x20 and efer & 0x800))
         return int(present) | (2 if write else 0) | (4 if user else 0) | (0x10 if i_d else 0)
@@ -240,7 +240,7 @@ def run_unicorn(prog: GuestProgram, image_path: str, timeout: float = 60.0) -> U
     uc.ctl_set_cpu_model(U.UC_CPU_X86_QEMU64)   # NX in CPUID 0x80000001, as pyqemu's model
     uc.mem_map(0, RAM_SIZE)
     uc.mem_write(0, ram)
-    for (_, reg), value in zip(_GPRS, state["gprs"]):
+    for (_, reg), value in zip(_GPRS, state["gprs"], strict=True):
         uc.reg_write(reg, value & 0xFFFFFFFF)
     uc.reg_write(U.UC_X86_REG_GDTR, (0, *state["gdt"], 0))
     uc.reg_write(U.UC_X86_REG_IDTR, (0, *state["idt"], 0))
@@ -248,7 +248,7 @@ def run_unicorn(prog: GuestProgram, image_path: str, timeout: float = 60.0) -> U
     uc.reg_write(U.UC_X86_REG_CR4, state["cr4"])
     uc.reg_write(U.UC_X86_REG_CR3, state["cr3"])
     uc.reg_write(U.UC_X86_REG_CR0, state["cr0"])
-    for (name, reg, _), (sel, base, limit, flags) in zip(_SEGS, state["segs"]):
+    for (name, reg, _), (sel, base, limit, flags) in zip(_SEGS, state["segs"], strict=True):
         uc.reg_write(reg, sel)
         # Unicorn loaded the hidden part from the GDT: it must be what pyqemu had.
         lo, hi = struct.unpack("<II", ram[state["gdt"][0] + (sel & ~7):][:8])
@@ -277,7 +277,7 @@ def run_unicorn(prog: GuestProgram, image_path: str, timeout: float = 60.0) -> U
         try:   # UNICORN_KNOWN_ERRORS["fetch-fault"]
             ref.walk(eip, fetch=True, update=False)
             break
-        except PageFault:
+        except PageFaultError:
             uc.reg_write(U.UC_X86_REG_CR2, eip)
             ref.hook_intr(uc, 14, None)
             eip = uc.reg_read(U.UC_X86_REG_EIP)

@@ -67,12 +67,12 @@ class Chain:
                 k.tags = list(getattr(k, "tags", [])) + [tag]  # type: ignore[attr-defined]
                 k.data = data  # type: ignore[attr-defined]
 
-            return dict(
-                class_init=class_init,
-                instance_init=lambda o: log.append(("instance_init", tag)),
-                instance_post_init=lambda o: log.append(("instance_post_init", tag)),
-                instance_finalize=lambda o: log.append(("instance_finalize", tag)),
-            )
+            return {
+                "class_init": class_init,
+                "instance_init": lambda o: log.append(("instance_init", tag)),
+                "instance_post_init": lambda o: log.append(("instance_post_init", tag)),
+                "instance_finalize": lambda o: log.append(("instance_finalize", tag)),
+            }
 
         def base_init(k: ObjectClass, data: Any) -> None:
             log.append(("class_base_init", k.name))
@@ -148,7 +148,7 @@ def test_abstract_type_is_refused() -> None:
 
 
 def test_unknown_type_message_names_it() -> None:
-    with pytest.raises(TypeNotFoundError, match="^unknown type 'no-such-type'$") as ei:
+    with pytest.raises(TypeNotFoundError, match=r"^unknown type 'no-such-type'$") as ei:
         object_new("no-such-type")
     assert isinstance(ei.value, PyQemuError) and isinstance(ei.value, LookupError)
     assert object_class_by_name("no-such-type") is None

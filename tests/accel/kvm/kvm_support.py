@@ -5,6 +5,7 @@ Tests that need /dev/kvm, or a capability the host lacks, skip with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -160,7 +161,5 @@ def bad_fd() -> Iterator[int]:
     """An fd that is open but is not a KVM fd (/dev/null): ioctls fail with ENOTTY."""
     fd = os.open(os.devnull, os.O_RDWR)
     yield fd
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
