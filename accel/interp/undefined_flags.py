@@ -16,6 +16,12 @@ vol. 3, Appendix E agrees on these):
   rotate does nothing ...)."
 * BT/BTS/BTR/BTC: "The OF, SF, AF, and PF flags are undefined."
 * BSF/BSR: "The CF, OF, SF, AF, and PF flags are undefined."
+* SHLD/SHRD: "For shifts greater than 1 bit, the OF flag is undefined. If a shift
+  occurs, the AF flag is undefined. If the count operand is 0, the flags are not
+  affected. If the count is greater than the operand size, the flags are undefined."
+* DAA/DAS: "The OF flag is undefined."
+* AAA/AAS: "The OF, SF, ZF, and PF flags are undefined."
+* AAM/AAD: "The OF, AF, and CF flags are undefined."
 """
 
 from __future__ import annotations
@@ -30,7 +36,12 @@ _STATIC: dict[str, int] = {
     **dict.fromkeys(("div", "idiv"), CC_C | CC_O | CC_S | CC_Z | CC_A | CC_P),
     **dict.fromkeys(("bt", "bts", "btr", "btc"), CC_O | CC_S | CC_A | CC_P),
     **dict.fromkeys(("bsf", "bsr"), CC_C | CC_O | CC_S | CC_A | CC_P),
+    **dict.fromkeys(("daa", "das"), CC_O),
+    **dict.fromkeys(("aaa", "aas"), CC_O | CC_S | CC_Z | CC_P),
+    **dict.fromkeys(("aam", "aad"), CC_O | CC_A | CC_C),
 }
+_ALL = CC_C | CC_P | CC_A | CC_Z | CC_S | CC_O
+_DOUBLE_SHIFTS = frozenset(("shld", "shrd"))
 _SHIFTS = frozenset(("shl", "sal", "shr", "sar"))
 _ROTATES = frozenset(("rol", "ror", "rcl", "rcr"))
 
@@ -53,6 +64,12 @@ def undefined_flags(mnemonic: str, width: int = 32, count: int | None = None) ->
         if m in ("shl", "sal", "shr") and (count is None or count >= width):
             undef |= CC_C
         return undef
+    if m in _DOUBLE_SHIFTS:
+        if count == 0:
+            return 0
+        if count is None or count > width:
+            return _ALL
+        return CC_A | (0 if count == 1 else CC_O)
     if m in _ROTATES:
         if count == 0:
             return 0

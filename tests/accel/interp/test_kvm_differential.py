@@ -327,7 +327,7 @@ class Gen:
         if size == 16 or self.c.flip():
             count = self.c.integer(0, 15 if size == 16 else 63)
             masked = count & (0x3F if size == 64 else 0x1F)
-            undef = 0 if masked == 0 else A | (0 if masked == 1 else O)
+            undef = undefined_flags(m, size, masked)    # the count never exceeds the size
             self.emit(f"{m} {d}, {s}, {count}", "", "" if masked == 0 else "CPZSO", undef)
         else:
             self.emit(f"{m} {d}, {s}, cl", "", "", A | O | self.undefined)
