@@ -31,14 +31,13 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from pyqemu.hw.core.errors import LoaderError
 from pyqemu.hw.i386 import loader_asm
 
-__all__ = ["BIOS_SIZE", "EXAMPLES", "MULTIBOOT_BASE", "GuestProgram", "assemble", "bios_image",
-           "example_image", "images_main", "multiboot_header", "multiboot_image",
+__all__ = ["BIOS_SIZE", "EXAMPLES", "GUESTS", "MULTIBOOT_BASE", "GuestProgram", "assemble",
+           "bios_image", "example_image", "images_main", "multiboot_header", "multiboot_image",
            "write_example_images"]
 
 BIOS_SIZE = 64 * 1024
@@ -90,6 +89,10 @@ def multiboot_image(source: str) -> bytes:
     return assemble(full, "multiboot", MULTIBOOT_BASE)
 
 
+#: The guest sources and routines shipped in the package (pyqemu/guests).
+GUESTS = Path(__file__).resolve().parent / "guests"
+
+
 @dataclass
 class GuestProgram:
     """A guest program of ``tests/guests`` or the demo, with its metadata."""
@@ -113,9 +116,14 @@ class GuestProgram:
         meta: dict[str, str] = dict(pairs)
         for key, name in pairs:
             if key == "include":
-                # Shared routines (the UART output code, say) live once, beside the guests.
+                # Shared routines (the UART output code, say) live once: beside the guest,
+                # else in the packaged library (pyqemu/guests/lib), which the README's
+                # example images and the test guests share.
+                inc = p.parent / name
+                if not inc.exists():
+                    inc = GUESTS / name
                 try:
-                    text += "\n" + (p.parent / name).read_text()
+                    text += "\n" + inc.read_text()
                 except OSError as e:
                     raise LoaderError(f"guest program '{p}': cannot include '{name}': "
                                       f"{e.strerror}") from None
@@ -145,9 +153,7 @@ def example_image(name: str) -> bytes:
     source shipped in the package."""
     if name not in EXAMPLES:
         raise LoaderError(f"no example image '{name}' (there are {', '.join(EXAMPLES)})")
-    source = resources.files("pyqemu").joinpath("guests", EXAMPLES[name]).read_text()
-    meta = {m[1]: m[2] for m in re.finditer(r"^#!\s*([\w-]+):\s*(.*?)\s*$", source, re.M)}
-    return GuestProgram(name=name, source=source, mode=meta["mode"]).image()
+    return GuestProgram.from_file(GUESTS / EXAMPLES[name]).image()
 
 
 def write_example_images(directory: str | os.PathLike[str]) -> list[Path]:

@@ -45,6 +45,9 @@ def test_the_wheel_holds_only_the_pyqemu_package(wheel: Path) -> None:
         assert f"pyqemu/{layer}/__init__.py" in names
     assert "pyqemu/accel/interp/cpu_exec.py" in names
     assert "pyqemu/target/i386/paging.py" in names
+    # The guest sources the example images and the demo are built from, with their library.
+    assert {"pyqemu/guests/hello.s", "pyqemu/guests/kernel.s",
+            "pyqemu/guests/lib/uart32.inc"} <= set(names)
     assert [n for n in names if n.endswith("py.typed")] == ["pyqemu/py.typed"]
 
 
@@ -59,6 +62,9 @@ def test_installed_tree_imports_under_pyqemu_and_nothing_else(wheel: Path,
     probe = (f"import sys; sys.path[:0] = [{str(site)!r}, {deps!r}]\n"
              "import pyqemu.accel.interp, pyqemu.hw.i386.pc, pyqemu.target.i386.cpuid\n"
              "from pyqemu import Machine\n"
+             "from pyqemu.images import example_image\n"
+             "assert len(example_image('hello.rom')) == 0x10000\n"
+             "assert b'\\x02\\xb0\\xad\\x1b' in example_image('kernel.mb')\n"
              f"assert pyqemu.__file__.startswith({str(site)!r}), pyqemu.__file__\n"
              "print('ok')\n")
     r = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True,

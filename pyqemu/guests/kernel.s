@@ -4,6 +4,7 @@
 # powers off through isa-debug-exit (exit status (0x11 << 1) | 1 = 35 when the device is
 # there; without it the CPU halts).  Build it with `pyqemu images DIR` (DIR/kernel.mb).
 #! mode: multiboot
+#! include: lib/uart32.inc
 #! exit: 0x11
 #! serial: Hello from a multiboot kernel! magic=2BADB002\r\ncommand line: \r\n
 entry:
@@ -13,7 +14,7 @@ entry:
     mov esi, msg
     call puts
     mov eax, ebp
-    call puthex32
+    call puthex8
     mov esi, cmdline_msg
     call puts
     test dword ptr [edi], 0x4   # flags bit 2: cmdline is valid
@@ -28,49 +29,6 @@ finish:
     out 0xf4, al                # isa-debug-exit,iobase=0xf4: exit status 35
     hlt
     jmp finish
-
-# puts: print the NUL-terminated string at ESI.
-puts:
-    lodsb
-    test al, al
-    jz puts_done
-    call putc
-    jmp puts
-puts_done:
-    ret
-
-# putc: print AL after waiting for the transmitter holding register to empty.
-putc:
-    push edx
-    push eax
-    mov dx, 0x3fd
-putc_wait:
-    in al, dx
-    test al, 0x20
-    jz putc_wait
-    pop eax
-    mov dx, 0x3f8
-    out dx, al
-    pop edx
-    ret
-
-# puthex32: print EAX as 8 upper-case hex digits.
-puthex32:
-    mov ecx, 0x8
-puthex_loop:
-    rol eax, 0x4
-    push eax
-    and al, 0xf
-    cmp al, 0x9
-    jbe puthex_digit
-    add al, 0x7
-puthex_digit:
-    add al, 0x30
-    call putc
-    pop eax
-    dec ecx
-    jnz puthex_loop
-    ret
 
 msg:
     .ascii "Hello from a multiboot kernel! magic="
