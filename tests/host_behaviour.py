@@ -162,7 +162,8 @@ HOST_BEHAVIOURS: dict[str, HostBehaviour] = {b.name: b for b in (
     HostBehaviour(
         name="cmps-operand-fault-order",
         case="a 64-bit CMPS (REP or not) both of whose memory operands, DS:[rSI] and "
-             "ES:[rDI], would take a page fault: which one's #PF is reported",
+             "ES:[rDI], would take a page fault (either may cross into a second page): "
+             "which one's #PF is reported",
         field="CR2 and the #PF error code (each must be one of the two operands' own); "
               "the vector, the frame, the registers and memory are compared exactly",
         manuals=(

@@ -567,11 +567,13 @@ def _cmps_operand_fault_order(prog: Program, hw: Outcome, ours: Outcome) -> bool
     if not (prog.bits == 64 and hw.fault and ours.fault and hw.fault[0] == ours.fault[0] == 14
             and hw.cr2 != ours.cr2 and _has_cmps(prog)):
         return False
-    operands = set()
-    for reg in (6, 7):                       # rSI, rDI; a 67H prefix uses their low halves
-        operands |= {hw.regs[reg], hw.regs[reg] & 0xFFFFFFFF}
-    if not ({hw.cr2, ours.cr2} <= operands and ours.cr2 in (ours.regs[7],
-                                                            ours.regs[7] & 0xFFFFFFFF)):
+    def faults_on(cr2: int, reg: int, out: Outcome) -> bool:
+        """CR2 is the operand at ``reg`` (a 67H prefix: its low half), or the start of the
+        second page an operand of up to 8 bytes runs into."""
+        return any(cr2 == a or (cr2 & 0xFFF == 0 and a < cr2 < a + 8)
+                   for a in (out.regs[reg], out.regs[reg] & 0xFFFFFFFF))
+
+    if not (any(faults_on(hw.cr2, r, hw) for r in (6, 7)) and faults_on(ours.cr2, 7, ours)):
         return False
     host_behaviour.report("cmps-operand-fault-order", f"{prog}",
            host=f"#PF({hw.fault[1]:#x}) CR2={hw.cr2:#x}",
@@ -1063,6 +1065,11 @@ def test_host_choice_of_cmps_fault_is_reported() -> None:
     new = host_behaviour.reports()[before:]
     assert [r.behaviour for r in new] == ["cmps-operand-fault-order"]
     assert "CR2=0xfffffff7" in new[0].host and "CR2=0x10000002f" in new[0].interp
+    # Seed 20261124, program 141744: the host's #PF is for the second page of a split
+    # DS:[rSI] operand (CMPSQ at 5FFFFAH), interp's for ES:[rDI].
+    split = list(regs)
+    split[6] = 0x5FFFFA
+    assert compare(prog, outcome(4, 0x600000, regs=split), outcome(4, regs[7], regs=split)) == []
     # interp choosing rSI, a CR2 that is neither operand, or another difference: failures.
     assert compare(prog, outcome(4, regs[7]), outcome(5, regs[6]))
     assert compare(prog, outcome(5, 0x1234), outcome(4, regs[7]))
