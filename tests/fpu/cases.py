@@ -78,7 +78,7 @@ class Binary:
         elif how < 9:
             exp = self.emax - 1 - rng.randint(0, fb + 3)
         else:
-            exp = rng.randrange(self.emax + 1)
+            exp = 0 if rng.getrandbits(1) else rng.randrange(self.emax + 1)
         exp = min(max(exp, 0), self.emax)
         return self.pack(sign, exp, _fraction(rng, fb))
 
@@ -153,7 +153,7 @@ def x80_draw(rng: random.Random, near: int | None = None, unsupported: bool = Tr
     elif how < 10:
         exp = 0x7FFE - rng.randint(0, 70)
     else:
-        exp = rng.randrange(0x8000)
+        exp = 0 if rng.getrandbits(1) else rng.randrange(0x8000)
     exp = min(max(exp, 0), 0x7FFF)
     sig = _fraction(rng, 63) | (1 << 63)
     if exp == 0 and rng.getrandbits(1):

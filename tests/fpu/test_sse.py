@@ -102,6 +102,22 @@ def _draw_for(op: str, fa: Binary, rng: random.Random) -> int:
     return fa.draw(rng)
 
 
+def _near_boundary(op: str, f: Binary, a: int, rng: random.Random) -> int:
+    """A second operand putting a * b (or a / b) within a few units in the last place
+    of the smallest normal or of the largest finite number: where tininess after
+    rounding and overflow after rounding decide."""
+    div = fpu.float32_div if f.width == 32 else fpu.float64_div
+    target = f.pack(0, 1, 0) if rng.randrange(3) else f.pack(0, f.emax - 1, (1 << f.fbits) - 1)
+    a &= ~f.sign
+    if not a:
+        return f.draw(rng)
+    s = fpu.FloatStatus()
+    b = div(target, a, s) if op.startswith("mul") else div(a, target, s)
+    if (b >> f.fbits) & f.emax in (0, f.emax):
+        return f.draw(rng)
+    return (b + rng.randint(-3, 3)) | (f.sign if rng.getrandbits(1) else 0)
+
+
 def _compare_one(oracle: Oracle, op: str, a: int, b: int, config: int) -> str | None:
     _fa, _fb, width, ours = OPS[op]
     mxcsr = _mxcsr(config)
@@ -116,6 +132,18 @@ def _compare_one(oracle: Oracle, op: str, a: int, b: int, config: int) -> str | 
     return (f"{op}({a:#x}, {b:#x}) rc={rc} daz={int(daz)} ftz={int(ftz)}: "
             f"fpu {r:#0{digits + 2}x} flags {flags:#04x}, "
             f"cpu {cpu_r:#0{digits + 2}x} flags {cpu_csr & 0x3F:#04x}")
+
+
+def test_the_oracle_honours_the_rounding_mode_daz_and_ftz(oracle: Oracle) -> None:
+    one, three = 0x3FF0000000000000, 0x4008000000000000
+    down, _ = oracle.sse("divsd", one, three, MXCSR_MASKED | (1 << 13))
+    up, _ = oracle.sse("divsd", one, three, MXCSR_MASKED | (2 << 13))
+    assert up == down + 1
+    assert oracle.sse("addsd", 1, 0, MXCSR_MASKED) == (1, MXCSR_MASKED | fpu.FLAG_DENORMAL)
+    assert oracle.sse("addsd", 1, 0, MXCSR_MASKED | MXCSR_DAZ) == (0, MXCSR_MASKED | MXCSR_DAZ)
+    r, csr = oracle.sse("mulsd", 0x0010000000000000, 0x3FE0000000000000,
+                        MXCSR_MASKED | MXCSR_FTZ)
+    assert (r, csr & 0x3F) == (0, fpu.FLAG_UNDERFLOW | fpu.FLAG_INEXACT)
 
 
 @pytest.mark.parametrize("op", list(OPS))
@@ -137,6 +165,8 @@ def test_sse_instruction_matches_the_processor(oracle: Oracle, op: str) -> None:
 
         def draw(r: random.Random) -> tuple[int, int]:
             a = fa.draw(r)
+            if op[:3] in ("mul", "div") and r.randrange(4) == 0:
+                return a, _near_boundary(op, fa, a, r)
             ea = (a >> fa.fbits) & fa.emax
             how = r.randrange(3)
             near = ea if how == 0 else (2 * fa.bias - ea if how == 1 else None)

@@ -128,11 +128,31 @@ def _draw_b(op: str, a: int, rng: random.Random) -> int:
         return cases.x80_draw(rng, near=X80_BIAS + rng.randint(-2, 16), unsupported=False)
     if op.startswith("fprem") and how < 3:
         return cases.x80_draw(rng, near=_exp(a) - rng.choice((0, 1, 5, 40, 62, 63, 64, 65, 200)))
+    if op in ("fmul", "fdiv") and how == 3 and rng.getrandbits(1):
+        return _near_boundary(op, a, rng)
     if how == 0:
         return cases.x80_draw(rng, near=_exp(a))
     if how == 1:
         return cases.x80_draw(rng, near=2 * X80_BIAS - _exp(a))
     return cases.x80_draw(rng)
+
+
+def _near_boundary(op: str, a: int, rng: random.Random) -> int:
+    """A second operand putting a * b (or a / b) within a few units of the 24-, 53- or
+    64-bit last place of the smallest normal or the largest finite floatx80."""
+    pc = rng.choice((24, 53, 64))
+    if rng.randrange(3):
+        target = cases.x80(0, 1, 1 << 63)
+    else:
+        target = cases.x80(0, 0x7FFE, ((1 << pc) - 1) << (64 - pc))
+    a &= ~(1 << 79)
+    if not 0 < _exp(a) < 0x7FFF or not a >> 63 & 1:
+        return cases.x80_draw(rng)
+    s = fpu.FloatStatus()
+    b = fpu.floatx80_div(target, a, s) if op == "fmul" else fpu.floatx80_div(a, target, s)
+    if not 0 < _exp(b) < 0x7FFF:
+        return cases.x80_draw(rng)
+    return (b + (rng.randint(-3, 3) << (64 - pc))) | (rng.getrandbits(1) << 79)
 
 
 def _compare_one(oracle: Oracle, op: str, a: int, b: int, config: int) -> str | None:
@@ -150,6 +170,15 @@ def _compare_one(oracle: Oracle, op: str, a: int, b: int, config: int) -> str | 
     digits = (bits + 3) // 4 + 2
     return (f"{op}({a:#x}, {b:#x}) rc={rc} pc={pc}: fpu {r:#0{digits}x} sw {flags:#06x}, "
             f"cpu {cpu_r:#0{digits}x} sw {cpu_flags:#06x}")
+
+
+def test_the_oracle_honours_the_rounding_and_precision_controls(oracle: Oracle) -> None:
+    one, three = 0x3FFF8000000000000000, 0x4000C000000000000000
+    down, _ = oracle.x87("fdiv", one, three, FCW_MASKED | 0x300 | (1 << 10))
+    up, _ = oracle.x87("fdiv", one, three, FCW_MASKED | 0x300 | (2 << 10))
+    assert up == down + 1
+    single, _ = oracle.x87("fdiv", one, three, FCW_MASKED)
+    assert single == 0x3FFDAAAAAB0000000000
 
 
 @pytest.mark.parametrize("op", list(OPS))
