@@ -10,8 +10,11 @@ x86's choices from Intel SDM vol. 1, chapters 4 and 11:
   returns the default NaN, the negative QNaN indefinite (4.8.3.7).
 * Denormal operands (4.8.3.2, 4.9.1.2): DE is raised and the operation goes on with the
   exact value, or, with DAZ, the operand reads as a zero of its sign and DE stays clear
-  (10.2.3.4). A NaN operand takes precedence over a denormal one (4.9.2): DE is not
-  raised next to a NaN.
+  (10.2.3.4). DE ranks below the invalid-operation and divide-by-zero exceptions and
+  below a NaN operand (4.9.2 and 11.5.2.2): it is not raised next to a NaN, nor when the
+  operation is invalid (the square root of a negative denormal) or divides by zero (a
+  denormal divided by zero). CVTSS2SI and kin and ROUNDSS report no DE at all (SDM
+  vol. 2 lists no #D for them); DAZ still applies to them.
 * Results: rounded by :mod:`pyqemu.fpu.rounding` (tininess after rounding; FTZ flushes
   a tiny result to zero with UE and PE, 10.2.3.3).
 

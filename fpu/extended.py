@@ -13,9 +13,12 @@ and a 64-bit significand whose bit 63 is the explicit integer bit J (Intel SDM v
 An unsupported operand raises IE and gives the real indefinite, ``0xFFFF_C000000000000000``
 (4.8.3.7 Table 4-3; 8.2.2). NaN operands (4.8.3.5 Table 4-7, x87 column): an SNaN raises
 IE; of two NaNs of the same kind the one with the larger significand, and of an SNaN and
-a QNaN the QNaN, is the result, quieted. A NaN operand takes precedence over a denormal
-one (4.9.2): no DE next to a NaN. Invalid operations (inf - inf, 0 * inf, 0/0, inf/inf,
-the square root of a negative number) give the real indefinite.
+a QNaN the QNaN, is the result, quieted (two NaNs with equal significands: the positive
+one, as the processor gives it). DE ranks below IE, ZE and a NaN operand (4.9.2): no DE
+next to a NaN, nor in an invalid operation or a division by zero; FST m32/m64, FIST
+and FISTTP report no DE at all (SDM vol. 2 lists no #D for them). Invalid operations
+(inf - inf, 0 * inf, 0/0, inf/inf, the square root of a negative number) give the real
+indefinite.
 
 Add, sub, mul, div and sqrt round the significand to ``s.precision`` bits (the precision
 control, 8.1.5.2) within the extended exponent range (:func:`round_pack_x80`).

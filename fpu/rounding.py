@@ -100,7 +100,14 @@ def round_pack_binary(sign: int, sig: int, exp: int, f: BinaryFormat, s: FloatSt
         q = sig >> shift
         rem = sig & ((1 << shift) - 1)
         if rem:
-            if increments(s.rounding, sign != 0, q & 1, rem, 1 << (shift - 1)):
+            rounding = s.rounding
+            if rounding == 0:
+                # nearest-even inline: the common case pays no call
+                half = 1 << (shift - 1)
+                up = rem > half or (rem == half and q & 1)
+            else:
+                up = increments(rounding, sign != 0, q & 1, rem, 1 << (shift - 1))
+            if up:
                 s.flags |= _PE_UP
                 q += 1
                 if q >> p:

@@ -19,10 +19,21 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> Oracle:
     return build(directory)
 
 
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown processor"
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
                             config: pytest.Config) -> None:
     lines = tally.summary_lines()
     if lines:
-        terminalreporter.write_sep("=", "pyqemu.fpu compared with this processor")
+        terminalreporter.write_sep("=", f"pyqemu.fpu compared with this processor: {_cpu()}")
         for line in lines:
             terminalreporter.write_line(line)

@@ -1,5 +1,10 @@
 """floatx80 operations compared bit for bit, status-word flags and condition codes
-included, with this processor's x87: every rounding mode and precision control."""
+included, with this processor's x87: every rounding mode and precision control.
+
+Quick profile (with the suite): every pair of edge values under one control setting
+each, and 300 random operand sets per instruction. ``PYQEMU_FPU_EXAMPLES=N`` compares N
+random sets and every edge pair under every setting; ``PYQEMU_FPU_SEED`` picks the
+seed. A mismatch prints the operands and the controls that replay it."""
 
 from __future__ import annotations
 
