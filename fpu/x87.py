@@ -23,6 +23,8 @@ FTZ are SSE's and do not apply. Operand encodings and NaN rules as in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyqemu.fpu.binary import quiet_nan as quiet_nan_binary
 from pyqemu.fpu.convert import sig_to_int
 from pyqemu.fpu.extended import (
@@ -269,7 +271,14 @@ def _quotient_bits(q: int) -> int:
     return ((q >> 2) & 1) * FSW_C0 | ((q >> 1) & 1) * FSW_C3 | (q & 1) * FSW_C1
 
 
-def _prem(a: int, b: int, s: FloatStatus, nearest: bool) -> tuple[int, int]:
+def partial_remainder(a: int, b: int, s: FloatStatus, nearest: bool,
+                      partial_bits: Callable[[int], int] = fprem_partial_bits
+                      ) -> tuple[int, int]:
+    """FPREM (``nearest`` False: the quotient truncated) or FPREM1 (``nearest``: rounded
+    to nearest even) of ``a / b``, as (result, C0|C1|C2|C3). With the exponents ``d`` >=
+    64 apart the reduction is partial (C2 set): the quotient's bits beyond
+    ``partial_bits(d)`` are taken off (SDM vol. 2, FPREM, Operation); otherwise C0, C3
+    and C1 receive the quotient's bits 2, 1 and 0. The remainder is exact."""
     r = prelude2(a, b, s)
     if r >= 0:
         return r, 0
@@ -299,7 +308,7 @@ def _prem(a: int, b: int, s: FloatStatus, nearest: bool) -> tuple[int, int]:
         return _pack_exact(sign, ma, xa), 0
     partial = d >= 64
     if partial:
-        xb += d - fprem_partial_bits(d)
+        xb += d - partial_bits(d)
     x = min(xa, xb)
     num = ma << (xa - x)
     den = mb << (xb - x)
@@ -317,11 +326,11 @@ def _prem(a: int, b: int, s: FloatStatus, nearest: bool) -> tuple[int, int]:
 def floatx80_fprem(a: int, b: int, s: FloatStatus) -> tuple[int, int]:
     """FPREM: the partial remainder of ``a / b`` with the quotient truncated; returns
     (result, condition bits C0|C1|C2|C3 of the status word)."""
-    return _prem(a, b, s, False)
+    return partial_remainder(a, b, s, False)
 
 
 def floatx80_fprem1(a: int, b: int, s: FloatStatus) -> tuple[int, int]:
     """FPREM1: as FPREM with the quotient rounded to nearest (IEEE 754-2008, 5.3.1
     remainder when C2 comes back clear)."""
-    return _prem(a, b, s, True)
+    return partial_remainder(a, b, s, True)
 
