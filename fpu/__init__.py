@@ -49,8 +49,8 @@ operation with the processor it runs on.
 
 The flags are the *masked* responses (SDM vol. 1, 4.9.2, 11.5.2). What an unmasked
 exception changes is the caller's: SSE writes no result and raises #XM; the x87 with
-OE or UE unmasked stores the result with its exponent biased by 24576 (8.4.1.4 and
-8.4.1.5), which this library does not compute yet.
+OE or UE unmasked stores the result with its exponent biased by 24576 (8.5.4 and
+8.5.5), which this library does not compute yet.
 """
 
 from pyqemu.fpu.binary import (

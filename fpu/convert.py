@@ -7,7 +7,7 @@
 * To an integer (CVTSS2SI, CVTTSS2SI and their double forms; IEEE 754-2008, 5.8): in
   the rounding mode, or toward zero for the truncating forms; a NaN or a result out of
   range raises IE and gives the integer indefinite, the most negative integer (SDM
-  vol. 1, 4.8.3.7 Table 4-3 and 11.5.2.1); PE if inexact.
+  vol. 1, 4.8.3.7 and 11.5.2.1); PE if inexact.
 * From an integer (CVTSI2SS, CVTSI2SD; IEEE 754-2008, 5.4.1 convertFromInt): rounded.
 * Round to an integral value (ROUNDSS/ROUNDSD; IEEE 754-2008, 5.3.1 roundToIntegral*
   and 5.9): the rounding mode is an argument (imm8[1:0], or MXCSR.RC when imm8[2] is

@@ -11,7 +11,7 @@ and a 64-bit significand whose bit 63 is the explicit integer bit J (Intel SDM v
   without); J = 0 is *pseudo-infinity* or *pseudo-NaN*, unsupported.
 
 An unsupported operand raises IE and gives the real indefinite, ``0xFFFF_C000000000000000``
-(4.8.3.7 Table 4-3; 8.2.2). NaN operands (4.8.3.5 Table 4-7, x87 column): an SNaN raises
+(4.8.3.7; 8.2.2). NaN operands (4.8.3.5 Table 4-7, x87 column): an SNaN raises
 IE; of two NaNs of the same kind the one with the larger significand, and of an SNaN and
 a QNaN the QNaN, is the result, quieted (two NaNs with equal significands: the positive
 one, as the processor gives it). DE ranks below IE, ZE and a NaN operand (4.9.2): no DE

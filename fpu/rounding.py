@@ -52,8 +52,8 @@ class BinaryFormat:
         self.quiet = 1 << (fraction_bits - 1)
         self.inf = self.emask << fraction_bits
         self.max_finite = self.inf - 1
-        # The SSE default NaN, the "QNaN floating-point indefinite" (SDM vol. 1, 4.8.3.7
-        # Table 4-3): sign set, quiet bit set, the rest of the fraction clear.
+        # The SSE default NaN, the QNaN floating-point indefinite (SDM vol. 1, 4.8.3.7;
+        # its encoding in 4.2.2 Table 4-3): sign set, quiet bit set, the rest clear.
         self.default_nan = self.sign | self.inf | self.quiet
         # Exponents of one unit in the last place: of a denormal (and of the smallest
         # normal), and of the largest normal.
@@ -169,7 +169,7 @@ def _is_tiny(sign: int, sig: int, exp: int, p: int, lsb_min: int, rounding: int)
 X80_BIAS = 16383
 X80_INF = (0x7FFF << 64) | (1 << 63)
 X80_SIGN = 1 << 79
-#: the real indefinite (SDM vol. 1, 4.8.3.7 Table 4-3): the x87's default NaN
+#: the real indefinite (SDM vol. 1, 4.8.3.7): the x87's default NaN
 X80_DEFAULT_NAN = X80_SIGN | X80_INF | (1 << 62)
 #: exponent of one unit in the 64-bit significand's last place at the smallest exponent
 X80_LSB_MIN = 1 - X80_BIAS - 63

@@ -13,7 +13,7 @@ and the x87 control/status words:
 * ``flags``: MXCSR bits 5:0 / x87 status word bits 5:0 (SDM vol. 1, 8.1.3 and
   10.2.3): IE 0x01, DE 0x02, ZE 0x04, OE 0x08, UE 0x10, PE 0x20; plus the x87's C1
   (0x200, status word bit 9), set when an inexact result was rounded up in magnitude
-  (SDM vol. 1, 8.1.3.1). An SSE caller keeps ``flags & 0x3F``.
+  (SDM vol. 1, 8.1.3.2). An SSE caller keeps ``flags & 0x3F``.
 * ``precision``: the x87 precision control (SDM vol. 1, 8.1.5.2) as the number of
   significand bits, 24, 53 or 64; it affects only floatx80 add, sub, mul, div and
   sqrt, as on the x87.

@@ -13,10 +13,10 @@ FTZ are SSE's and do not apply. Operand encodings and NaN rules as in
 * FILD (``int16/32/64_to_floatx80``): exact. FIST/FISTP (``floatx80_to_int16/32/64``)
   round in ``s.rounding``, FISTTP (``*_round_to_zero``) truncates; a NaN, an infinity,
   an unsupported operand or a result out of range raises IE and gives the integer
-  indefinite (4.8.3.7 Table 4-3), PE when inexact. Integers are two's-complement
+  indefinite (4.8.3.7), PE when inexact. Integers are two's-complement
   patterns of their width.
 * FRNDINT (``floatx80_round_to_int``): IEEE 754-2008, 5.9 roundToIntegralExact.
-* FSCALE (``floatx80_scale``): ``a * 2**trunc(b)`` (SDM vol. 2, FSCALE Table 3-46).
+* FSCALE (``floatx80_scale``): ``a * 2**trunc(b)`` (SDM vol. 2, FSCALE, its table of results).
 * FPREM / FPREM1 (``floatx80_fprem``, ``floatx80_fprem1``): partial remainders (SDM
   vol. 2, FPREM, FPREM1; IEEE 754-2008, 5.3.1 remainder is FPREM1 iterated to the end).
 """
